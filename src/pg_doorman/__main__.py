@@ -1,0 +1,3 @@
+from pg_doorman.cli import main
+
+raise SystemExit(main())
