@@ -1,0 +1,250 @@
+"""Process lifecycle: listeners, pools, signals (SIGHUP reload, SIGINT graceful stop, SIGTERM immediate stop)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import socket
+import time
+from typing import TYPE_CHECKING
+
+from pg_doorman.auth.scram import make_scram_verifier
+from pg_doorman.config import Config, ConfigError, load_config
+from pg_doorman.pool import Pool
+from pg_doorman.protocol import messages
+from pg_doorman.protocol.errors import POOLER_SHUTDOWN
+from pg_doorman.tasks import spawn
+
+if TYPE_CHECKING:
+    from pg_doorman.client import ClientConnection
+
+log = logging.getLogger("pg_doorman")
+
+MAINTENANCE_INTERVAL = 1.0
+
+
+class Application:
+    """Everything one pg_doorman process serves: its config, its pools and its clients."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.pools: dict[tuple[str, str], Pool] = {}
+        self.databases: set[str] = set()
+        self.clients: set[ClientConnection] = set()
+        self.cancel_keys: dict[int, ClientConnection] = {}
+        self.shutting_down = False
+        self.login_timeout = 60.0
+        self.max_message_size = config.general.max_message_size
+        self._next_pid = 0
+        self._plain_verifiers: dict[str, str] = {}
+        self._servers: list[asyncio.AbstractServer] = []
+        self._stop: asyncio.Event | None = None
+        self._stop_mode = "immediate"
+        self._janitor: asyncio.Task[None] | None = None
+        self._build_pools(config)
+
+    # ------------------------------------------------------------------ pools
+
+    def _build_pools(self, config: Config) -> None:
+        old = self.pools
+        new: dict[tuple[str, str], Pool] = {}
+        for settings in config.all_pool_settings():
+            key = (settings.database, settings.username)
+            existing = old.get(key)
+            if existing is not None and existing.settings == settings:
+                new[key] = existing
+            else:
+                pool = Pool(settings)
+                if existing is not None:
+                    pool.scram_client_key = existing.scram_client_key
+                new[key] = pool
+        for key, pool in old.items():
+            if new.get(key) is not pool:
+                pool.retire()
+        self.pools = new
+        self.databases = {db for db, _ in new}
+        self.max_message_size = config.general.max_message_size
+
+    def find_pool(self, database: str, user: str) -> Pool | None:
+        return self.pools.get((database, user))
+
+    def has_database(self, database: str) -> bool:
+        return database in self.databases
+
+    def plain_verifier(self, password: str) -> str:
+        """A SCRAM verifier for a plaintext password from the config, computed once."""
+        verifier = self._plain_verifiers.get(password)
+        if verifier is None:
+            verifier = self._plain_verifiers[password] = make_scram_verifier(password)
+        return verifier
+
+    def admin_credentials(self) -> tuple[str, str]:
+        general = self.config.general
+        return general.admin_username, general.admin_password
+
+    # ---------------------------------------------------------------- clients
+
+    def client_opened(self, client: ClientConnection) -> bool:
+        """Count a new connection; True when it is over max_connections."""
+        self.clients.add(client)
+        if self.config.general.log_client_connections:
+            log.info("client connected from %s", client.peer)
+        return len(self.clients) > self.config.general.max_connections
+
+    def client_closed(self, client: ClientConnection) -> None:
+        self.clients.discard(client)
+        if client.pid and self.cancel_keys.get(client.pid) is client:
+            del self.cancel_keys[client.pid]
+        if self.config.general.log_client_disconnections and client.user:
+            log.info("client %s (%s@%s) disconnected", client.peer, client.user, client.database)
+        if self.shutting_down and not self.clients and self._stop is not None:
+            self._stop.set()
+
+    def register_cancel_key(self, client: ClientConnection) -> tuple[int, int]:
+        """pg_doorman's own BackendKeyData for a client: a unique pid and a random secret."""
+        while True:
+            self._next_pid = self._next_pid % 0x7FFFFFFF + 1
+            if self._next_pid not in self.cancel_keys:
+                break
+        secret = secrets.randbits(31)
+        self.cancel_keys[self._next_pid] = client
+        return self._next_pid, secret
+
+    def cancel(self, pid: int, secret: int) -> None:
+        """A CancelRequest: forward it to the server running this client's query, if any."""
+        client = self.cancel_keys.get(pid)
+        if client is None or not secrets.compare_digest(secret.to_bytes(4, "big", signed=True),
+                                                        client.secret.to_bytes(4, "big", signed=True)):
+            log.info("cancel request with unknown key ignored")
+            return
+        server = client.server
+        if server is None:
+            log.debug("cancel request for idle client pid=%s ignored", pid)
+            return
+        log.info("forwarding cancel for client pid=%s to server pid=%s", pid, server.pid)
+        spawn(server.send_cancel())
+
+    # -------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        from pg_doorman.client import ClientConnection
+
+        loop = asyncio.get_running_loop()
+        general = self.config.general
+        backlog = general.backlog or min(general.max_connections, 4096)
+        server = await loop.create_server(
+            lambda: ClientConnection(self),
+            host=general.host,
+            port=general.port,
+            reuse_address=True,
+            backlog=backlog,
+        )
+        self._servers.append(server)
+        if general.unix_socket_dir:
+            path = os.path.join(general.unix_socket_dir, f".s.PGSQL.{general.port}")
+            if os.path.exists(path):
+                os.unlink(path)
+            unix = await loop.create_unix_server(lambda: ClientConnection(self), path=path, backlog=backlog)
+            os.chmod(path, int(general.unix_socket_mode, 8))
+            self._servers.append(unix)
+        addrs = ", ".join(
+            str(sock.getsockname()) for srv in self._servers for sock in srv.sockets if sock.family != socket.AF_UNIX
+        )
+        log.info("pg_doorman listening on %s with %d pool(s)", addrs, len(self.pools))
+        for pool in self.pools.values():
+            pool.maintain(time.monotonic())
+        self._janitor = loop.create_task(self._maintenance())
+
+    async def _maintenance(self) -> None:
+        while True:
+            await asyncio.sleep(MAINTENANCE_INTERVAL)
+            now = time.monotonic()
+            for pool in list(self.pools.values()):
+                try:
+                    pool.maintain(now)
+                except Exception:
+                    log.exception("maintenance of pool %s failed", pool.name)
+
+    def reload(self) -> bool:
+        try:
+            config = load_config(self.config.path)
+        except (ConfigError, OSError) as exc:
+            log.error("reload failed, keeping the running configuration:\n%s", exc)
+            return False
+        general, old_general = config.general, self.config.general
+        if (general.host, general.port) != (old_general.host, old_general.port):
+            log.warning("general.host/port changed: a restart is needed for that part")
+        self.config = config
+        self._build_pools(config)
+        log.info("configuration reloaded from %s", config.path)
+        return True
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        await self.start()
+        loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+        loop.add_signal_handler(signal.SIGINT, self._on_sigint)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        await self._stop.wait()
+        if self._stop_mode == "graceful":
+            await self._graceful_shutdown()
+        await self.close()
+        return 0
+
+    def _on_sigterm(self) -> None:
+        log.info("SIGTERM: stopping now")
+        self._stop_mode = "immediate"
+        if self._stop is not None:
+            self._stop.set()
+
+    def _on_sigint(self) -> None:
+        if self.shutting_down:
+            log.info("second SIGINT: stopping now")
+            self._stop_mode = "immediate"
+            if self._stop is not None:
+                self._stop.set()
+            return
+        log.info("SIGINT: no new connections; waiting up to %.1fs for transactions to finish",
+                 self.config.general.shutdown_timeout)
+        self._stop_mode = "graceful"
+        if self._stop is not None:
+            self._stop.set()
+
+    async def _graceful_shutdown(self) -> None:
+        self.shutting_down = True
+        for srv in self._servers:
+            srv.close()
+        self._stop = asyncio.Event()
+        # Clients between transactions can go now; the others go when their transaction ends.
+        for client in list(self.clients):
+            if client.server is None:
+                client.fail_shutdown()
+        if self.clients:
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.config.general.shutdown_timeout)
+            except TimeoutError:
+                log.warning("shutdown_timeout reached with %d client(s) still connected", len(self.clients))
+
+    async def close(self) -> None:
+        self.shutting_down = True
+        for srv in self._servers:
+            srv.close()
+        if self._janitor is not None:
+            self._janitor.cancel()
+        for client in list(self.clients):
+            if client.transport is not None:
+                client.transport.write(messages.error_response(POOLER_SHUTDOWN, "pooler is shut down now"))
+            client.close()
+        for pool in self.pools.values():
+            pool.close_all()
+        await asyncio.sleep(0)
+        if self.config.general.unix_socket_dir:
+            path = os.path.join(self.config.general.unix_socket_dir, f".s.PGSQL.{self.config.general.port}")
+            try:
+                os.unlink(path)
+            except OSError:
+                pass

@@ -1,0 +1,131 @@
+"""PostgreSQL login as a sans-I/O state machine: what pg_doorman sends when it opens a server connection.
+
+`ServerLogin.start()` gives the StartupMessage; every backend message is then fed to `feed()`, which returns the
+bytes to send back (possibly empty). When ReadyForQuery arrives `done` becomes true and `params`, `pid` and
+`secret` describe the new session. An ErrorResponse raises `ServerError` with PostgreSQL's SQLSTATE and text.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from pg_doorman.auth.md5 import md5_response_for_password, md5_salted_response
+from pg_doorman.auth.scram import ScramClient
+from pg_doorman.protocol import messages
+from pg_doorman.protocol.errors import (
+    FEATURE_NOT_SUPPORTED,
+    INVALID_PASSWORD,
+    PoolerError,
+    ProtocolViolation,
+    ServerError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerCredentials:
+    """What pg_doorman can prove to PostgreSQL.
+
+    Exactly one kind of material is normally present: a plaintext password (explicit ``server_password`` or a
+    plaintext user password), an MD5 verifier (pass-the-hash), or a SCRAM ClientKey recovered from a client's
+    proof (passthrough). None of them means PostgreSQL must trust the connection.
+    """
+
+    user: str
+    password: str | None = None
+    md5_verifier: str | None = None
+    scram_client_key: bytes | None = None
+
+
+class ServerLogin:
+    __slots__ = ("_creds", "_scram", "database", "done", "params", "pid", "secret", "startup_params")
+
+    def __init__(self, creds: ServerCredentials, database: str, startup_params: dict[str, str]) -> None:
+        self._creds = creds
+        self._scram: ScramClient | None = None
+        self.database = database
+        self.startup_params = startup_params
+        self.done = False
+        self.params: dict[str, str] = {}
+        self.pid = 0
+        self.secret = 0
+
+    def start(self) -> bytes:
+        params = {"user": self._creds.user, "database": self.database}
+        params.update(self.startup_params)
+        return messages.startup_message(params)
+
+    def feed(self, kind: int, body: bytes) -> bytes:
+        if kind == 0x52:  # 'R' authentication request
+            return self._on_auth(body)
+        if kind == 0x53:  # 'S' ParameterStatus
+            name, value = messages.parse_parameter_status(body)
+            self.params[name] = value
+            return b""
+        if kind == 0x4B:  # 'K' BackendKeyData
+            self.pid, self.secret = struct.unpack_from("!ii", body)
+            return b""
+        if kind == 0x5A:  # 'Z' ReadyForQuery
+            self.done = True
+            return b""
+        if kind == 0x45:  # 'E' ErrorResponse
+            fields = messages.parse_error_fields(body)
+            raise ServerError(
+                fields.get("C", "08006"),
+                fields.get("M", "server rejected the connection"),
+                severity=fields.get("V", fields.get("S", "FATAL")),
+                detail=fields.get("D"),
+            )
+        if kind in (0x4E, 0x76):  # NoticeResponse, NegotiateProtocolVersion: nothing to answer
+            return b""
+        raise ProtocolViolation(f"unexpected message {chr(kind)!r} from server during login")
+
+    def _on_auth(self, body: bytes) -> bytes:
+        code = struct.unpack_from("!i", body)[0]
+        creds = self._creds
+        if code == 0:
+            return b""
+        if code == 3:  # cleartext
+            if creds.password is None:
+                raise self._no_material("password")
+            return messages.password_message(creds.password.encode() + b"\x00")
+        if code == 5:  # md5 with 4-byte salt
+            salt = body[4:8]
+            if creds.password is not None:
+                return messages.password_message(
+                    md5_response_for_password(creds.password, creds.user, salt) + b"\x00"
+                )
+            if creds.md5_verifier is not None:
+                return messages.password_message(md5_salted_response(creds.md5_verifier, salt) + b"\x00")
+            raise self._no_material("md5")
+        if code == 10:  # SASL: mechanism list
+            mechanisms = body[4:].split(b"\x00")
+            if b"SCRAM-SHA-256" not in mechanisms:
+                raise PoolerError(FEATURE_NOT_SUPPORTED, "server offered no supported SASL mechanism")
+            if creds.password is not None:
+                self._scram = ScramClient(password=creds.password)
+            elif creds.scram_client_key is not None:
+                self._scram = ScramClient(client_key=creds.scram_client_key)
+            else:
+                raise self._no_material("SCRAM-SHA-256")
+            return messages.password_message(self._scram.initial_response())
+        if code == 11:
+            if self._scram is None:
+                raise ProtocolViolation("SASLContinue without SASL start")
+            return messages.password_message(self._scram.handle_server_first(body[4:]))
+        if code == 12:
+            if self._scram is None:
+                raise ProtocolViolation("SASLFinal without SASL start")
+            self._scram.handle_server_final(body[4:])
+            return b""
+        raise PoolerError(
+            FEATURE_NOT_SUPPORTED, f"authentication method {code} requested by the server is not supported"
+        )
+
+    def _no_material(self, method: str) -> PoolerError:
+        return PoolerError(
+            INVALID_PASSWORD,
+            f'server requested {method} authentication for user "{self._creds.user}" but pg_doorman has no '
+            "credentials for it (set server_password, or a password hash that PostgreSQL also stores; with a "
+            "SCRAM verifier a client must log in first)",
+        )

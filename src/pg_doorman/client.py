@@ -1,0 +1,657 @@
+"""One client connection: startup and authentication, then forwarding to a server lent by its pool.
+
+Login runs as a coroutine (it is rare and has to wait for passwords and for the pool's first server). After it the
+connection switches to plain callbacks: `data_received` walks message headers, takes a server from the pool when
+a transaction starts, and writes the client's bytes through unchanged. The server side (server.py) decides when
+the transaction is over and calls `release_server`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import socket
+import struct
+from typing import TYPE_CHECKING
+
+from pg_doorman.auth.md5 import md5_verifier, verify_md5_response
+from pg_doorman.auth.scram import AuthError, ScramServer, parse_scram_verifier
+from pg_doorman.protocol import messages
+from pg_doorman.protocol.errors import (
+    ADMIN_SHUTDOWN,
+    CONNECTION_FAILURE,
+    FEATURE_NOT_SUPPORTED,
+    INVALID_AUTHORIZATION,
+    INVALID_CATALOG_NAME,
+    INVALID_PASSWORD,
+    OUT_OF_MEMORY,
+    POOLER_SHUTDOWN,
+    TOO_MANY_CONNECTIONS,
+    PoolerError,
+    ProtocolViolation,
+)
+from pg_doorman.protocol.framing import MessageBuffer
+from pg_doorman.protocol.startup import (
+    CancelRequest,
+    GSSENCRequest,
+    SSLRequest,
+    StartupMessage,
+    parse_first_packet,
+)
+from pg_doorman.server import SYNCABLE_REPORTED, ServerConnection
+from pg_doorman.tasks import spawn
+
+if TYPE_CHECKING:
+    from pg_doorman.app import Application
+    from pg_doorman.pool import Pool
+
+log = logging.getLogger("pg_doorman.client")
+
+_unpack_len = struct.Struct("!I").unpack_from
+
+# Client message types the forwarder must look at: Query, Sync, FunctionCall, Terminate and the extended-protocol
+# messages that open a pipeline (after them the server cannot be released before the next Sync).
+_KIND = bytearray(256)
+for _c in b"PBDECH":
+    _KIND[_c] = 1  # opens/extends an unsynced pipeline
+_KIND[ord("Q")] = 2
+_KIND[ord("F")] = 2
+_KIND[ord("S")] = 3
+_KIND[ord("X")] = 4
+CLIENT_KIND = bytes(_KIND)
+
+# Startup parameters that are not session settings a pooler may replay with SET.
+NOT_SETTABLE = frozenset(
+    {
+        "user",
+        "database",
+        "replication",
+        "options",
+        "is_superuser",
+        "session_authorization",
+        "server_version",
+        "server_version_num",
+        "server_encoding",
+        "integer_datetimes",
+        "in_hot_standby",
+        "session_user",
+        "current_user",
+        "lc_collate",
+        "lc_ctype",
+        "transaction_isolation",
+        "transaction_read_only",
+        "transaction_deferrable",
+        "scram_iterations",
+    }
+)
+
+STARTUP, IDLE, WAITING, ACTIVE, CLOSED = range(5)
+ADMIN_DATABASES = frozenset({"pgdoorman", "pgbouncer"})
+
+
+class ClientConnection(asyncio.Protocol):
+    __slots__ = (
+        "_carry",
+        "_queued",
+        "_read_paused",
+        "_rx",
+        "_rx_waiter",
+        "_skip",
+        "_wait_timer",
+        "app",
+        "application_name",
+        "database",
+        "is_admin",
+        "param_token",
+        "params",
+        "peer",
+        "pid",
+        "pool",
+        "secret",
+        "server",
+        "state",
+        "transaction_mode",
+        "transport",
+        "user",
+    )
+
+    def __init__(self, app: Application) -> None:
+        self.app = app
+        self.transport: asyncio.Transport | None = None
+        self.state = STARTUP
+        self.pool: Pool | None = None
+        self.server: ServerConnection | None = None
+        self.transaction_mode = True
+        self.params: dict[str, str] = {}
+        self.param_token: tuple[tuple[str, str], ...] = ()
+        self.pid = 0
+        self.secret = 0
+        self.user = ""
+        self.database = ""
+        self.application_name = ""
+        self.is_admin = False
+        self.peer = ""
+        self._rx = MessageBuffer()
+        self._rx_waiter: asyncio.Future[None] | None = None
+        self._queued: list[bytes] = []
+        self._skip = 0
+        self._carry = b""
+        self._read_paused = False
+        self._wait_timer: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------- asyncio API
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
+        too_many = self.app.client_opened(self)
+        spawn(self._login(too_many))
+
+    def data_received(self, data: bytes) -> None:
+        state = self.state
+        if state == ACTIVE:
+            self._forward(data)
+        elif state == IDLE:
+            self._start_transaction(data)
+        elif state == WAITING:
+            self._queued.append(data)
+        elif state == STARTUP:
+            self._rx.feed(data)
+            waiter = self._rx_waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        waiter = self._rx_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionResetError("client closed the connection"))
+        self._teardown()
+
+    def pause_writing(self) -> None:
+        server = self.server
+        if server is not None:
+            server.pause_reading()
+
+    def resume_writing(self) -> None:
+        server = self.server
+        if server is not None:
+            server.resume_reading()
+
+    # ---------------------------------------------------------------- helpers
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        transport = self.transport
+        if transport is not None:
+            transport.write(data)
+
+    def pause_reading(self) -> None:
+        if not self._read_paused and self.transport is not None:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._read_paused and self.transport is not None:
+            self._read_paused = False
+            self.transport.resume_reading()
+
+    def fail(self, err: PoolerError) -> None:
+        """Send an ErrorResponse and close the connection."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(
+                messages.error_response(err.sqlstate, err.message, severity="FATAL", detail=err.detail)
+            )
+            self.transport.close()
+        self._teardown()
+
+    @property
+    def waiting(self) -> bool:
+        return self.state == WAITING
+
+    # -------------------------------------------------------------- forwarding
+
+    def _start_transaction(self, data: bytes) -> None:
+        """First bytes of a new transaction (or of the session): get a server, then forward."""
+        pool = self.pool
+        assert pool is not None
+        if self.app.shutting_down:
+            self.fail(PoolerError(POOLER_SHUTDOWN, "pooler is shut down now"))
+            return
+        server = pool.checkout_nowait()
+        if server is not None:
+            self._attach(server)
+            self._forward(data)
+            return
+        self.state = WAITING
+        self._queued.append(data)
+        self.pause_reading()
+        timeout = pool.settings.query_wait_timeout
+        if timeout > 0:
+            self._wait_timer = asyncio.get_running_loop().call_later(timeout, self._wait_timed_out)
+        pool.enqueue(self)
+
+    def attach_server(self, server: ServerConnection) -> None:
+        """Called by the pool when a server becomes available for this waiting client."""
+        if self._wait_timer is not None:
+            self._wait_timer.cancel()
+            self._wait_timer = None
+        self._attach(server)
+        queued = self._queued
+        self._queued = []
+        self.resume_reading()
+        for data in queued:
+            if self.state != ACTIVE:
+                # The queued bytes finished a transaction and released the server already.
+                self._start_transaction(data)
+            else:
+                self._forward(data)
+
+    def _attach(self, server: ServerConnection) -> None:
+        self.server = server
+        self.state = ACTIVE
+        sync_sql = None
+        if server.param_token is not self.param_token and server.pool.settings.sync_server_parameters:
+            sync_sql = self._parameter_sync_sql(server)
+        server.attach(self, sync_sql)
+
+    def _parameter_sync_sql(self, server: ServerConnection) -> str | None:
+        """SET/RESET statements that make the server's tracked parameters equal to this client's."""
+        mine = self.params
+        theirs = server.params
+        parts = []
+        for name, value in mine.items():
+            if theirs.get(name) != value:
+                parts.append(f"SET {messages.quote_ident(name)} TO {messages.quote_literal(value)}")
+                theirs[name] = value
+        extras = {name for name in mine if name not in SYNCABLE_REPORTED}
+        for name in server.extra_keys - extras:
+            parts.append(f"RESET {messages.quote_ident(name)}")
+            theirs.pop(name, None)
+        server.extra_keys = extras
+        server.param_token = self.param_token
+        return ";".join(parts) or None
+
+    def _forward(self, data: bytes) -> None:
+        """Walk client message headers (counting what the server will answer) and pass the bytes on."""
+        server = self.server
+        assert server is not None
+        if self._carry:
+            data = self._carry + data
+            self._carry = b""
+        n = len(data)
+        pos = self._skip
+        if pos >= n:
+            self._skip = pos - n
+            server.write(data)
+            return
+        self._skip = 0
+        kinds = CLIENT_KIND
+        unpack = _unpack_len
+        limit = self.app.max_message_size
+        z = 0
+        unsynced = server.unsynced
+        terminate_at = -1
+        while True:
+            if n - pos < 5:
+                if pos < n:
+                    # A header split across reads: keep it for the next walk.
+                    self._carry = data[pos:]
+                    data = data[:pos]
+                break
+            kind = data[pos]
+            length = unpack(data, pos + 1)[0]
+            if length < 4 or length > limit:
+                server.pending_z += z
+                self._reject_message(kind, length)
+                return
+            k = kinds[kind]
+            if k:
+                if k == 1:
+                    unsynced = True
+                elif k == 2:
+                    z += 1
+                elif k == 3:
+                    z += 1
+                    unsynced = False
+                else:
+                    terminate_at = pos
+                    break
+            end = pos + 1 + length
+            if end > n:
+                self._skip = end - n
+                break
+            pos = end
+        server.pending_z += z
+        server.unsynced = unsynced
+        if terminate_at >= 0:
+            if terminate_at:
+                server.write(data[:terminate_at])
+            self.close()
+            return
+        if data:
+            server.write(data)
+
+    def _reject_message(self, kind: int, length: int) -> None:
+        if length < 4:
+            self.fail(ProtocolViolation(f"invalid message length {length} for message type {kind:#04x}"))
+        else:
+            self.fail(
+                PoolerError(
+                    OUT_OF_MEMORY,
+                    f"message of {length} bytes exceeds the maximum allowed size of {self.app.max_message_size}",
+                )
+            )
+
+    def release_server(self) -> None:
+        """The transaction is over (server saw ReadyForQuery 'I'): give the server back to the pool."""
+        server = self.server
+        if server is None:
+            return
+        self.server = None
+        self.state = IDLE
+        server.detach()
+        self._return_server(server, client_gone=False)
+        if self.app.shutting_down:
+            self.fail_shutdown()
+
+    def fail_shutdown(self) -> None:
+        self.fail(PoolerError(POOLER_SHUTDOWN, "pooler is shut down now"))
+
+    def _return_server(self, server: ServerConnection, *, client_gone: bool) -> None:
+        pool = server.pool
+        if server.cancel_sent:
+            # A cancel may still be in flight toward this backend: never lend it to another client.
+            server.close()
+            return
+        if server.is_clean():
+            pool.checkin(server)
+            return
+        if not server.reusable_after_client():
+            server.close()
+            return
+        sql = server.cleanup_sql(pool.settings.cleanup_server_connections)
+        if sql:
+            server.start_cleanup(sql)
+        else:
+            pool.checkin(server)
+
+    def server_lost(self, server: ServerConnection) -> None:
+        """The server this client holds went away: the client cannot continue its session."""
+        if self.server is server:
+            self.server = None
+            self.fail(
+                PoolerError(
+                    CONNECTION_FAILURE,
+                    "server closed the connection unexpectedly",
+                    detail="The PostgreSQL backend serving this session terminated.",
+                )
+            )
+
+    def on_parameter_status(self, name: str, value: str) -> None:
+        self.params[name] = value
+        if self.pool is not None:
+            self.param_token = self.pool.intern_params(self.params)
+
+    def checkout_failed(self, err: PoolerError) -> None:
+        self.fail(err)
+
+    def _wait_timed_out(self) -> None:
+        self._wait_timer = None
+        if self.state != WAITING:
+            return
+        pool = self.pool
+        if pool is not None:
+            pool.remove_waiter(self)
+            pool.stats_wait_timeouts += 1
+        self.fail(
+            PoolerError(
+                TOO_MANY_CONNECTIONS,
+                "could not get a server connection from the pool within query_wait_timeout",
+                detail=f"pool {pool.name if pool else '?'}: all {pool.settings.pool_size if pool else 0} "
+                "server connections are busy",
+            )
+        )
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        self._teardown()
+
+    def _teardown(self) -> None:
+        if self.state == CLOSED:
+            return
+        previous = self.state
+        self.state = CLOSED
+        if self._wait_timer is not None:
+            self._wait_timer.cancel()
+            self._wait_timer = None
+        if previous == WAITING and self.pool is not None:
+            self.pool.remove_waiter(self)
+        server = self.server
+        if server is not None:
+            self.server = None
+            server.detach()
+            self._return_server(server, client_gone=True)
+        self.app.client_closed(self)
+
+    # ------------------------------------------------------------------ login
+
+    async def _read_packet(self) -> bytes:
+        while True:
+            packet = self._rx.startup_packet()
+            if packet is not None:
+                return packet
+            await self._wait_rx()
+
+    async def _read_message(self) -> tuple[int, bytes]:
+        while True:
+            for kind, body in self._rx.messages():
+                return kind, body
+            await self._wait_rx()
+
+    async def _wait_rx(self) -> None:
+        self._rx_waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._rx_waiter
+        finally:
+            self._rx_waiter = None
+
+    async def _login(self, too_many: bool) -> None:
+        try:
+            async with asyncio.timeout(self.app.login_timeout):
+                startup = await self._negotiate(too_many)
+                if startup is None:
+                    return
+                await self._authenticate(startup)
+        except PoolerError as err:
+            log.info("client %s login failed: %s", self.peer, err.message)
+            self.fail(err)
+        except (ConnectionError, OSError):
+            self.close()
+        except TimeoutError:
+            self.fail(PoolerError(INVALID_AUTHORIZATION, "client did not finish login in time"))
+        except Exception:
+            log.exception("unexpected error during client login")
+            self.fail(PoolerError("XX000", "internal error during login"))
+
+    async def _negotiate(self, too_many: bool) -> StartupMessage | None:
+        """Answer SSL/GSS requests and cancels; return the StartupMessage (None when the connection is done)."""
+        while True:
+            first = parse_first_packet(await self._read_packet())
+            if isinstance(first, SSLRequest | GSSENCRequest):
+                self.write(b"N")
+                continue
+            if isinstance(first, CancelRequest):
+                self.app.cancel(first.pid, first.secret)
+                self.close()
+                return None
+            if too_many:
+                raise PoolerError(TOO_MANY_CONNECTIONS, "sorry, too many clients already")
+            if self.app.shutting_down:
+                raise PoolerError(ADMIN_SHUTDOWN, "the pooler is shutting down")
+            return first
+
+    async def _authenticate(self, startup: StartupMessage) -> None:
+        params = startup.params
+        self.user = startup.user
+        self.database = startup.database
+        self.application_name = params.get("application_name", "")
+        if self.database in ADMIN_DATABASES:
+            await self._admin_login()
+            return
+        pool = self.app.find_pool(self.database, self.user)
+        if pool is None:
+            if not self.app.has_database(self.database):
+                raise PoolerError(INVALID_CATALOG_NAME, f'no such database: "{self.database}"')
+            raise PoolerError(
+                INVALID_PASSWORD, f'password authentication failed for user "{self.user}"'
+            )
+        self.pool = pool
+        await self._check_password(pool.settings.password, pool)
+        try:
+            defaults = await pool.startup_parameters()
+        except PoolerError as err:
+            raise PoolerError(
+                err.sqlstate if err.sqlstate != "08006" else CONNECTION_FAILURE,
+                f"could not connect to the server for {self.database}: {err.message}",
+            )
+        self.transaction_mode = pool.transaction_mode
+        self._finish_login(defaults, params)
+
+    def _finish_login(self, defaults: dict[str, str], startup: dict[str, str]) -> None:
+        pool = self.pool
+        assert pool is not None
+        tracked = {k: v for k, v in defaults.items() if k in SYNCABLE_REPORTED}
+        for name, value in startup.items():
+            if name not in NOT_SETTABLE and not name.startswith("_pq_."):
+                tracked[name] = value
+        tracked.update(parse_options(startup.get("options", "")))
+        self.params = tracked
+        self.param_token = pool.intern_params(tracked)
+        self.pid, self.secret = self.app.register_cancel_key(self)
+        out = [messages.AUTH_OK]
+        shown = dict(defaults)
+        for name, value in tracked.items():
+            if name in SYNCABLE_REPORTED:
+                shown[name] = value
+        out.extend(messages.parameter_status(k, v) for k, v in shown.items())
+        out.append(messages.backend_key_data(self.pid, self.secret))
+        out.append(messages.READY_IDLE)
+        self.write(b"".join(out))
+        leftover = self._rx.take_all()
+        self.state = IDLE
+        if leftover:
+            self.data_received(leftover)
+
+    async def _check_password(self, stored: str, pool: Pool | None) -> None:
+        """Authenticate the client against ``stored`` (md5 verifier, SCRAM verifier, plaintext or empty)."""
+        if not stored:
+            return
+        if stored.startswith("md5") and len(stored) == 35:
+            salt = secrets.token_bytes(4)
+            self.write(messages.auth_md5(salt))
+            kind, body = await self._read_message()
+            if kind != 0x70 or not verify_md5_response(stored, salt, body):
+                raise PoolerError(INVALID_PASSWORD, f'password authentication failed for user "{self.user}"')
+            return
+        if stored.startswith("SCRAM-SHA-256$"):
+            verifier = parse_scram_verifier(stored)
+        else:
+            verifier = parse_scram_verifier(self.app.plain_verifier(stored))
+        scram = ScramServer(verifier)
+        self.write(messages.auth_sasl(ScramServer.mechanisms()))
+        try:
+            kind, body = await self._read_message()
+            if kind != 0x70:
+                raise AuthError("expected SASL response")
+            self.write(messages.auth_sasl_continue(scram.handle_client_first(body)))
+            kind, body = await self._read_message()
+            if kind != 0x70:
+                raise AuthError("expected SASL response")
+            final = scram.handle_client_final(body)
+        except AuthError:
+            raise PoolerError(INVALID_PASSWORD, f'password authentication failed for user "{self.user}"')
+        self.write(messages.auth_sasl_final(final))
+        if pool is not None and stored.startswith("SCRAM-SHA-256$") and pool.scram_client_key != scram.client_key:
+            pool.scram_client_key = scram.client_key
+
+    async def _admin_login(self) -> None:
+        admin_user, admin_password = self.app.admin_credentials()
+        if self.user != admin_user:
+            raise PoolerError(INVALID_PASSWORD, f'password authentication failed for user "{self.user}"')
+        await self._check_password(md5_verifier(admin_password, admin_user), None)
+        self.is_admin = True
+        self.write(
+            messages.AUTH_OK
+            + messages.parameter_status("server_version", "15.0 (pg_doorman)")
+            + messages.parameter_status("client_encoding", "UTF8")
+            + messages.parameter_status("DateStyle", "ISO, MDY")
+            + messages.parameter_status("standard_conforming_strings", "on")
+            + messages.backend_key_data(0, 0)
+            + messages.READY_IDLE
+        )
+        while True:
+            kind, _ = await self._read_message()
+            if kind == 0x58:  # Terminate
+                self.close()
+                return
+            if kind == 0x51:
+                self.write(
+                    messages.error_response(
+                        FEATURE_NOT_SUPPORTED,
+                        "the admin console is not available in this version of pg_doorman",
+                        severity="ERROR",
+                    )
+                    + messages.READY_IDLE
+                )
+            elif kind == 0x53:
+                self.write(messages.READY_IDLE)
+            elif kind not in (0x50, 0x42, 0x44, 0x45, 0x43, 0x48):
+                raise ProtocolViolation(f"unexpected message {chr(kind)!r} on the admin console")
+
+
+def parse_options(options: str) -> dict[str, str]:
+    """``-c name=value`` / ``--name=value`` pairs from the startup ``options`` parameter (libpq PGOPTIONS)."""
+    result: dict[str, str] = {}
+    tokens: list[str] = []
+    current: list[str] = []
+    escaped = False
+    for ch in options:
+        if escaped:
+            current.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch.isspace():
+            if current:
+                tokens.append("".join(current))
+                current = []
+        else:
+            current.append(ch)
+    if current:
+        tokens.append("".join(current))
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        setting = None
+        if token == "-c" and i + 1 < len(tokens):
+            setting = tokens[i + 1]
+            i += 1
+        elif token.startswith("-c") or token.startswith("--"):
+            setting = token[2:]
+        if setting and "=" in setting:
+            name, value = setting.split("=", 1)
+            result[name.replace("-", "_")] = value
+        i += 1
+    return result

@@ -1,0 +1,281 @@
+"""Server connection pools, one per (database, user).
+
+A pool owns its server connections and hands them out; it never parses messages. Checkout and checkin are
+synchronous and O(1) when a server is idle or a client is waiting (FIFO, direct hand-off). Only opening a new
+server connection awaits, in a task of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from pg_doorman.auth.backend import ServerCredentials
+from pg_doorman.protocol.errors import CONNECTION_FAILURE, PoolerError
+from pg_doorman.server import CLOSED, IDLE, ServerConnection, login_error
+from pg_doorman.tasks import spawn
+
+if TYPE_CHECKING:
+    from pg_doorman.client import ClientConnection
+    from pg_doorman.config import PoolSettings
+
+log = logging.getLogger("pg_doorman.pool")
+
+_MAX_PARAM_TOKENS = 4096
+
+
+class Pool:
+    """At most ``pool_size`` server connections for one (database, user)."""
+
+    def __init__(self, settings: PoolSettings) -> None:
+        self.settings = settings
+        self.name = f"{settings.database}/{settings.username}"
+        self.transaction_mode = settings.pool_mode == "transaction"
+        self.idle: deque[ServerConnection] = deque()
+        self.waiters: deque[ClientConnection] = deque()
+        self.servers: set[ServerConnection] = set()
+        self.opening = 0
+        self.retired = False
+        self.default_params: dict[str, str] | None = None
+        self.scram_client_key: bytes | None = None
+        self._params_future: asyncio.Future[dict[str, str]] | None = None
+        self._param_tokens: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
+        self._last_connect_error: PoolerError | None = None
+        # Counters read by the admin console and metrics (later).
+        self.stats_checkouts = 0
+        self.stats_waits = 0
+        self.stats_wait_timeouts = 0
+        self.stats_servers_opened = 0
+        self.stats_connect_errors = 0
+
+    # --------------------------------------------------------------- capacity
+
+    @property
+    def size(self) -> int:
+        return len(self.servers) + self.opening
+
+    def credentials(self) -> ServerCredentials:
+        s = self.settings
+        if s.server_password is not None:
+            return ServerCredentials(user=s.server_username, password=s.server_password)
+        password = s.password
+        if password.startswith("md5") and len(password) == 35:
+            return ServerCredentials(user=s.server_username, md5_verifier=password)
+        if password.startswith("SCRAM-SHA-256$"):
+            return ServerCredentials(user=s.server_username, scram_client_key=self.scram_client_key)
+        if password:
+            return ServerCredentials(user=s.server_username, password=password)
+        return ServerCredentials(user=s.server_username)
+
+    def can_open_without_client(self) -> bool:
+        """SCRAM passthrough needs a ClientKey, which only a client login provides."""
+        s = self.settings
+        return not (
+            s.server_password is None and s.password.startswith("SCRAM-SHA-256$") and self.scram_client_key is None
+        )
+
+    # --------------------------------------------------------- checkout/checkin
+
+    def checkout_nowait(self) -> ServerConnection | None:
+        """An idle server, or None (then a new one is being opened if the pool has room)."""
+        idle = self.idle
+        now = -1.0
+        while idle:
+            server = idle.pop() if not self.settings.server_round_robin else idle.popleft()
+            if server.state != IDLE:
+                continue
+            if now < 0:
+                now = time.monotonic()
+            if now >= server.expires_at:
+                server.close()
+                continue
+            self.stats_checkouts += 1
+            return server
+        if self.size < self.settings.pool_size and not self.retired:
+            self.open_server()
+        return None
+
+    def enqueue(self, client: ClientConnection) -> None:
+        self.stats_waits += 1
+        self.waiters.append(client)
+        # Every waiter beyond the connections already being opened asks for one more, up to pool_size.
+        if self.opening < len(self.waiters) and self.size < self.settings.pool_size and not self.retired:
+            self.open_server()
+
+    def remove_waiter(self, client: ClientConnection) -> None:
+        try:
+            self.waiters.remove(client)
+        except ValueError:
+            pass
+
+    def checkin(self, server: ServerConnection) -> None:
+        """Take a clean, idle server back: hand it to the oldest waiting client or park it."""
+        if server.state == CLOSED:
+            return
+        if self.retired or time.monotonic() >= server.expires_at:
+            server.close()
+            return
+        server.state = IDLE
+        waiters = self.waiters
+        while waiters:
+            client = waiters.popleft()
+            if client.waiting:
+                self.stats_checkouts += 1
+                client.attach_server(server)
+                return
+        self.idle.append(server)
+
+    def forget(self, server: ServerConnection, previous_state: int) -> None:
+        """A server connection closed (called from connection_lost)."""
+        if server not in self.servers:
+            return
+        self.servers.discard(server)
+        if previous_state == IDLE:
+            try:
+                self.idle.remove(server)
+            except ValueError:
+                pass
+        # Capacity freed while clients wait: open a replacement.
+        if self.waiters and not self.retired and self.size < self.settings.pool_size:
+            self.open_server()
+
+    # ------------------------------------------------------------ new servers
+
+    def open_server(self) -> None:
+        if not self.can_open_without_client():
+            return
+        self.opening += 1
+        spawn(self._open_and_checkin())
+
+    async def _open_and_checkin(self) -> None:
+        try:
+            server = await self._connect()
+        except PoolerError as exc:
+            self._on_connect_failure(exc)
+            return
+        self.checkin(server)
+
+    async def _connect(self) -> ServerConnection:
+        """Open and log in one server connection; ``opening`` was incremented by the caller."""
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        server: ServerConnection | None = None
+        try:
+            async with asyncio.timeout(s.connect_timeout):
+                if s.server_host.startswith("/"):
+                    path = f"{s.server_host}/.s.PGSQL.{s.server_port}"
+                    _, server = await loop.create_unix_connection(lambda: ServerConnection(self), path)
+                else:
+                    _, server = await loop.create_connection(
+                        lambda: ServerConnection(self), s.server_host, s.server_port, family=socket.AF_UNSPEC
+                    )
+                params = {"application_name": s.application_name}
+                params.update(s.startup_parameters)
+                await server.login(self.credentials(), s.server_database, params)
+        except BaseException as exc:
+            if server is not None:
+                server.abort()
+            self.opening -= 1
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            err = login_error(exc)
+            self.stats_connect_errors += 1
+            log.warning("pool %s: cannot open server connection: %s", self.name, err.message)
+            raise err
+        self.opening -= 1
+        if self.default_params is None:
+            self.default_params = dict(server.params)
+        self.servers.add(server)
+        self.stats_servers_opened += 1
+        self._last_connect_error = None
+        log.debug("pool %s: opened server pid=%s", self.name, server.pid)
+        if self.retired:
+            server.close()
+        return server
+
+    def _on_connect_failure(self, exc: PoolerError) -> None:
+        self._last_connect_error = exc
+        # With no server left to wait for, waiting clients would only time out: tell them now.
+        if not self.servers and self.opening == 0:
+            waiters = list(self.waiters)
+            self.waiters.clear()
+            for client in waiters:
+                if client.waiting:
+                    client.checkout_failed(exc)
+
+    async def startup_parameters(self) -> dict[str, str]:
+        """Server parameters a new client is told at login, from this pool's first server connection."""
+        if self.default_params is not None:
+            return self.default_params
+        if self._params_future is None or self._params_future.done():
+            loop = asyncio.get_running_loop()
+            self._params_future = loop.create_future()
+            fut = self._params_future
+
+            async def fetch() -> None:
+                self.opening += 1
+                try:
+                    server = await self._connect()
+                except PoolerError as exc:
+                    fut.set_exception(exc)
+                    self._on_connect_failure(exc)
+                    return
+                fut.set_result(dict(server.params))
+                self.checkin(server)
+
+            spawn(fetch())
+        return await asyncio.shield(self._params_future)
+
+    # ------------------------------------------------------------ maintenance
+
+    def maintain(self, now: float) -> None:
+        """Close idle servers past idle_timeout/lifetime and keep min_pool_size open (runs every second)."""
+        min_size = self.settings.min_pool_size
+        if self.idle:
+            keep: deque[ServerConnection] = deque()
+            for server in self.idle:
+                expired = now >= server.expires_at
+                idle_for = now - server.last_used
+                too_idle = server.used and idle_for >= server.idle_expires_after
+                if (expired or too_idle) and len(self.servers) - 1 >= (0 if expired else min_size):
+                    server.close()
+                else:
+                    keep.append(server)
+            self.idle = keep
+        if not self.retired:
+            missing = min_size - self.size
+            for _ in range(max(0, missing)):
+                self.open_server()
+
+    def intern_params(self, params: dict[str, str]) -> tuple[tuple[str, str], ...]:
+        """One shared tuple per distinct parameter set, so "in sync?" is an identity check on the hot path."""
+        key = tuple(sorted(params.items()))
+        tokens = self._param_tokens
+        token = tokens.get(key)
+        if token is None:
+            if len(tokens) >= _MAX_PARAM_TOKENS:
+                tokens.clear()
+            tokens[key] = token = key
+        return token
+
+    def retire(self) -> None:
+        """Stop using this pool (config reload replaced it): idle servers close now, busy ones on checkin."""
+        self.retired = True
+        for server in list(self.idle):
+            server.close()
+        self.idle.clear()
+
+    def close_all(self) -> None:
+        self.retired = True
+        for server in list(self.servers):
+            server.close()
+        self.idle.clear()
+
+    def describe_error(self) -> PoolerError:
+        if self._last_connect_error is not None:
+            return self._last_connect_error
+        return PoolerError(CONNECTION_FAILURE, "no server connection available")

@@ -1,0 +1,71 @@
+"""Incremental framing of typed messages (type byte + int32 length) and of untyped startup packets.
+
+`MessageBuffer` is used during login and in the admin console, where convenience matters more than speed. The
+forwarding hot path in client.py/server.py walks headers inline instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from pg_doorman.protocol.errors import OUT_OF_MEMORY, PoolerError, ProtocolViolation
+
+MAX_STARTUP_PACKET = 10_000
+"""PostgreSQL itself rejects startup packets above 10 000 bytes (MAX_STARTUP_PACKET_LENGTH)."""
+
+
+class MessageBuffer:
+    """Accumulates bytes and yields complete ``(type, body)`` messages."""
+
+    __slots__ = ("_buf", "max_message_size")
+
+    def __init__(self, max_message_size: int = 256 * 1024 * 1024) -> None:
+        self._buf = bytearray()
+        self.max_message_size = max_message_size
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        self._buf += data
+
+    def __len__(self) -> int:
+        return len(self._buf)
+
+    def take_all(self) -> bytes:
+        data = bytes(self._buf)
+        self._buf.clear()
+        return data
+
+    def messages(self) -> Iterator[tuple[int, bytes]]:
+        """Yield complete messages; incomplete trailing bytes stay buffered."""
+        buf = self._buf
+        pos = 0
+        try:
+            while len(buf) - pos >= 5:
+                length = int.from_bytes(buf[pos + 1 : pos + 5], "big")
+                if length < 4:
+                    raise ProtocolViolation(f"invalid message length {length}")
+                if length > self.max_message_size:
+                    raise PoolerError(OUT_OF_MEMORY, f"message of {length} bytes exceeds the maximum allowed size")
+                end = pos + 1 + length
+                if end > len(buf):
+                    break
+                kind = buf[pos]
+                body = bytes(buf[pos + 5 : end])
+                pos = end
+                yield kind, body
+        finally:
+            if pos:
+                del buf[:pos]
+
+    def startup_packet(self) -> bytes | None:
+        """Take one untyped startup-phase packet (length-prefixed, no type byte) if complete."""
+        buf = self._buf
+        if len(buf) < 4:
+            return None
+        length = int.from_bytes(buf[:4], "big")
+        if length < 8 or length > MAX_STARTUP_PACKET:
+            raise ProtocolViolation(f"invalid length of startup packet: {length}")
+        if len(buf) < length:
+            return None
+        packet = bytes(buf[:length])
+        del buf[:length]
+        return packet

@@ -1,0 +1,525 @@
+"""One PostgreSQL server connection: login, forwarding to the client that holds it, cleanup on release.
+
+The forwarding path (`_forward`) walks only message headers. It tracks what decides when the server may go back
+to the pool — ReadyForQuery count and transaction status — and the few messages whose content matters:
+ParameterStatus (parameter tracking), CommandComplete tags that make the session dirty (SET, DECLARE, LISTEN,
+PREPARE) and COPY start/end. Everything else is written to the client as it arrived.
+
+Responses to queries the pooler itself injected (parameter sync, deferred BEGIN) come first on the wire; they
+are counted in `_swallow` and cut out of the stream up to and including their ReadyForQuery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import struct
+import time
+from typing import TYPE_CHECKING, Any
+
+from pg_doorman.auth.backend import ServerCredentials, ServerLogin
+from pg_doorman.protocol import messages
+from pg_doorman.protocol.errors import CONNECTION_FAILURE, PoolerError, ServerError
+from pg_doorman.protocol.framing import MessageBuffer
+
+if TYPE_CHECKING:
+    from pg_doorman.client import ClientConnection
+    from pg_doorman.pool import Pool
+
+log = logging.getLogger("pg_doorman.server")
+
+_unpack_len = struct.Struct("!I").unpack_from
+
+# Message types from the server whose body the forwarder must look at.
+_WATCH = bytearray(256)
+for _c in b"ZSCEGHWAc":
+    _WATCH[_c] = 1
+WATCHED = bytes(_WATCH)
+
+# Parameters PostgreSQL reports with ParameterStatus and a client may change with SET.
+SYNCABLE_REPORTED = frozenset(
+    {
+        "application_name",
+        "client_encoding",
+        "DateStyle",
+        "IntervalStyle",
+        "TimeZone",
+        "standard_conforming_strings",
+        "default_transaction_read_only",
+    }
+)
+
+CONNECTING, IDLE, ACTIVE, CLEANUP, CLOSED = range(5)
+
+
+class ServerConnection(asyncio.Protocol):
+    """A PostgreSQL backend owned by a `Pool`, lent to one client at a time."""
+
+    __slots__ = (
+        "_carry",
+        "_cleanup_buf",
+        "_cleanup_failed",
+        "_cleanup_resets",
+        "_login",
+        "_login_buf",
+        "_login_waiter",
+        "_read_paused",
+        "_skip",
+        "_swallow",
+        "cancel_sent",
+        "client",
+        "created_at",
+        "expires_at",
+        "extra_keys",
+        "idle_expires_after",
+        "in_copy",
+        "last_used",
+        "need_close_all",
+        "need_deallocate_all",
+        "need_reset_all",
+        "need_unlisten",
+        "param_token",
+        "params",
+        "pending_z",
+        "pid",
+        "pool",
+        "secret",
+        "state",
+        "transport",
+        "tx_status",
+        "unsynced",
+        "used",
+    )
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.state = CONNECTING
+        self.client: ClientConnection | None = None
+        self.params: dict[str, str] = {}
+        self.param_token: tuple[tuple[str, str], ...] = ()
+        self.extra_keys: set[str] = set()
+        self.pid = 0
+        self.secret = 0
+        self.tx_status = 73  # 'I'
+        self.pending_z = 0
+        self.unsynced = False
+        self.in_copy = False
+        self.need_reset_all = False
+        self.need_close_all = False
+        self.need_unlisten = False
+        self.need_deallocate_all = False
+        self.cancel_sent = False
+        self.used = False
+        self._skip = 0
+        self._swallow = 0
+        self._carry = b""
+        self._read_paused = False
+        self._cleanup_buf = MessageBuffer()
+        self._cleanup_failed = False
+        self._cleanup_resets = False
+        self._login: ServerLogin | None = None
+        self._login_buf = MessageBuffer()
+        self._login_waiter: asyncio.Future[None] | None = None
+        now = time.monotonic()
+        self.created_at = now
+        self.last_used = now
+        settings = pool.settings
+        lifetime = settings.server_lifetime
+        self.expires_at = now + lifetime * random.uniform(0.8, 1.2) if lifetime > 0 else float("inf")
+        idle = settings.idle_timeout
+        self.idle_expires_after = idle * random.uniform(0.8, 1.2) if idle > 0 else float("inf")
+
+    # ------------------------------------------------------------------ login
+
+    async def login(self, creds: ServerCredentials, database: str, startup_params: dict[str, str]) -> None:
+        """Run the startup/authentication exchange; raises PoolerError/ServerError/OSError on failure."""
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        self._login = ServerLogin(creds, database, startup_params)
+        self._login_waiter = loop.create_future()
+        self.transport.write(self._login.start())
+        try:
+            await self._login_waiter
+        finally:
+            self._login_waiter = None
+        login = self._login
+        self._login = None
+        self.pid, self.secret = login.pid, login.secret
+        self.params = login.params
+        self.refresh_param_token()
+        self.state = IDLE
+
+    def _on_login_data(self, data: bytes) -> None:
+        login = self._login
+        waiter = self._login_waiter
+        if login is None or waiter is None or waiter.done():
+            return
+        self._login_buf.feed(data)
+        try:
+            for kind, body in self._login_buf.messages():
+                reply = login.feed(kind, body)
+                if reply and self.transport is not None:
+                    self.transport.write(reply)
+                if login.done:
+                    waiter.set_result(None)
+                    return
+        except Exception as exc:  # every failure becomes the login's outcome
+            waiter.set_exception(exc)
+
+    def refresh_param_token(self) -> None:
+        """Recompute the identity token of the parameters a client may have changed on this session."""
+        extra = self.extra_keys
+        params = self.params
+        self.param_token = self.pool.intern_params(
+            {k: v for k, v in params.items() if k in SYNCABLE_REPORTED or k in extra}
+        )
+
+    # ------------------------------------------------------------- asyncio API
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            except OSError:
+                pass
+
+    def data_received(self, data: bytes) -> None:
+        state = self.state
+        if state == ACTIVE:
+            self._forward(data)
+        elif state == CONNECTING:
+            self._on_login_data(data)
+        elif state == CLEANUP:
+            self._on_cleanup_data(data)
+        else:
+            # An idle server must not talk: it is a FATAL error before termination, or garbage.
+            log.info("server pid=%s sent data while idle; closing it", self.pid)
+            self.close()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        previous = self.state
+        self.state = CLOSED
+        waiter = self._login_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(
+                exc or PoolerError(CONNECTION_FAILURE, "server closed the connection during login")
+            )
+        self.pool.forget(self, previous)
+        client = self.client
+        self.client = None
+        if client is not None:
+            client.server_lost(self)
+
+    def pause_writing(self) -> None:
+        client = self.client
+        if client is not None:
+            client.pause_reading()
+
+    def resume_writing(self) -> None:
+        client = self.client
+        if client is not None:
+            client.resume_reading()
+
+    # -------------------------------------------------------------- forwarding
+
+    def _forward(self, data: bytes) -> None:
+        """Pass a chunk from PostgreSQL to the client, tracking the state that governs release."""
+        if self._carry:
+            data = self._carry + data
+            self._carry = b""
+        n = len(data)
+        pos = self._skip
+        if pos >= n:
+            self._skip = pos - n
+            if not self._swallow:
+                client = self.client
+                if client is not None:
+                    client.write(data)
+            return
+        self._skip = 0
+        start = 0  # first byte not yet cut out by swallowing
+        watched = WATCHED
+        unpack = _unpack_len
+        release = False
+        while True:
+            if n - pos < 5:
+                if pos < n:
+                    self._carry = data[pos:]
+                    n = pos
+                break
+            kind = data[pos]
+            end = pos + 1 + unpack(data, pos + 1)[0]
+            if not watched[kind]:
+                if end > n:
+                    self._skip = end - n
+                    pos = n
+                    break
+                pos = end
+                continue
+            if end > n:
+                self._carry = data[pos:]
+                n = pos
+                break
+            if kind == 90:  # 'Z' ReadyForQuery
+                self.tx_status = data[pos + 5]
+                if self._swallow:
+                    self._swallow -= 1
+                    start = end
+                else:
+                    self.pending_z -= 1
+                    if (
+                        self.pending_z <= 0
+                        and self.tx_status == 73
+                        and not self.unsynced
+                        and self.client is not None
+                        and self.client.transaction_mode
+                    ):
+                        release = True
+            elif kind == 83:  # 'S' ParameterStatus
+                self._on_parameter_status(data[pos + 5 : end])
+            elif kind == 67:  # 'C' CommandComplete
+                self.in_copy = False
+                if not self._swallow:
+                    self._on_command_complete(data, pos + 5)
+            elif kind == 69:  # 'E' ErrorResponse
+                self.in_copy = False
+                if self._swallow:
+                    fields = messages.parse_error_fields(data[pos + 5 : end])
+                    log.warning("pooler-issued command failed on server pid=%s: %s", self.pid, fields.get("M"))
+            elif kind in (71, 72, 87):  # 'G' 'H' 'W' CopyIn/CopyOut/CopyBoth
+                self.in_copy = True
+            if self._swallow:
+                start = end
+            pos = end
+        if self._swallow:
+            start = n
+        client = self.client
+        if client is not None and start < n:
+            client.write(data[start:n] if start or n != len(data) else data)
+        if release and client is not None:
+            client.release_server()
+
+    def _on_parameter_status(self, body: bytes) -> None:
+        name, value = messages.parse_parameter_status(body)
+        self.params[name] = value
+        if name in SYNCABLE_REPORTED:
+            self.refresh_param_token()
+            client = self.client
+            if client is not None:
+                # Also while swallowing a sync: the server's spelling of the client's value is canonical.
+                client.on_parameter_status(name, value)
+
+    def _on_command_complete(self, data: bytes, at: int) -> None:
+        first = data[at]
+        if first == 83:  # 'S'
+            if data.startswith(b"SET\x00", at):
+                self.need_reset_all = True
+        elif first == 68:  # 'D'
+            if data.startswith(b"DECLARE CURSOR\x00", at):
+                self.need_close_all = True
+            elif data.startswith(b"DISCARD ALL\x00", at):
+                self._clean_after_reset(close_all=True, deallocate=True, unlisten=True)
+            elif data.startswith(b"DEALLOCATE ALL\x00", at):
+                self.need_deallocate_all = False
+        elif first == 80:  # 'P'
+            if data.startswith(b"PREPARE\x00", at):
+                self.need_deallocate_all = True
+        elif first == 76:  # 'L'
+            if data.startswith(b"LISTEN\x00", at):
+                self.need_unlisten = True
+        elif first == 82:  # 'R'
+            if data.startswith(b"RESET\x00", at):
+                pass  # a single RESET does not undo other SETs
+        elif first == 67 and data.startswith(b"CLOSE CURSOR ALL\x00", at):  # 'C'
+            self.need_close_all = False
+
+    def _clean_after_reset(self, *, close_all: bool, deallocate: bool, unlisten: bool) -> None:
+        self.need_reset_all = False
+        if close_all:
+            self.need_close_all = False
+        if deallocate:
+            self.need_deallocate_all = False
+        if unlisten:
+            self.need_unlisten = False
+        self._forget_extra_params()
+
+    def _forget_extra_params(self) -> None:
+        """After RESET ALL, parameters PostgreSQL does not report are back at their defaults."""
+        for name in self.extra_keys:
+            self.params.pop(name, None)
+        self.extra_keys = set()
+        self.refresh_param_token()
+
+    # ---------------------------------------------------------- attach/release
+
+    def attach(self, client: ClientConnection, sync_sql: str | None) -> None:
+        """Lend this server to ``client``; ``sync_sql`` (if any) is sent first and its reply swallowed."""
+        self.client = client
+        self.state = ACTIVE
+        self.used = True
+        self.pending_z = 0
+        self.unsynced = False
+        if sync_sql:
+            self.inject(sync_sql)
+
+    def inject(self, sql: str) -> None:
+        """Send a pooler-issued simple query whose whole reply is hidden from the client."""
+        assert self.transport is not None
+        self._swallow += 1
+        self.transport.write(messages.query(sql))
+
+    def detach(self) -> None:
+        self.client = None
+        self.last_used = time.monotonic()
+        if self._read_paused:
+            self._read_paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
+
+    def is_clean(self) -> bool:
+        """True when the session can go straight back to the pool without any command."""
+        return (
+            self.tx_status == 73
+            and not self.need_reset_all
+            and not self.need_close_all
+            and not self.need_unlisten
+            and not self.need_deallocate_all
+            and self.pending_z <= 0
+            and not self.unsynced
+            and not self.in_copy
+            and self._swallow == 0
+            and not self._carry
+            and self._skip == 0
+        )
+
+    def reusable_after_client(self) -> bool:
+        """Whether a server can be cleaned up after its client went away (else it must be closed)."""
+        return (
+            self.state == ACTIVE
+            and self.pending_z <= 0
+            and not self.unsynced
+            and not self.in_copy
+            and self._swallow == 0
+            and not self._carry
+            and self._skip == 0
+            and not self.cancel_sent
+        )
+
+    def cleanup_sql(self, cleanup_enabled: bool) -> str:
+        parts = []
+        if self.tx_status != 73:
+            parts.append("ROLLBACK")
+        if cleanup_enabled:
+            if self.need_close_all:
+                parts.append("CLOSE ALL")
+            if self.need_unlisten:
+                parts.append("UNLISTEN *")
+            if self.need_deallocate_all:
+                parts.append("DEALLOCATE ALL")
+            if self.need_reset_all:
+                parts.append("RESET ALL")
+        return ";".join(parts)
+
+    def start_cleanup(self, sql: str) -> None:
+        """Run ``sql`` and return to the pool when its ReadyForQuery says the session is idle."""
+        assert self.transport is not None
+        self.state = CLEANUP
+        self._carry = b""
+        self._cleanup_buf = MessageBuffer()
+        self._cleanup_failed = False
+        self._cleanup_resets = sql.endswith("RESET ALL")
+        self.transport.write(messages.query(sql))
+
+    def _on_cleanup_data(self, data: bytes) -> None:
+        buf: MessageBuffer = self._cleanup_buf
+        buf.feed(data)
+        for kind, body in buf.messages():
+            if kind == 83:
+                name, value = messages.parse_parameter_status(body)
+                self.params[name] = value
+            elif kind == 69:
+                self._cleanup_failed = True
+                log.warning(
+                    "cleanup failed on server pid=%s: %s", self.pid, messages.parse_error_fields(body).get("M")
+                )
+            elif kind == 90:
+                self.tx_status = body[0]
+                if self._cleanup_failed or self.tx_status != 73:
+                    self.close()
+                    return
+                self.need_reset_all = self.need_close_all = self.need_unlisten = False
+                self.need_deallocate_all = False
+                if self._cleanup_resets:
+                    self._forget_extra_params()
+                self.state = IDLE
+                self.pool.checkin(self)
+                return
+
+    # ------------------------------------------------------------- flow control
+
+    def pause_reading(self) -> None:
+        if not self._read_paused and self.transport is not None:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._read_paused and self.transport is not None:
+            self._read_paused = False
+            self.transport.resume_reading()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None and self.state != CLOSED:
+            try:
+                self.transport.write(messages.TERMINATE)
+            except Exception:
+                pass
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    # ----------------------------------------------------------------- cancel
+
+    async def send_cancel(self) -> None:
+        """Ask PostgreSQL (on a new connection, as the protocol requires) to cancel this backend's query."""
+        self.cancel_sent = True
+        settings = self.pool.settings
+        try:
+            if settings.server_host.startswith("/"):
+                path = f"{settings.server_host}/.s.PGSQL.{settings.server_port}"
+                reader, writer = await asyncio.open_unix_connection(path)
+            else:
+                reader, writer = await asyncio.open_connection(settings.server_host, settings.server_port)
+            writer.write(messages.cancel_request(self.pid, self.secret))
+            await writer.drain()
+            await asyncio.wait_for(reader.read(), settings.connect_timeout)
+            writer.close()
+        except (TimeoutError, OSError) as exc:
+            log.warning("cancel request for server pid=%s failed: %s", self.pid, exc)
+
+    def describe(self) -> dict[str, Any]:
+        return {"pid": self.pid, "state": self.state, "tx": chr(self.tx_status)}
+
+
+def login_error(exc: BaseException) -> PoolerError:
+    """Map a failed server login to what the client should see."""
+    if isinstance(exc, ServerError | PoolerError):
+        return exc
+    if isinstance(exc, asyncio.TimeoutError):
+        return PoolerError(CONNECTION_FAILURE, "timeout while connecting to the server (connect_timeout)")
+    return PoolerError(CONNECTION_FAILURE, f"could not connect to the server: {exc}")
