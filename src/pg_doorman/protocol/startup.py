@@ -77,9 +77,10 @@ def parse_startup_params(data: bytes) -> dict[str, str]:
     """Parse ``name\\0value\\0 ... \\0`` pairs."""
     if not data.endswith(b"\x00"):
         raise ProtocolViolation("invalid startup packet layout: expected terminator as last byte")
-    parts = data[:-1].split(b"\x00")
-    if parts == [b""]:
-        parts = []
+    body = data[:-1]
+    if body and not body.endswith(b"\x00"):
+        raise ProtocolViolation("invalid startup packet layout: expected terminator as last byte")
+    parts = body[:-1].split(b"\x00") if body else []
     if len(parts) % 2 != 0:
         raise ProtocolViolation("invalid startup packet layout: missing value for a parameter")
     params: dict[str, str] = {}
