@@ -143,8 +143,7 @@ class ClientConnection(asyncio.Protocol):
     # ------------------------------------------------------------- asyncio API
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             try:
@@ -225,6 +224,9 @@ class ClientConnection(asyncio.Protocol):
         """First bytes of a new transaction (or of the session): get a server, then forward."""
         pool = self.pool
         assert pool is not None
+        if data[0] == 0x58:  # Terminate between transactions: no server needed
+            self.close()
+            return
         if self.app.shutting_down:
             self.fail(PoolerError(POOLER_SHUTDOWN, "pooler is shut down now"))
             return

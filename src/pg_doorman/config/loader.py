@@ -1,0 +1,384 @@
+"""Turning a configuration file into a validated :class:`Config`, and the ``pg_doorman -t`` check.
+
+Reading is section by section (``general``, ``pools.<name>``, ``pools.<name>.users[]``); each reader asks
+for its keys with a type, which both converts the value and declares the key as known (see
+:mod:`pg_doorman.config.reader`). Every problem in every included file is collected before a single
+:class:`ConfigError` is raised.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from pg_doorman.config.errors import ConfigError, KeyPath, format_key_path
+from pg_doorman.config.reader import Problems, Section, describe
+from pg_doorman.config.schema import (
+    POOL_MODES,
+    SERVER_TLS_MODES,
+    TLS_MODES,
+    Config,
+    General,
+    HbaSource,
+    PoolConfig,
+    UserConfig,
+    password_problem,
+)
+from pg_doorman.config.sources import load_source
+
+logger = logging.getLogger(__name__)
+
+# Settings of the original (Rust) pg_doorman that this implementation does not have. They are rejected with
+# a clear message rather than as typos, and rather than silently ignored: an operator who sets
+# max_db_connections expects a cap, and must learn that there is none.
+_UNSUPPORTED_TOP = ("web", "prometheus", "talos")
+_UNSUPPORTED_GENERAL = (
+    "retain_connections_max", "proxy_copy_data_timeout", "tcp_socket_buffer_size", "unix_socket_buffer_size",
+    "max_concurrent_creates", "scaling_warm_pool_ratio", "scaling_fast_retries", "scaling_max_parallel_creates",
+    "max_memory_usage", "worker_cpu_affinity_pinning", "worker_stack_size", "max_blocking_threads",
+    "tokio_global_queue_interval", "tokio_event_interval", "query_interner_gc_interval_seconds",
+    "query_interner_anon_idle_ttl_seconds", "patroni_api_urls", "fallback_cooldown", "patroni_api_timeout",
+    "fallback_connect_timeout", "fallback_lifetime", "tls_rate_limit_per_second", "daemon_pid_file",
+    "syslog_prog_name",
+)  # fmt: skip
+_UNSUPPORTED_POOL = (
+    "scaling_warm_pool_ratio", "scaling_fast_retries", "max_db_connections", "min_connection_lifetime",
+    "reserve_pool_size", "reserve_pool_timeout", "min_guaranteed_pool_size", "patroni_api_urls",
+    "fallback_cooldown", "patroni_api_timeout", "fallback_connect_timeout", "fallback_lifetime",
+    "server_tls_mode", "server_tls_ca_cert", "server_tls_certificate", "server_tls_private_key", "auth_query",
+)  # fmt: skip
+_UNSUPPORTED_USER = ("auth_pam_service",)
+
+# Startup packet keys the pooler sets itself (or that would change the session's identity behind its back).
+_RESERVED_PARAMETERS = ("user", "database", "replication", "options", "role", "session_authorization")
+_GUC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+# The original's limit: PostgreSQL rejects a StartupMessage over 10 000 bytes; 512 are kept for user, database
+# and application_name.
+STARTUP_PARAMETERS_MAX_BYTES = 10_000 - 512
+MAX_PORT = 65535
+# Database names that reach the admin console; a pool with one of these names could never be used.
+ADMIN_DATABASES = ("pgdoorman", "pgbouncer")
+
+
+def _startup_parameters(section: Section) -> dict[str, str]:
+    """``startup_parameters`` with names lowercased (GUC names are case-insensitive) and values as text."""
+    value = section.raw("startup_parameters")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        section.error("startup_parameters", f"expected a table of parameter = value, got {describe(value)}")
+        return {}
+    parameters: dict[str, str] = {}
+    base = section.key_path("startup_parameters")
+    for name, raw in value.items():
+        path: KeyPath = (*base, name)
+        canonical = name.lower()
+        if canonical in _RESERVED_PARAMETERS:
+            section.problems.add(path, f"'{name}' is set by pg_doorman itself and cannot be a startup parameter")
+            continue
+        if canonical.startswith("_pq_."):
+            section.problems.add(path, "protocol extension options ('_pq_.*') cannot be startup parameters")
+            continue
+        if not _GUC_NAME.match(name):
+            section.problems.add(path, "not a valid parameter name (letters, digits, '_' and '.')")
+            continue
+        if canonical in parameters:
+            section.problems.add(path, f"parameter '{canonical}' is set twice (names are case-insensitive)")
+            continue
+        if isinstance(raw, bool):  # YAML reads `jit: off` as false; PostgreSQL wants on/off
+            text = "on" if raw else "off"
+        elif isinstance(raw, str | int | float):
+            text = str(raw)
+        else:
+            section.problems.add(path, f"expected a string value, got {describe(raw)}")
+            continue
+        if "\0" in text:
+            section.problems.add(path, "value must not contain NUL bytes")
+            continue
+        parameters[canonical] = text
+    return parameters
+
+
+def _startup_parameters_size(parameters: dict[str, str]) -> int:
+    return sum(len(name.encode()) + len(value.encode()) + 2 for name, value in parameters.items())
+
+
+def _existing_file(section: Section, key: str) -> str | None:
+    """A path setting, resolved against the directory of the file that set it and checked to exist."""
+    value = section.optional_string(key, allow_empty=False)
+    if value is None:
+        return None
+    path = section.key_path(key)
+    resolved = Path(section.problems.source.file_of(path)).parent / Path(value).expanduser()
+    if not resolved.is_file():
+        section.error(key, f"file not found: {resolved}")
+    return str(resolved)
+
+
+def _pg_hba(section: Section) -> HbaSource | None:
+    value = section.raw("pg_hba")
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return HbaSource(content=value)
+    table = section.table("pg_hba")
+    if table is None:
+        return None
+    if table.has("path") == table.has("content"):
+        section.error("pg_hba", "expected exactly one of 'path' or 'content'")
+    content = table.optional_string("content")
+    path = _existing_file(table, "path")
+    table.finish()
+    return HbaSource(path=path, content=content)
+
+
+def _read_general(root: Section) -> General:
+    section = root.table("general")
+    if section is None:
+        if not root.has("general"):
+            root.error("general", "required section is missing")
+        section = Section(root.problems, ("general",), {})
+        admin_username: str | None = ""
+        admin_password: str | None = ""
+    else:
+        admin_username = section.required_string("admin_username", allow_empty=False)
+        admin_password = section.required_string("admin_password")
+    s = section
+
+    anonymous_cache = s.optional_integer("client_anonymous_prepared_cache_size")
+    if s.has("client_prepared_statements_cache_size"):
+        legacy = s.optional_integer("client_prepared_statements_cache_size")
+        if s.has("client_anonymous_prepared_cache_size"):
+            s.error("client_prepared_statements_cache_size", "set only 'client_anonymous_prepared_cache_size'")
+        else:
+            anonymous_cache = legacy
+            s.problems.warn(
+                s.key_path("client_prepared_statements_cache_size"),
+                "deprecated key; use 'client_anonymous_prepared_cache_size'",
+            )
+
+    general = General(
+        admin_username=admin_username or "",
+        admin_password=admin_password or "",
+        host=s.string("host", "0.0.0.0", allow_empty=False),
+        port=s.integer("port", 6432, minimum=1, maximum=MAX_PORT),
+        backlog=s.integer("backlog", 0),
+        max_connections=s.integer("max_connections", 8192, minimum=1),
+        connect_timeout=s.duration("connect_timeout", 3.0),
+        query_wait_timeout=s.duration("query_wait_timeout", 5.0),
+        idle_timeout=s.duration("idle_timeout", 600.0),
+        server_lifetime=s.duration("server_lifetime", 1200.0),
+        retain_connections_time=s.duration("retain_connections_time", 30.0),
+        server_idle_check_timeout=s.duration("server_idle_check_timeout", 60.0),
+        shutdown_timeout=s.duration("shutdown_timeout", 10.0),
+        tcp_keepalives_idle=s.integer("tcp_keepalives_idle", 5),
+        tcp_keepalives_interval=s.integer("tcp_keepalives_interval", 5),
+        tcp_keepalives_count=s.integer("tcp_keepalives_count", 5),
+        tcp_user_timeout=s.integer("tcp_user_timeout", 60),
+        tcp_no_delay=s.boolean("tcp_no_delay", True),
+        tcp_so_linger=s.integer("tcp_so_linger", 0),
+        unix_socket_dir=s.optional_string("unix_socket_dir", allow_empty=False),
+        unix_socket_mode=s.file_mode("unix_socket_mode", "0600"),
+        max_message_size=s.size("max_message_size", 256 * 1024 * 1024),
+        message_size_to_be_stream=s.size("message_size_to_be_stream", 1024 * 1024),
+        server_round_robin=s.boolean("server_round_robin", False),
+        sync_server_parameters=s.boolean("sync_server_parameters", True),
+        prepared_statements=s.boolean("prepared_statements", True),
+        prepared_statements_cache_size=s.integer("prepared_statements_cache_size", 8192),
+        server_prepared_statements_cache_size=s.optional_integer("server_prepared_statements_cache_size"),
+        client_anonymous_prepared_cache_size=anonymous_cache,
+        pooler_check_query=s.string("pooler_check_query", ";", allow_empty=False),
+        log_client_connections=s.boolean("log_client_connections", True),
+        log_client_disconnections=s.boolean("log_client_disconnections", True),
+        application_name=s.string("application_name", "pg_doorman"),
+        worker_threads=s.integer("worker_threads", 1, minimum=1),
+        startup_parameters=_startup_parameters(s),
+        tls_certificate=_existing_file(s, "tls_certificate"),
+        tls_private_key=_existing_file(s, "tls_private_key"),
+        tls_ca_cert=_existing_file(s, "tls_ca_cert"),
+        tls_mode=s.optional_choice("tls_mode", TLS_MODES),
+        server_tls_mode=s.choice("server_tls_mode", "allow", SERVER_TLS_MODES),
+        server_tls_ca_cert=_existing_file(s, "server_tls_ca_cert"),
+        server_tls_certificate=_existing_file(s, "server_tls_certificate"),
+        server_tls_private_key=_existing_file(s, "server_tls_private_key"),
+        hba=s.string_list("hba"),
+        pg_hba=_pg_hba(s),
+    )
+    _check_general(s, general)
+    s.finish(_UNSUPPORTED_GENERAL)
+    return general
+
+
+def _check_general(s: Section, general: General) -> None:
+    """Rules that span several keys of ``general``."""
+    if general.max_message_size < 1024:
+        s.error("max_message_size", "must be at least 1KB")
+    if general.retain_connections_time <= 0:
+        s.error("retain_connections_time", "must be greater than zero (it is the maintenance interval)")
+    if general.prepared_statements and general.prepared_statements_cache_size == 0:
+        s.error("prepared_statements_cache_size", "must be greater than 0 while prepared_statements is on")
+    if general.hba and general.pg_hba is not None:
+        s.error("hba", "use either 'hba' or 'pg_hba', not both")
+    if (general.tls_certificate is None) != (general.tls_private_key is None):
+        s.error("tls_certificate", "set both tls_certificate and tls_private_key, or neither")
+    if general.tls_mode in ("require", "verify-full") and general.tls_certificate is None:
+        s.error("tls_mode", f"'{general.tls_mode}' needs tls_certificate and tls_private_key")
+    if general.tls_mode == "verify-full" and general.tls_ca_cert is None:
+        s.error("tls_mode", "'verify-full' needs tls_ca_cert to verify client certificates")
+    if (general.server_tls_certificate is None) != (general.server_tls_private_key is None):
+        s.error("server_tls_certificate", "set both server_tls_certificate and server_tls_private_key, or neither")
+    if general.server_tls_mode in ("verify-ca", "verify-full") and general.server_tls_ca_cert is None:
+        s.error("server_tls_mode", f"'{general.server_tls_mode}' needs server_tls_ca_cert")
+    if _startup_parameters_size(general.startup_parameters) > STARTUP_PARAMETERS_MAX_BYTES:
+        s.error("startup_parameters", f"too large: at most {STARTUP_PARAMETERS_MAX_BYTES} bytes in total")
+
+
+def _read_user(s: Section) -> UserConfig | None:
+    username = s.required_string("username", allow_empty=False)
+    password = s.required_string("password")
+    pool_size = s.required_integer("pool_size", minimum=1)
+    min_pool_size = s.integer("min_pool_size", 0)
+    server_username = s.optional_string("server_username", allow_empty=False)
+    server_password = s.optional_string("server_password")
+    pool_mode = s.optional_choice("pool_mode", POOL_MODES)
+    application_name = s.optional_string("application_name")
+    server_lifetime = s.optional_duration("server_lifetime")
+    idle_timeout = s.optional_duration("idle_timeout")
+    if password is not None and (problem := password_problem(password)) is not None:
+        s.error("password", problem)
+    if pool_size is not None and min_pool_size > pool_size:
+        s.error("min_pool_size", f"must not exceed pool_size ({pool_size}), got {min_pool_size}")
+    if server_password is not None and server_username is None:
+        s.error("server_password", "requires server_username (the PostgreSQL role to log in as)")
+    s.finish(_UNSUPPORTED_USER)
+    if username is None or password is None or pool_size is None:
+        return None
+    return UserConfig(
+        username=username,
+        password=password,
+        pool_size=pool_size,
+        min_pool_size=min_pool_size,
+        server_username=server_username,
+        server_password=server_password,
+        pool_mode=pool_mode,
+        application_name=application_name,
+        server_lifetime=server_lifetime,
+        idle_timeout=idle_timeout,
+    )
+
+
+def _user_sections(pool: Section) -> list[Section]:
+    """``users`` as a list of tables: a list (YAML, ``[[pools.db.users]]``) or ``[pools.db.users.0]`` tables."""
+    value = pool.raw("users")
+    if value is None:
+        return []
+    base = pool.key_path("users")
+    if isinstance(value, dict):
+        # TOML's `[pools.db.users.0]` form: numeric keys give the order.
+        entries: list[tuple[KeyPath, object]] = []
+        for key, item in value.items():
+            if key.isdigit():
+                entries.append(((*base, key), item))
+            else:
+                pool.problems.add((*base, key), "invalid user key: expected a numeric index or the array form")
+        entries.sort(key=lambda entry: int(str(entry[0][-1])))
+    elif isinstance(value, list):
+        entries = [((*base, index), item) for index, item in enumerate(value)]
+    else:
+        pool.error("users", f"expected a list of users, got {describe(value)}")
+        return []
+    sections = []
+    for path, item in entries:
+        if isinstance(item, dict):
+            sections.append(Section(pool.problems, path, item))
+        else:
+            pool.problems.add(path, f"expected a table with username, password and pool_size, got {describe(item)}")
+    return sections
+
+
+def _read_users(pool: Section) -> tuple[UserConfig, ...]:
+    users: list[UserConfig] = []
+    first_seen: dict[str, KeyPath] = {}
+    for section in _user_sections(pool):
+        user = _read_user(section)
+        if user is None:
+            continue
+        if user.username in first_seen:
+            where = format_key_path(first_seen[user.username])
+            section.error("username", f"duplicate username '{user.username}' (already defined at {where})")
+            continue
+        first_seen[user.username] = section.path
+        users.append(user)
+    return tuple(users)
+
+
+def _read_pool(name: str, s: Section, general: General) -> PoolConfig:
+    if not name:
+        s.problems.add(s.path, "pool name (the database clients connect to) must not be empty")
+    elif name.lower() in ADMIN_DATABASES:
+        s.problems.add(s.path, f"'{name}' is the admin console's database name; choose another pool name")
+    pool = PoolConfig(
+        name=name,
+        server_host=s.string("server_host", "127.0.0.1", allow_empty=False),
+        server_port=s.integer("server_port", 5432, minimum=1, maximum=MAX_PORT),
+        server_database=s.string("server_database", name, allow_empty=False),
+        pool_mode=s.choice("pool_mode", "transaction", POOL_MODES),
+        connect_timeout=s.optional_duration("connect_timeout"),
+        idle_timeout=s.optional_duration("idle_timeout"),
+        server_lifetime=s.optional_duration("server_lifetime"),
+        cleanup_server_connections=s.boolean("cleanup_server_connections", True),
+        application_name=s.optional_string("application_name"),
+        prepared_statements_cache_size=s.optional_integer("prepared_statements_cache_size"),
+        server_prepared_statements_cache_size=s.optional_integer("server_prepared_statements_cache_size"),
+        log_client_parameter_status_changes=s.boolean("log_client_parameter_status_changes", False),
+        startup_parameters=_startup_parameters(s),
+        users=_read_users(s),
+    )
+    if general.prepared_statements and pool.prepared_statements_cache_size == 0:
+        s.error("prepared_statements_cache_size", "must be greater than 0 while prepared_statements is on")
+    merged = {**general.startup_parameters, **pool.startup_parameters}
+    if _startup_parameters_size(merged) > STARTUP_PARAMETERS_MAX_BYTES:
+        s.error(
+            "startup_parameters",
+            f"too large together with general.startup_parameters: at most {STARTUP_PARAMETERS_MAX_BYTES} bytes",
+        )
+    s.finish(_UNSUPPORTED_POOL)
+    return pool
+
+
+def _read_pools(root: Section, general: General) -> dict[str, PoolConfig]:
+    section = root.table("pools")
+    if section is None:
+        return {}
+    return {name: _read_pool(name, pool_section, general) for name, pool_section in section.subtables()}
+
+
+def load_config(path: str | Path) -> Config:
+    """Load, merge and validate a configuration file; raise :class:`ConfigError` listing every problem."""
+    source = load_source(Path(path))
+    problems = Problems(source)
+    root = Section(problems, (), source.data)
+    general = _read_general(root)
+    pools = _read_pools(root, general)
+    root.finish(_UNSUPPORTED_TOP)
+    if problems.lines:
+        raise ConfigError(problems.lines)
+    for warning in problems.warnings:
+        logger.warning("%s", warning)
+    return Config(path=str(path), general=general, pools=pools, warnings=tuple(problems.warnings))
+
+
+def check_config(path: str | Path) -> tuple[bool, str]:
+    """What ``pg_doorman -t`` prints: nginx-style success lines, or every problem found.
+
+    It only reads files; it does not connect to PostgreSQL (like the original).
+    """
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        return False, str(exc)
+    return True, (
+        f"pg_doorman: the configuration file {path} syntax is ok\n"
+        f"pg_doorman: configuration file {path} test is successful"
+    )
