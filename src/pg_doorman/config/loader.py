@@ -134,17 +134,16 @@ def _pg_hba(section: Section) -> HbaSource | None:
 
 
 def _read_general(root: Section) -> General:
-    section = root.table("general")
-    if section is None:
+    s = root.table("general")
+    if s is None:
         if not root.has("general"):
             root.error("general", "required section is missing")
-        section = Section(root.problems, ("general",), {})
+        s = Section(root.problems, ("general",), {})  # still build a General so pools can be checked
         admin_username: str | None = ""
         admin_password: str | None = ""
     else:
-        admin_username = section.required_string("admin_username", allow_empty=False)
-        admin_password = section.required_string("admin_password")
-    s = section
+        admin_username = s.required_string("admin_username", allow_empty=False)
+        admin_password = s.required_string("admin_password")
 
     anonymous_cache = s.optional_integer("client_anonymous_prepared_cache_size")
     if s.has("client_prepared_statements_cache_size"):
