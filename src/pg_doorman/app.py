@@ -40,7 +40,7 @@ class Application:
         self.max_message_size = config.general.max_message_size
         self._next_pid = 0
         self._plain_verifiers: dict[str, str] = {}
-        self._servers: list[asyncio.AbstractServer] = []
+        self._servers: list[asyncio.Server] = []
         self._stop: asyncio.Event | None = None
         self._stop_mode = "immediate"
         self._janitor: asyncio.Task[None] | None = None
@@ -135,7 +135,7 @@ class Application:
         loop = asyncio.get_running_loop()
         general = self.config.general
         backlog = general.backlog or min(general.max_connections, 4096)
-        server = await loop.create_server(
+        server: asyncio.Server = await loop.create_server(
             lambda: ClientConnection(self),
             host=general.host,
             port=general.port,
@@ -147,8 +147,10 @@ class Application:
             path = os.path.join(general.unix_socket_dir, f".s.PGSQL.{general.port}")
             if os.path.exists(path):
                 os.unlink(path)
-            unix = await loop.create_unix_server(lambda: ClientConnection(self), path=path, backlog=backlog)
-            os.chmod(path, int(general.unix_socket_mode, 8))
+            unix: asyncio.Server = await loop.create_unix_server(
+                lambda: ClientConnection(self), path=path, backlog=backlog
+            )
+            os.chmod(path, general.unix_socket_permissions)
             self._servers.append(unix)
         addrs = ", ".join(
             str(sock.getsockname()) for srv in self._servers for sock in srv.sockets if sock.family != socket.AF_UNIX

@@ -99,15 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         return 78  # EX_CONFIG, as the original
     from pg_doorman.app import Application
 
-    try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        runner = asyncio.run
     app = Application(config)
     try:
-        return int(runner(app.run()))
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+            return int(asyncio.run(app.run()))
+        return int(uvloop.run(app.run()))
     except OSError as exc:
         logging.getLogger("pg_doorman").error("cannot start: %s", exc)
         return 1
