@@ -24,7 +24,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import weakref
 from types import TracebackType
 from typing import Self
 
@@ -138,7 +137,8 @@ def _child_pids(parent: int) -> list[int]:
     return children
 
 
-_live_clusters: weakref.WeakSet[TempPostgres] = weakref.WeakSet()
+# Strong references on purpose: a cluster dropped without cleanup() must still be stopped at exit.
+_live_clusters: set[TempPostgres] = set()
 _template_dirs: dict[str, str] = {}  # bindir -> template data directory
 _template_lock = threading.Lock()
 
