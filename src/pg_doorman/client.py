@@ -17,6 +17,22 @@ from typing import TYPE_CHECKING
 
 from pg_doorman.auth.md5 import md5_verifier, verify_md5_response
 from pg_doorman.auth.scram import AuthError, ScramServer, parse_scram_verifier
+from pg_doorman.prepared import (
+    BIND,
+    CLOSE,
+    DESCRIBE,
+    EXECUTE,
+    PARSE,
+    QUERY,
+    SYNC,
+    SYNTHETIC,
+    ClientStatements,
+    Expect,
+    Statement,
+    name_after_first_cstring,
+    parse_parse,
+    rebuild_with_name,
+)
 from pg_doorman.protocol import messages
 from pg_doorman.protocol.errors import (
     ADMIN_SHUTDOWN,
@@ -87,6 +103,34 @@ NOT_SETTABLE = frozenset(
 )
 
 STARTUP, IDLE, WAITING, ACTIVE, CLOSED = range(5)
+
+_NAMED_KINDS = frozenset(b"PBDC")
+_EXPECT_EXECUTE = Expect(EXECUTE)
+_EXPECT_SYNC = Expect(SYNC)
+_EXPECT_QUERY = Expect(QUERY)
+_EXPECT_BIND = Expect(BIND)
+_EXPECT_DESCRIBE = Expect(DESCRIBE)
+_EXPECT_CLOSE = Expect(CLOSE)
+
+
+class _Undo:
+    """Restores a client's statement name when PostgreSQL fails or skips the Parse/Close that changed it."""
+
+    __slots__ = ("name", "previous", "statements")
+
+    def __init__(self, statements: ClientStatements, name: bytes, previous: Statement | None) -> None:
+        self.statements = statements
+        self.name = name
+        self.previous = previous
+
+    def __call__(self) -> None:
+        statements, name, previous = self.statements, self.name, self.previous
+        if not name:
+            statements.unnamed = previous
+        elif previous is None:
+            statements.named.pop(name, None)
+        else:
+            statements.named[name] = previous
 ADMIN_DATABASES = frozenset({"pgdoorman", "pgbouncer"})
 
 
@@ -111,6 +155,7 @@ class ClientConnection(asyncio.Protocol):
         "secret",
         "server",
         "state",
+        "statements",
         "transaction_mode",
         "transport",
         "user",
@@ -122,6 +167,7 @@ class ClientConnection(asyncio.Protocol):
         self.state = STARTUP
         self.pool: Pool | None = None
         self.server: ServerConnection | None = None
+        self.statements: ClientStatements | None = None
         self.transaction_mode = True
         self.params: dict[str, str] = {}
         self.param_token: tuple[tuple[str, str], ...] = ()
@@ -286,6 +332,9 @@ class ClientConnection(asyncio.Protocol):
 
     def _forward(self, data: bytes) -> None:
         """Walk client message headers (counting what the server will answer) and pass the bytes on."""
+        if self.statements is not None:
+            self._forward_tracked(data)
+            return
         server = self.server
         assert server is not None
         if self._carry:
@@ -343,6 +392,181 @@ class ClientConnection(asyncio.Protocol):
             return
         if data:
             server.write(data)
+
+    def _forward_tracked(self, data: bytes) -> None:
+        """Transaction mode with prepared statements: rewrite statement names and queue expected responses.
+
+        Messages that name a statement (Parse, Bind, Describe, Close) are rewritten whole, so a split one waits in
+        ``_carry`` until complete; every other message passes through as it came, split or not.
+        """
+        server = self.server
+        assert server is not None
+        if self._carry:
+            data = self._carry + data
+            self._carry = b""
+        n = len(data)
+        pos = self._skip
+        if pos >= n:
+            self._skip = pos - n
+            server.write(data)
+            return
+        self._skip = 0
+        unpack = _unpack_len
+        limit = self.app.max_message_size
+        expect = server.expect
+        out: list[bytes] = []
+        seg = 0
+        z = 0
+        unsynced = server.unsynced
+        terminate = False
+        while True:
+            if n - pos < 5:
+                if pos < n:
+                    self._carry = data[pos:]
+                    n = pos
+                break
+            kind = data[pos]
+            length = unpack(data, pos + 1)[0]
+            if length < 4 or length > limit:
+                server.pending_z += z
+                self._reject_message(kind, length)
+                return
+            end = pos + 1 + length
+            if kind in _NAMED_KINDS:
+                if end > n:
+                    self._carry = data[pos:]
+                    n = pos
+                    break
+                if seg < pos:
+                    out.append(data[seg:pos])
+                self._rewrite(kind, data[pos + 5 : end], server, out)
+                seg = end
+                unsynced = True
+            elif kind == 69:  # 'E' Execute
+                expect.append(_EXPECT_EXECUTE)
+                unsynced = True
+            elif kind == 83:  # 'S' Sync
+                expect.append(_EXPECT_SYNC)
+                z += 1
+                unsynced = False
+            elif kind == 81 or kind == 70:  # 'Q' Query, 'F' FunctionCall
+                expect.append(_EXPECT_QUERY)
+                z += 1
+            elif kind == 72:  # 'H' Flush
+                unsynced = True
+            elif kind == 88:  # 'X' Terminate
+                n = pos
+                terminate = True
+                break
+            if end > n:
+                self._skip = end - n
+                break
+            pos = end
+        if seg < n:
+            out.append(data[seg:n] if seg or n != len(data) else data)
+        server.pending_z += z
+        server.unsynced = unsynced
+        if out:
+            server.write(out[0] if len(out) == 1 else b"".join(out))
+        if terminate:
+            self.close()
+
+    def _rewrite(self, kind: int, body: bytes, server: ServerConnection, out: list[bytes]) -> None:
+        """Parse/Bind/Describe/Close with client statement names → what the server gets and what it owes."""
+        statements = self.statements
+        assert statements is not None
+        expect = server.expect
+        if kind == 80:  # 'P' Parse
+            parsed = parse_parse(body)
+            pool = server.pool
+            stmt = pool.registry.get(parsed.query, parsed.types)
+            name = parsed.name
+            if name and name in statements.named:
+                self._duplicate_statement(name, server, out)
+                return
+            if name:
+                statements.named[name] = stmt
+            else:
+                statements.unnamed = stmt
+            # A failed Parse leaves no statement behind: PostgreSQL drops the unnamed one before parsing.
+            undo = _Undo(statements, name, None)
+            if stmt.name in server.statements or server.revive(stmt.name):
+                if expect:
+                    expect.append(Expect(SYNTHETIC, data=messages.PARSE_COMPLETE, undo=undo))
+                else:
+                    self.write(messages.PARSE_COMPLETE)
+            else:
+                out.append(stmt.parse_message)
+                server.add_statement(stmt.name)
+                expect.append(Expect(PARSE, parsed=stmt.name, undo=undo))
+        elif kind == 66:  # 'B' Bind
+            start, end = name_after_first_cstring(body)
+            bound = statements.lookup(body[start:end])
+            if bound is None:
+                out.append(messages.message(b"B", body))  # PostgreSQL itself reports the unknown statement
+            else:
+                self._ensure_prepared(bound, server, out)
+                out.append(rebuild_with_name(b"B", body, start, end, bound.name))
+            expect.append(_EXPECT_BIND)
+        elif kind == 68:  # 'D' Describe
+            described = statements.lookup(body[1:-1]) if body[:1] == b"S" else None
+            if described is None:
+                out.append(messages.message(b"D", body))
+            else:
+                self._ensure_prepared(described, server, out)
+                out.append(messages.message(b"D", b"S" + described.name + b"\x00"))
+            expect.append(_EXPECT_DESCRIBE)
+        else:  # 'C' Close
+            if body[:1] == b"S":
+                name = body[1:-1]
+                closed = statements.named.pop(name, None) if name else statements.unnamed
+                if not name:
+                    statements.unnamed = None
+                # The server statement stays: other clients share it. Only the client's name goes away.
+                reopen = _Undo(statements, name, closed) if closed is not None else None
+                if expect:
+                    expect.append(Expect(SYNTHETIC, data=messages.CLOSE_COMPLETE, undo=reopen))
+                else:
+                    self.write(messages.CLOSE_COMPLETE)
+            else:
+                out.append(messages.message(b"C", body))
+                expect.append(_EXPECT_CLOSE)
+
+    @staticmethod
+    def _duplicate_statement(name: bytes, server: ServerConnection, out: list[bytes]) -> None:
+        """Parse of a name the client already uses: make PostgreSQL raise 42P05 itself.
+
+        The error has to come from the server, so that it skips to the next Sync and fails an open transaction
+        block exactly as a direct connection would; a DO block raising that SQLSTATE does both.
+        """
+        text = name.decode("utf-8", "replace")
+        sql = (
+            "DO $pg_doorman$BEGIN RAISE EXCEPTION USING ERRCODE = '42P05', MESSAGE = "
+            + messages.quote_literal(f'prepared statement "{text}" already exists')
+            + "; END$pg_doorman$"
+        )
+        out.append(messages.message(b"P", b"\x00" + sql.encode() + b"\x00\x00\x00"))
+        out.append(messages.message(b"B", b"\x00\x00\x00\x00\x00\x00\x00\x00"))
+        out.append(messages.message(b"E", b"\x00\x00\x00\x00\x00"))
+        expect = server.expect
+        expect.append(Expect(PARSE, hide=True))
+        expect.append(Expect(BIND, hide=True))
+        expect.append(Expect(EXECUTE, hide=True))
+
+    @staticmethod
+    def _ensure_prepared(stmt: Statement, server: ServerConnection, out: list[bytes]) -> None:
+        """Put a hidden Parse in front when this server lacks the statement."""
+        if stmt.name in server.statements or server.revive(stmt.name):
+            return
+        out.append(stmt.parse_message)
+        server.add_statement(stmt.name)
+        server.expect.append(Expect(PARSE, hide=True, parsed=stmt.name))
+
+    def forget_statements(self) -> None:
+        """DEALLOCATE ALL / DISCARD ALL ran for this client."""
+        if self.statements is not None:
+            self.statements.named.clear()
+            self.statements.unnamed = None
 
     def _reject_message(self, kind: int, length: int) -> None:
         if length < 4:
@@ -529,6 +753,8 @@ class ClientConnection(asyncio.Protocol):
                 f"could not connect to the server for {self.database}: {err.message}",
             )
         self.transaction_mode = pool.transaction_mode
+        if pool.settings.prepared_statements and pool.transaction_mode:
+            self.statements = ClientStatements()
         self._finish_login(defaults, params)
 
     def _finish_login(self, defaults: dict[str, str], startup: dict[str, str]) -> None:

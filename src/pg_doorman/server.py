@@ -17,9 +17,11 @@ import random
 import socket
 import struct
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from pg_doorman.auth.backend import ServerCredentials, ServerLogin
+from pg_doorman.prepared import COMPLETES, QUERY, SYNC, SYNTHETIC, Expect, ServerStatements
 from pg_doorman.protocol import messages
 from pg_doorman.protocol.errors import CONNECTION_FAILURE, PoolerError, ServerError
 from pg_doorman.protocol.framing import MessageBuffer
@@ -37,6 +39,10 @@ _WATCH = bytearray(256)
 for _c in b"ZSCEGHWAc":
     _WATCH[_c] = 1
 WATCHED = bytes(_WATCH)
+# With prepared statements every response that completes a request is watched too (prepared.COMPLETES).
+for _c in b"123TnIs":
+    _WATCH[_c] = 1
+WATCHED_TRACKED = bytes(_WATCH)
 
 # Parameters PostgreSQL reports with ParameterStatus and a client may change with SET.
 SYNCABLE_REPORTED = frozenset(
@@ -60,6 +66,7 @@ class ServerConnection(asyncio.Protocol):
     __slots__ = (
         "_carry",
         "_cleanup_buf",
+        "_cleanup_deallocates",
         "_cleanup_failed",
         "_cleanup_resets",
         "_login",
@@ -71,6 +78,7 @@ class ServerConnection(asyncio.Protocol):
         "cancel_sent",
         "client",
         "created_at",
+        "expect",
         "expires_at",
         "extra_keys",
         "idle_expires_after",
@@ -87,6 +95,9 @@ class ServerConnection(asyncio.Protocol):
         "pool",
         "secret",
         "state",
+        "statements",
+        "to_close",
+        "tracked",
         "transport",
         "tx_status",
         "unsynced",
@@ -113,6 +124,11 @@ class ServerConnection(asyncio.Protocol):
         self.need_deallocate_all = False
         self.cancel_sent = False
         self.used = False
+        settings = pool.settings
+        self.tracked = settings.prepared_statements and pool.transaction_mode
+        self.expect: deque[Expect] = deque()
+        self.statements = ServerStatements(settings.server_prepared_statements_cache_size)
+        self.to_close: dict[bytes, None] = {}
         self._skip = 0
         self._swallow = 0
         self._carry = b""
@@ -120,6 +136,7 @@ class ServerConnection(asyncio.Protocol):
         self._cleanup_buf = MessageBuffer()
         self._cleanup_failed = False
         self._cleanup_resets = False
+        self._cleanup_deallocates = False
         self._login: ServerLogin | None = None
         self._login_buf = MessageBuffer()
         self._login_waiter: asyncio.Future[None] | None = None
@@ -192,7 +209,10 @@ class ServerConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         state = self.state
         if state == ACTIVE:
-            self._forward(data)
+            if self.tracked:
+                self._forward_tracked(data)
+            else:
+                self._forward(data)
         elif state == CONNECTING:
             self._on_login_data(data)
         elif state == CLEANUP:
@@ -308,6 +328,122 @@ class ServerConnection(asyncio.Protocol):
         if release and client is not None:
             client.release_server()
 
+    def _forward_tracked(self, data: bytes) -> None:
+        """`_forward` plus matching of responses to `expect`: hides answers to requests the pooler inserted,
+        inserts answers for requests it did not send (synthetic ParseComplete/CloseComplete) at their position,
+        and after an ErrorResponse drops what PostgreSQL skips up to the next Sync."""
+        if self._carry:
+            data = self._carry + data
+            self._carry = b""
+        n = len(data)
+        pos = self._skip
+        if pos >= n:
+            self._skip = pos - n
+            if not self._swallow:
+                client = self.client
+                if client is not None:
+                    client.write(data)
+            return
+        self._skip = 0
+        start = 0
+        out: list[bytes] | None = None
+        expect = self.expect
+        watched = WATCHED_TRACKED
+        completes = COMPLETES
+        unpack = _unpack_len
+        release = False
+        while True:
+            if n - pos < 5:
+                if pos < n:
+                    self._carry = data[pos:]
+                    n = pos
+                break
+            kind = data[pos]
+            end = pos + 1 + unpack(data, pos + 1)[0]
+            if not watched[kind]:
+                if end > n:
+                    self._skip = end - n
+                    pos = n
+                    break
+                pos = end
+                continue
+            if end > n:
+                self._carry = data[pos:]
+                n = pos
+                break
+            if self._swallow:
+                if kind == 90:
+                    self.tx_status = data[pos + 5]
+                    self._swallow -= 1
+                elif kind == 83:
+                    self._on_parameter_status(data[pos + 5 : end])
+                elif kind == 69:
+                    fields = messages.parse_error_fields(data[pos + 5 : end])
+                    log.warning("pooler-issued command failed on server pid=%s: %s", self.pid, fields.get("M"))
+                start = end
+                pos = end
+                continue
+            code = completes.get(kind, 0)
+            if code and expect:
+                head = expect[0]
+                if head.code == code or (head.code == QUERY and kind == 90):
+                    expect.popleft()
+                    if head.hide:
+                        if out is None:
+                            out = []
+                        out.append(data[start:pos])
+                        start = end
+                    if expect and expect[0].code == SYNTHETIC:
+                        if out is None:
+                            out = []
+                        out.append(data[start:end])
+                        start = end
+                        while expect and expect[0].code == SYNTHETIC:
+                            out.append(expect.popleft().data)
+            if kind == 90:  # 'Z' ReadyForQuery
+                self.tx_status = data[pos + 5]
+                self.pending_z -= 1
+                if (
+                    self.pending_z <= 0
+                    and self.tx_status == 73
+                    and not self.unsynced
+                    and not expect
+                    and self.client is not None
+                    and self.client.transaction_mode
+                ):
+                    release = True
+            elif kind == 69:  # 'E' ErrorResponse: the request failed, PostgreSQL skips to the next Sync
+                self.in_copy = False
+                if expect and expect[0].code != QUERY:
+                    self._fail_request(expect.popleft())
+                    while expect and expect[0].code != SYNC:
+                        self._fail_request(expect.popleft())
+            elif kind == 83:
+                self._on_parameter_status(data[pos + 5 : end])
+            elif kind == 67:
+                self.in_copy = False
+                self._on_command_complete(data, pos + 5)
+            elif kind in (71, 72, 87):
+                self.in_copy = True
+            pos = end
+        client = self.client
+        if client is not None:
+            if out is None:
+                if start < n:
+                    client.write(data[start:n] if start or n != len(data) else data)
+            else:
+                out.append(data[start:n])
+                client.write(b"".join(out))
+        if release and client is not None:
+            client.release_server()
+
+    def _fail_request(self, entry: Expect) -> None:
+        """A request PostgreSQL rejected or skipped: undo what the pooler assumed it would do."""
+        if entry.parsed:
+            self.statements.discard(entry.parsed)
+        if entry.undo is not None:
+            entry.undo()
+
     def _on_parameter_status(self, body: bytes) -> None:
         name, value = messages.parse_parameter_status(body)
         self.params[name] = value
@@ -328,8 +464,10 @@ class ServerConnection(asyncio.Protocol):
                 self.need_close_all = True
             elif data.startswith(b"DISCARD ALL\x00", at):
                 self._clean_after_reset(close_all=True, deallocate=True, unlisten=True)
+                self._statements_gone()
             elif data.startswith(b"DEALLOCATE ALL\x00", at):
                 self.need_deallocate_all = False
+                self._statements_gone()
         elif first == 80:  # 'P'
             if data.startswith(b"PREPARE\x00", at):
                 self.need_deallocate_all = True
@@ -338,9 +476,17 @@ class ServerConnection(asyncio.Protocol):
                 self.need_unlisten = True
         elif first == 82:  # 'R'
             if data.startswith(b"RESET\x00", at):
-                pass  # a single RESET does not undo other SETs
+                # A RESET does not undo other SETs, but it may undo a parameter the pooler synced (e.g. a
+                # startup search_path): reset at release so the tracked parameters are true again.
+                self.need_reset_all = True
         elif first == 67 and data.startswith(b"CLOSE CURSOR ALL\x00", at):  # 'C'
             self.need_close_all = False
+
+    def _statements_gone(self) -> None:
+        self.forget_statements()
+        client = self.client
+        if client is not None:
+            client.forget_statements()
 
     def _clean_after_reset(self, *, close_all: bool, deallocate: bool, unlisten: bool) -> None:
         self.need_reset_all = False
@@ -368,6 +514,8 @@ class ServerConnection(asyncio.Protocol):
         self.used = True
         self.pending_z = 0
         self.unsynced = False
+        if self.to_close:
+            self._close_evicted()
         if sync_sql:
             self.inject(sync_sql)
 
@@ -376,6 +524,32 @@ class ServerConnection(asyncio.Protocol):
         assert self.transport is not None
         self._swallow += 1
         self.transport.write(messages.query(sql))
+
+    def _close_evicted(self) -> None:
+        """Close statements evicted from this server's cache; done at checkout, when no portal can use them."""
+        assert self.transport is not None
+        closes = [messages.message(b"C", b"S" + name + b"\x00") for name in self.to_close]
+        self.to_close.clear()
+        self._swallow += 1
+        self.transport.write(b"".join(closes) + messages.SYNC)
+
+    def revive(self, name: bytes) -> bool:
+        """A statement evicted from the cache but not closed yet is still there: take it back."""
+        if name in self.to_close:
+            del self.to_close[name]
+            self.add_statement(name)
+            return True
+        return False
+
+    def add_statement(self, name: bytes) -> None:
+        evicted = self.statements.add(name)
+        if evicted is not None:
+            self.to_close[evicted] = None
+
+    def forget_statements(self) -> None:
+        """DEALLOCATE ALL / DISCARD ALL ran on this session."""
+        self.statements.clear()
+        self.to_close.clear()
 
     def detach(self) -> None:
         self.client = None
@@ -399,6 +573,7 @@ class ServerConnection(asyncio.Protocol):
             and self._swallow == 0
             and not self._carry
             and self._skip == 0
+            and not self.expect
         )
 
     def reusable_after_client(self) -> bool:
@@ -412,6 +587,7 @@ class ServerConnection(asyncio.Protocol):
             and not self._carry
             and self._skip == 0
             and not self.cancel_sent
+            and not self.expect
         )
 
     def cleanup_sql(self, cleanup_enabled: bool) -> str:
@@ -437,6 +613,7 @@ class ServerConnection(asyncio.Protocol):
         self._cleanup_buf = MessageBuffer()
         self._cleanup_failed = False
         self._cleanup_resets = sql.endswith("RESET ALL")
+        self._cleanup_deallocates = "DEALLOCATE ALL" in sql
         self.transport.write(messages.query(sql))
 
     def _on_cleanup_data(self, data: bytes) -> None:
@@ -446,6 +623,9 @@ class ServerConnection(asyncio.Protocol):
             if kind == 83:
                 name, value = messages.parse_parameter_status(body)
                 self.params[name] = value
+                if name in SYNCABLE_REPORTED:
+                    # e.g. ROLLBACK undid a set_config(): the token must not keep naming the undone value.
+                    self.refresh_param_token()
             elif kind == 69:
                 self._cleanup_failed = True
                 log.warning(
@@ -460,6 +640,8 @@ class ServerConnection(asyncio.Protocol):
                 self.need_deallocate_all = False
                 if self._cleanup_resets:
                     self._forget_extra_params()
+                if self._cleanup_deallocates:
+                    self.forget_statements()
                 self.state = IDLE
                 self.pool.checkin(self)
                 return

@@ -15,6 +15,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from pg_doorman.auth.backend import ServerCredentials
+from pg_doorman.prepared import StatementRegistry
 from pg_doorman.protocol.errors import CONNECTION_FAILURE, PoolerError
 from pg_doorman.server import CLOSED, IDLE, ServerConnection, login_error
 from pg_doorman.tasks import spawn
@@ -40,6 +41,7 @@ class Pool:
         self.servers: set[ServerConnection] = set()
         self.opening = 0
         self.retired = False
+        self.registry = StatementRegistry(settings.prepared_statements_cache_size)
         self.default_params: dict[str, str] | None = None
         self.scram_client_key: bytes | None = None
         self._params_future: asyncio.Future[dict[str, str]] | None = None

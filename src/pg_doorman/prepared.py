@@ -1,0 +1,219 @@
+"""Prepared statements in transaction mode: pool-wide statement names and the bookkeeping around them.
+
+In transaction mode consecutive transactions of one client land on different server connections, so a statement
+a client prepared on one may be missing on the next. Every Parse (named or unnamed) is therefore keyed by its
+query text and parameter types and mapped to a pool-wide server-side name (``DOORMAN_<n>``):
+
+* the **pool** (`StatementRegistry`) maps keys to `Statement` objects (bounded LRU);
+* each **server connection** (`ServerStatements`) remembers which names it has prepared (bounded LRU; an evicted
+  name is closed on that server);
+* each **client** (`ClientStatements`) maps its own statement names to `Statement` objects.
+
+Client messages are rewritten (`rewrite_*`): Parse is sent only when the server lacks the statement (otherwise a
+synthetic ParseComplete is produced), Bind/Describe get the server name and a hidden Parse in front when the
+server lacks it, Close of a statement only forgets the client's name.
+
+The server's answers are matched to what was sent with a queue of `Expect` entries (see server.py). Entry codes
+name the message that completes each request:
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pg_doorman.protocol import messages
+
+# What completes an expected response (codes used by the response queue in server.py).
+PARSE = 1  # '1' ParseComplete
+BIND = 2  # '2' BindComplete
+DESCRIBE = 3  # 'T' RowDescription or 'n' NoData (after 't' for a statement)
+EXECUTE = 4  # 'C' CommandComplete, 'I' EmptyQueryResponse, 's' PortalSuspended
+CLOSE = 5  # '3' CloseComplete
+SYNC = 6  # 'Z' ReadyForQuery; stops the skip-after-error
+QUERY = 7  # 'Z' ReadyForQuery of a simple Query / FunctionCall; errors inside do not complete it
+SYNTHETIC = 8  # produced by the pooler: `data` is written when the entry reaches the head of the queue
+
+COMPLETES: dict[int, int] = {
+    ord("1"): PARSE,
+    ord("2"): BIND,
+    ord("T"): DESCRIBE,
+    ord("n"): DESCRIBE,
+    ord("C"): EXECUTE,
+    ord("I"): EXECUTE,
+    ord("s"): EXECUTE,
+    ord("3"): CLOSE,
+    ord("Z"): SYNC,
+}
+
+_counter = itertools.count(1)
+
+
+class Statement:
+    """One distinct (query, parameter types) of a pool and its server-side name."""
+
+    __slots__ = ("name", "parse_message")
+
+    def __init__(self, name: bytes, query: bytes, types: bytes) -> None:
+        self.name = name
+        self.parse_message = messages.message(b"P", name + b"\x00" + query + b"\x00" + types)
+
+
+class Expect:
+    """One request sent to (or answered for) the server whose response is still due.
+
+    ``hide``: the completing message is not forwarded (requests the pooler inserted). ``on_fail``/``on_ok``
+    carry the statement name whose presence on the server depends on the outcome.
+    """
+
+    __slots__ = ("code", "data", "hide", "parsed", "undo")
+
+    def __init__(
+        self,
+        code: int,
+        *,
+        hide: bool = False,
+        data: bytes = b"",
+        parsed: bytes = b"",
+        undo: Callable[[], None] | None = None,
+    ) -> None:
+        self.code = code
+        self.hide = hide
+        self.data = data
+        self.parsed = parsed  # server-side name a sent Parse creates: gone again if the Parse fails
+        self.undo = undo  # reverts the client-side effect when PostgreSQL fails or skips this request
+
+
+class StatementRegistry:
+    """Pool-wide map (query, types) → Statement, least recently used first out."""
+
+    __slots__ = ("_by_key", "capacity", "evictions", "hits", "misses")
+
+    def __init__(self, capacity: int) -> None:
+        self._by_key: OrderedDict[bytes, Statement] = OrderedDict()
+        self.capacity = max(1, capacity)
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def get(self, query: bytes, types: bytes) -> Statement:
+        key = types + b"\x00" + query
+        by_key = self._by_key
+        stmt = by_key.get(key)
+        if stmt is not None:
+            by_key.move_to_end(key)
+            self.hits += 1
+            return stmt
+        self.misses += 1
+        stmt = Statement(b"DOORMAN_%d" % next(_counter), query, types)
+        by_key[key] = stmt
+        if len(by_key) > self.capacity:
+            by_key.popitem(last=False)
+            self.evictions += 1
+        return stmt
+
+
+class ServerStatements:
+    """Names prepared on one server connection (LRU). ``add`` returns a name to close when over capacity."""
+
+    __slots__ = ("_names", "capacity", "evictions")
+
+    def __init__(self, capacity: int) -> None:
+        self._names: OrderedDict[bytes, None] = OrderedDict()
+        self.capacity = capacity
+        self.evictions = 0
+
+    def __contains__(self, name: bytes) -> bool:
+        names = self._names
+        if name in names:
+            names.move_to_end(name)
+            return True
+        return False
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def add(self, name: bytes) -> bytes | None:
+        names = self._names
+        names[name] = None
+        names.move_to_end(name)
+        if self.capacity > 0 and len(names) > self.capacity:
+            old, _ = names.popitem(last=False)
+            self.evictions += 1
+            return old
+        return None
+
+    def discard(self, name: bytes) -> None:
+        self._names.pop(name, None)
+
+    def clear(self) -> None:
+        self._names.clear()
+
+
+class ClientStatements:
+    """A client's own statement names → pool statements. The unnamed one is kept apart, as PostgreSQL does."""
+
+    __slots__ = ("named", "unnamed")
+
+    def __init__(self) -> None:
+        self.named: dict[bytes, Statement] = {}
+        self.unnamed: Statement | None = None
+
+    def lookup(self, name: bytes) -> Statement | None:
+        if name:
+            return self.named.get(name)
+        return self.unnamed
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedParse:
+    name: bytes
+    query: bytes
+    types: bytes  # int16 count + int32 OIDs, as on the wire
+
+
+def parse_parse(body: bytes | memoryview) -> ParsedParse:
+    data = bytes(body)
+    name_end = data.index(b"\x00")
+    query_end = data.index(b"\x00", name_end + 1)
+    return ParsedParse(data[:name_end], data[name_end + 1 : query_end], data[query_end + 1 :])
+
+
+def name_after_first_cstring(body: bytes) -> tuple[int, int]:
+    """Offsets [start, end) of the second NUL-terminated string (Bind: statement name after the portal name)."""
+    start = body.index(b"\x00") + 1
+    return start, body.index(b"\x00", start)
+
+
+def rebuild_with_name(kind: bytes, body: bytes, start: int, end: int, name: bytes) -> bytes:
+    """``body`` with bytes [start, end) replaced by ``name``, framed as a ``kind`` message."""
+    new_body = body[:start] + name + body[end:]
+    return struct.pack("!cI", kind, len(new_body) + 4) + new_body
+
+
+def parse_deallocate(sql: bytes) -> tuple[bool, bytes | None] | None:
+    """Recognize ``DEALLOCATE [PREPARE] name|ALL`` (one statement, optional ';').
+
+    Returns None when the text is not such a statement, ``(True, None)`` for ALL and ``(False, name)`` otherwise.
+    """
+    text = sql.rstrip(b"\x00").strip().rstrip(b";").strip()
+    words = text.split()
+    if not words or words[0].lower() != b"deallocate":
+        return None
+    rest = words[1:]
+    if rest and rest[0].lower() == b"prepare":
+        rest = rest[1:]
+    if len(rest) != 1:
+        return None
+    word = rest[0]
+    if word.lower() == b"all":
+        return True, None
+    if word.startswith(b'"') and word.endswith(b'"') and len(word) >= 2:
+        return False, word[1:-1].replace(b'""', b'"')
+    return False, word.lower()
