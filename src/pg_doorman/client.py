@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import socket
 import struct
@@ -105,6 +106,23 @@ NOT_SETTABLE = frozenset(
 STARTUP, IDLE, WAITING, ACTIVE, CLOSED = range(5)
 
 _NAMED_KINDS = frozenset(b"PBDC")
+_BEGIN_REPLY = messages.command_complete("BEGIN") + messages.READY_IN_TX
+_LONE_BEGIN = re.compile(
+    rb"\s*(?:begin(?:\s+(?:work|transaction))?|start\s+transaction)"
+    rb"(?:\s+(?:isolation\s+level\s+(?:serializable|repeatable\s+read|read\s+committed|read\s+uncommitted)"
+    rb"|read\s+only|read\s+write|not\s+deferrable|deferrable)(?:\s*,)?)*"
+    rb"\s*;?\s*\x00",
+    re.IGNORECASE,
+)
+
+
+def is_lone_begin(data: bytes) -> bool:
+    """True for one Query message that only opens a transaction (BEGIN / START TRANSACTION with options)."""
+    if len(data) > 200 or len(data) < 11 or data[5] not in b"bBsS \t\n\r":
+        return False
+    if int.from_bytes(data[1:5], "big") != len(data) - 1:
+        return False
+    return _LONE_BEGIN.fullmatch(data, 5) is not None
 _EXPECT_EXECUTE = Expect(EXECUTE)
 _EXPECT_SYNC = Expect(SYNC)
 _EXPECT_QUERY = Expect(QUERY)
@@ -137,6 +155,7 @@ ADMIN_DATABASES = frozenset({"pgdoorman", "pgbouncer"})
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_carry",
+        "_deferred_begin",
         "_queued",
         "_read_paused",
         "_rx",
@@ -178,11 +197,12 @@ class ClientConnection(asyncio.Protocol):
         self.application_name = ""
         self.is_admin = False
         self.peer = ""
-        self._rx = MessageBuffer()
+        self._rx = MessageBuffer(app.max_message_size)
         self._rx_waiter: asyncio.Future[None] | None = None
         self._queued: list[bytes] = []
         self._skip = 0
         self._carry = b""
+        self._deferred_begin: bytes | None = None
         self._read_paused = False
         self._wait_timer: asyncio.TimerHandle | None = None
 
@@ -276,6 +296,12 @@ class ClientConnection(asyncio.Protocol):
         if self.app.shutting_down:
             self.fail(PoolerError(POOLER_SHUTDOWN, "pooler is shut down now"))
             return
+        if data[0] == 0x51 and self.transaction_mode and self._deferred_begin is None and is_lone_begin(data):
+            # Answer BEGIN now and send it with the next statement: a client that opens a transaction and then
+            # thinks does not hold a server meanwhile.
+            self._deferred_begin = data
+            self.write(_BEGIN_REPLY)
+            return
         server = pool.checkout_nowait()
         if server is not None:
             self._attach(server)
@@ -312,6 +338,9 @@ class ClientConnection(asyncio.Protocol):
         if server.param_token is not self.param_token and server.pool.settings.sync_server_parameters:
             sync_sql = self._parameter_sync_sql(server)
         server.attach(self, sync_sql)
+        if self._deferred_begin is not None:
+            server.inject_message(self._deferred_begin)
+            self._deferred_begin = None
 
     def _parameter_sync_sql(self, server: ServerConnection) -> str | None:
         """SET/RESET statements that make the server's tracked parameters equal to this client's."""

@@ -69,6 +69,7 @@ class ServerConnection(asyncio.Protocol):
         "_cleanup_deallocates",
         "_cleanup_failed",
         "_cleanup_resets",
+        "_inject_error",
         "_login",
         "_login_buf",
         "_login_waiter",
@@ -131,6 +132,7 @@ class ServerConnection(asyncio.Protocol):
         self.to_close: dict[bytes, None] = {}
         self._skip = 0
         self._swallow = 0
+        self._inject_error: ServerError | None = None
         self._carry = b""
         self._read_paused = False
         self._cleanup_buf = MessageBuffer()
@@ -294,6 +296,9 @@ class ServerConnection(asyncio.Protocol):
                 if self._swallow:
                     self._swallow -= 1
                     start = end
+                    if self._inject_error is not None:
+                        self._injected_command_failed()
+                        return
                 else:
                     self.pending_z -= 1
                     if (
@@ -313,8 +318,7 @@ class ServerConnection(asyncio.Protocol):
             elif kind == 69:  # 'E' ErrorResponse
                 self.in_copy = False
                 if self._swallow:
-                    fields = messages.parse_error_fields(data[pos + 5 : end])
-                    log.warning("pooler-issued command failed on server pid=%s: %s", self.pid, fields.get("M"))
+                    self._note_inject_error(data[pos + 5 : end])
             elif kind in (71, 72, 87):  # 'G' 'H' 'W' CopyIn/CopyOut/CopyBoth
                 self.in_copy = True
             if self._swallow:
@@ -375,11 +379,13 @@ class ServerConnection(asyncio.Protocol):
                 if kind == 90:
                     self.tx_status = data[pos + 5]
                     self._swallow -= 1
+                    if self._inject_error is not None:
+                        self._injected_command_failed()
+                        return
                 elif kind == 83:
                     self._on_parameter_status(data[pos + 5 : end])
                 elif kind == 69:
-                    fields = messages.parse_error_fields(data[pos + 5 : end])
-                    log.warning("pooler-issued command failed on server pid=%s: %s", self.pid, fields.get("M"))
+                    self._note_inject_error(data[pos + 5 : end])
                 start = end
                 pos = end
                 continue
@@ -436,6 +442,25 @@ class ServerConnection(asyncio.Protocol):
                 client.write(b"".join(out))
         if release and client is not None:
             client.release_server()
+
+    def _note_inject_error(self, body: bytes) -> None:
+        fields = messages.parse_error_fields(body)
+        log.warning("pooler-issued command failed on server pid=%s: %s", self.pid, fields.get("M"))
+        if self._inject_error is None:
+            self._inject_error = ServerError(
+                fields.get("C", "08P01"), fields.get("M", "command failed"), severity="FATAL", detail=fields.get("D")
+            )
+
+    def _injected_command_failed(self) -> None:
+        """A command sent on the client's behalf (parameter sync, deferred BEGIN) failed: the session the client
+        believes in does not exist on this server, so the client cannot go on."""
+        err = self._inject_error
+        self._inject_error = None
+        client = self.client
+        if client is not None and err is not None:
+            client.fail(err)
+        else:
+            self.close()
 
     def _fail_request(self, entry: Expect) -> None:
         """A request PostgreSQL rejected or skipped: undo what the pooler assumed it would do."""
@@ -521,9 +546,13 @@ class ServerConnection(asyncio.Protocol):
 
     def inject(self, sql: str) -> None:
         """Send a pooler-issued simple query whose whole reply is hidden from the client."""
+        self.inject_message(messages.query(sql))
+
+    def inject_message(self, query_message: bytes) -> None:
+        """Send a complete Query message whose reply (up to its ReadyForQuery) is hidden from the client."""
         assert self.transport is not None
         self._swallow += 1
-        self.transport.write(messages.query(sql))
+        self.transport.write(query_message)
 
     def _close_evicted(self) -> None:
         """Close statements evicted from this server's cache; done at checkout, when no portal can use them."""

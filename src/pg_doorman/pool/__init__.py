@@ -239,11 +239,15 @@ class Pool:
         min_size = self.settings.min_pool_size
         if self.idle:
             keep: deque[ServerConnection] = deque()
+            # A closed server leaves self.servers only in connection_lost (later): count the closes made here,
+            # or one pass would close every idle server and dip below min_pool_size.
+            remaining = len(self.servers)
             for server in self.idle:
                 expired = now >= server.expires_at
                 idle_for = now - server.last_used
                 too_idle = server.used and idle_for >= server.idle_expires_after
-                if (expired or too_idle) and len(self.servers) - 1 >= (0 if expired else min_size):
+                if (expired or too_idle) and remaining - 1 >= (0 if expired else min_size):
+                    remaining -= 1
                     server.close()
                 else:
                     keep.append(server)
