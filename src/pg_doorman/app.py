@@ -15,7 +15,7 @@ from pg_doorman.auth.scram import make_scram_verifier
 from pg_doorman.config import Config, ConfigError, load_config
 from pg_doorman.pool import Pool
 from pg_doorman.protocol import messages
-from pg_doorman.protocol.errors import POOLER_SHUTDOWN
+from pg_doorman.protocol.errors import CONNECTION_FAILURE, POOLER_SHUTDOWN, PoolerError
 from pg_doorman.tasks import spawn
 
 if TYPE_CHECKING:
@@ -64,9 +64,27 @@ class Application:
         for key, pool in old.items():
             if new.get(key) is not pool:
                 pool.retire()
+                pass  # TMPX self._move_waiters(pool, new.get(key))
         self.pools = new
         self.databases = {db for db, _ in new}
         self.max_message_size = config.general.max_message_size
+
+    @staticmethod
+    def _move_waiters(retired: Pool, successor: Pool | None) -> None:
+        """Clients waiting on a pool a reload replaced wait on its successor (a retired pool opens nothing)."""
+        waiters = list(retired.waiters)
+        retired.waiters.clear()
+        for client in waiters:
+            if not client.waiting:
+                continue
+            if successor is None:
+                client.checkout_failed(
+                    PoolerError(CONNECTION_FAILURE, "this pool was removed by a configuration reload")
+                )
+                continue
+            client.pool = successor
+            client.param_token = successor.intern_params(client.params)
+            successor.enqueue(client)
 
     def find_pool(self, database: str, user: str) -> Pool | None:
         return self.pools.get((database, user))
@@ -125,6 +143,9 @@ class Application:
             log.debug("cancel request for idle client pid=%s ignored", pid)
             return
         log.info("forwarding cancel for client pid=%s to server pid=%s", pid, server.pid)
+        # Mark it now, not when the task first runs: if the query ends in between, the server must not be
+        # checked in and lent to another client whose query the cancel would then hit.
+        server.cancel_sent = True
         spawn(server.send_cancel())
 
     # -------------------------------------------------------------- lifecycle

@@ -23,6 +23,7 @@ from pg_doorman.prepared import (
     CLOSE,
     DESCRIBE,
     EXECUTE,
+    HIDDEN_QUERY,
     PARSE,
     QUERY,
     SYNC,
@@ -32,6 +33,7 @@ from pg_doorman.prepared import (
     Statement,
     name_after_first_cstring,
     parse_parse,
+    parse_sql_statement_command,
     rebuild_with_name,
 )
 from pg_doorman.protocol import messages
@@ -131,6 +133,33 @@ _EXPECT_DESCRIBE = Expect(DESCRIBE)
 _EXPECT_CLOSE = Expect(CLOSE)
 
 
+_SQL_PREPARE_FIRST = frozenset(b"pPeEdD")
+
+
+def _quote_name(name: bytes) -> bytes:
+    return b'"' + name.replace(b'"', b'""') + b'"'
+
+
+class _SqlPrepareUndo:
+    """A client's SQL PREPARE failed: it created nothing, on the server or for the client."""
+
+    __slots__ = ("client", "message", "name", "server")
+
+    def __init__(self, client: ClientConnection, server: ServerConnection, name: bytes, message: bytes) -> None:
+        self.client = client
+        self.server = server
+        self.name = name
+        self.message = message
+
+    def __call__(self) -> None:
+        if self.client.sql_prepared.get(self.name) == self.message:
+            del self.client.sql_prepared[self.name]
+        if self.server.sql_prepared.get(self.name) == self.message:
+            del self.server.sql_prepared[self.name]
+        if self.server.sql_prepare_pending > 0:
+            self.server.sql_prepare_pending -= 1
+
+
 class _Undo:
     """Restores a client's statement name when PostgreSQL fails or skips the Parse/Close that changed it."""
 
@@ -173,6 +202,7 @@ class ClientConnection(asyncio.Protocol):
         "pool",
         "secret",
         "server",
+        "sql_prepared",
         "state",
         "statements",
         "transaction_mode",
@@ -187,6 +217,7 @@ class ClientConnection(asyncio.Protocol):
         self.pool: Pool | None = None
         self.server: ServerConnection | None = None
         self.statements: ClientStatements | None = None
+        self.sql_prepared: dict[bytes, bytes] = {}
         self.transaction_mode = True
         self.params: dict[str, str] = {}
         self.param_token: tuple[tuple[str, str], ...] = ()
@@ -296,6 +327,14 @@ class ClientConnection(asyncio.Protocol):
         if self.app.shutting_down:
             self.fail(PoolerError(POOLER_SHUTDOWN, "pooler is shut down now"))
             return
+        if pool.retired:
+            # A reload replaced this client's pool: a retired pool opens no servers, so move to its successor.
+            successor = self.app.find_pool(self.database, self.user)
+            if successor is None:
+                self.fail(PoolerError(CONNECTION_FAILURE, "this pool was removed by a configuration reload"))
+                return
+            self.pool = pool = successor
+            self.param_token = pool.intern_params(self.params)
         if data[0] == 0x51 and self.transaction_mode and self._deferred_begin is None and is_lone_begin(data):
             # Answer BEGIN now and send it with the next statement: a client that opens a transaction and then
             # thinks does not hold a server meanwhile.
@@ -479,6 +518,21 @@ class ClientConnection(asyncio.Protocol):
                 z += 1
                 unsynced = False
             elif kind == 81 or kind == 70:  # 'Q' Query, 'F' FunctionCall
+                if kind == 81 and length < 65536 and data[pos + 5] in _SQL_PREPARE_FIRST:
+                    # Maybe PREPARE/EXECUTE/DEALLOCATE, which the pooler tracks per client: needs the whole text.
+                    if end > n:
+                        self._carry = data[pos:]
+                        n = pos
+                        break
+                    command = parse_sql_statement_command(data[pos + 5 : end])
+                    if command is not None:
+                        if seg < pos:
+                            out.append(data[seg:pos])
+                        self._sql_statement_command(command, data[pos:end], server, out)
+                        seg = end
+                        z += 1
+                        pos = end
+                        continue
                 expect.append(_EXPECT_QUERY)
                 z += 1
             elif kind == 72:  # 'H' Flush
@@ -561,6 +615,69 @@ class ClientConnection(asyncio.Protocol):
                 out.append(messages.message(b"C", body))
                 expect.append(_EXPECT_CLOSE)
 
+    def _sql_statement_command(
+        self, command: tuple[str, bytes], message: bytes, server: ServerConnection, out: list[bytes]
+    ) -> None:
+        """SQL-level PREPARE/EXECUTE/DEALLOCATE in transaction mode.
+
+        Each client's SQL-prepared statements are remembered (the PREPARE text) and re-created on whichever
+        server its EXECUTE lands on; another client's statement of the same name on that server is dropped
+        first, so names never leak between clients.
+        """
+        verb, name = command
+        mine = self.sql_prepared
+        expect = server.expect
+        on_server = server.sql_prepared
+        if verb == "deallocate" and not name:  # DEALLOCATE ALL: PostgreSQL's tag clears the pooler's maps
+            out.append(message)
+            expect.append(_EXPECT_QUERY)
+            return
+        if verb == "prepare":
+            if name in on_server:
+                self._hidden_query(server, out, b"DEALLOCATE " + _quote_name(name))
+                del on_server[name]
+            previous = mine.get(name)
+            if previous is not None:
+                # PostgreSQL must answer "already exists": re-create the client's own statement first.
+                self._hidden_query(server, out, previous, raw=True)
+                on_server[name] = previous
+                out.append(message)
+                expect.append(_EXPECT_QUERY)
+                return
+            mine[name] = message
+            on_server[name] = message
+            server.sql_prepare_pending += 1
+            out.append(message)
+            expect.append(Expect(QUERY, undo=_SqlPrepareUndo(self, server, name, message)))
+            return
+        wanted = mine.get(name)
+        if wanted is None and verb == "deallocate" and self.statements is not None and name in self.statements.named:
+            # A protocol-level statement deallocated with SQL: forget the client's name and let PostgreSQL
+            # produce the reply by deallocating a stand-in of the same name.
+            del self.statements.named[name]
+            wanted = b"PREPARE " + _quote_name(name) + b" AS SELECT"
+            wanted = messages.query(wanted.decode())
+        if wanted is None:
+            # Not the client's statement: make sure PostgreSQL does not find another client's one either.
+            if name in on_server:
+                self._hidden_query(server, out, b"DEALLOCATE " + _quote_name(name))
+                del on_server[name]
+        elif on_server.get(name) != wanted:
+            if name in on_server:
+                self._hidden_query(server, out, b"DEALLOCATE " + _quote_name(name))
+            self._hidden_query(server, out, wanted, raw=True)
+            on_server[name] = wanted
+        if verb == "deallocate":
+            mine.pop(name, None)
+            on_server.pop(name, None)
+        out.append(message)
+        expect.append(_EXPECT_QUERY)
+
+    @staticmethod
+    def _hidden_query(server: ServerConnection, out: list[bytes], sql: bytes, *, raw: bool = False) -> None:
+        out.append(sql if raw else messages.message(b"Q", sql + b"\x00"))
+        server.expect.append(Expect(HIDDEN_QUERY))
+
     @staticmethod
     def _duplicate_statement(name: bytes, server: ServerConnection, out: list[bytes]) -> None:
         """Parse of a name the client already uses: make PostgreSQL raise 42P05 itself.
@@ -593,6 +710,7 @@ class ClientConnection(asyncio.Protocol):
 
     def forget_statements(self) -> None:
         """DEALLOCATE ALL / DISCARD ALL ran for this client."""
+        self.sql_prepared.clear()
         if self.statements is not None:
             self.statements.named.clear()
             self.statements.unnamed = None

@@ -20,6 +20,7 @@ name the message that completes each request:
 from __future__ import annotations
 
 import itertools
+import re
 import struct
 from collections import OrderedDict
 from collections.abc import Callable
@@ -36,6 +37,7 @@ CLOSE = 5  # '3' CloseComplete
 SYNC = 6  # 'Z' ReadyForQuery; stops the skip-after-error
 QUERY = 7  # 'Z' ReadyForQuery of a simple Query / FunctionCall; errors inside do not complete it
 SYNTHETIC = 8  # produced by the pooler: `data` is written when the entry reaches the head of the queue
+HIDDEN_QUERY = 9  # a simple Query the pooler inserted: its whole reply, up to ReadyForQuery, is dropped
 
 COMPLETES: dict[int, int] = {
     ord("1"): PARSE,
@@ -195,6 +197,43 @@ def rebuild_with_name(kind: bytes, body: bytes, start: int, end: int, name: byte
     """``body`` with bytes [start, end) replaced by ``name``, framed as a ``kind`` message."""
     new_body = body[:start] + name + body[end:]
     return struct.pack("!cI", kind, len(new_body) + 4) + new_body
+
+
+_IDENT = rb'("(?:[^"]|"")+"|[A-Za-z_\x80-\xff][A-Za-z0-9_$\x80-\xff]*)'
+_SQL_COMMAND = re.compile(
+    rb"\s*(?:(?P<prepare>prepare)\s+" + _IDENT + rb"(?:\s*\(|\s+as\b)"
+    rb"|(?P<execute>execute)\s+" + _IDENT + rb"\s*(?:\(|;|\x00|$)"
+    rb"|(?P<deallocate>deallocate)(?:\s+prepare)?\s+" + _IDENT + rb"\s*;?\s*\x00?$)",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def normalize_ident(raw: bytes) -> bytes:
+    """PostgreSQL identifier rules: quoted keeps case (with "" unescaped), unquoted folds to lower case."""
+    if raw.startswith(b'"'):
+        return raw[1:-1].replace(b'""', b'"')
+    return raw.lower()
+
+
+def parse_sql_statement_command(text: bytes) -> tuple[str, bytes] | None:
+    """Recognize a single SQL-level ``PREPARE name ...``, ``EXECUTE name ...`` or ``DEALLOCATE [PREPARE] name``.
+
+    Returns (command, normalized name); ``DEALLOCATE ALL`` gives ("deallocate", b"") only when written as the
+    keyword ALL. Anything with more than one statement is not recognized (None).
+    """
+    body = text.rstrip(b"\x00")
+    stripped = body.rstrip().rstrip(b";")
+    if b";" in stripped:
+        return None
+    m = _SQL_COMMAND.match(body)
+    if m is None:
+        return None
+    index = 2 if m.group("prepare") else 4 if m.group("execute") else 6
+    command = ("prepare", "execute", "deallocate")[index // 2 - 1]
+    raw: bytes = m.group(index)
+    if command == "deallocate" and raw.lower() == b"all":
+        return command, b""
+    return command, normalize_ident(raw)
 
 
 def parse_deallocate(sql: bytes) -> tuple[bool, bytes | None] | None:

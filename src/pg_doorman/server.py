@@ -21,7 +21,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from pg_doorman.auth.backend import ServerCredentials, ServerLogin
-from pg_doorman.prepared import COMPLETES, QUERY, SYNC, SYNTHETIC, Expect, ServerStatements
+from pg_doorman.prepared import COMPLETES, HIDDEN_QUERY, QUERY, SYNC, SYNTHETIC, Expect, ServerStatements
 from pg_doorman.protocol import messages
 from pg_doorman.protocol.errors import CONNECTION_FAILURE, PoolerError, ServerError
 from pg_doorman.protocol.framing import MessageBuffer
@@ -95,6 +95,8 @@ class ServerConnection(asyncio.Protocol):
         "pid",
         "pool",
         "secret",
+        "sql_prepare_pending",
+        "sql_prepared",
         "state",
         "statements",
         "to_close",
@@ -130,6 +132,9 @@ class ServerConnection(asyncio.Protocol):
         self.expect: deque[Expect] = deque()
         self.statements = ServerStatements(settings.server_prepared_statements_cache_size)
         self.to_close: dict[bytes, None] = {}
+        # SQL-level PREPAREd statements on this session: name → the client's PREPARE Query message.
+        self.sql_prepared: dict[bytes, bytes] = {}
+        self.sql_prepare_pending = 0
         self._skip = 0
         self._swallow = 0
         self._inject_error: ServerError | None = None
@@ -341,9 +346,10 @@ class ServerConnection(asyncio.Protocol):
             self._carry = b""
         n = len(data)
         pos = self._skip
+        expect = self.expect
         if pos >= n:
             self._skip = pos - n
-            if not self._swallow:
+            if not self._swallow and not (expect and expect[0].code == HIDDEN_QUERY):
                 client = self.client
                 if client is not None:
                     client.write(data)
@@ -351,7 +357,6 @@ class ServerConnection(asyncio.Protocol):
         self._skip = 0
         start = 0
         out: list[bytes] | None = None
-        expect = self.expect
         watched = WATCHED_TRACKED
         completes = COMPLETES
         unpack = _unpack_len
@@ -389,6 +394,26 @@ class ServerConnection(asyncio.Protocol):
                 start = end
                 pos = end
                 continue
+            if expect and expect[0].code == HIDDEN_QUERY:
+                # The reply to a query the pooler inserted: dropped whole, up to its ReadyForQuery.
+                if kind == 90:
+                    self.tx_status = data[pos + 5]
+                    expect.popleft()
+                    if expect and expect[0].code == SYNTHETIC:
+                        if out is None:
+                            out = []
+                        while expect and expect[0].code == SYNTHETIC:
+                            out.append(expect.popleft().data)
+                elif kind == 83:
+                    self._on_parameter_status(data[pos + 5 : end])
+                elif kind == 69:
+                    head = expect[0]
+                    fields = messages.parse_error_fields(data[pos + 5 : end])
+                    log.info("pooler-issued query failed on server pid=%s: %s", self.pid, fields.get("M"))
+                    self._fail_request(head)
+                start = end
+                pos = end
+                continue
             code = completes.get(kind, 0)
             if code and expect:
                 head = expect[0]
@@ -399,7 +424,7 @@ class ServerConnection(asyncio.Protocol):
                             out = []
                         out.append(data[start:pos])
                         start = end
-                    if expect and expect[0].code == SYNTHETIC:
+                    if expect and (expect[0].code == SYNTHETIC or expect[0].code == HIDDEN_QUERY):
                         if out is None:
                             out = []
                         out.append(data[start:end])
@@ -420,10 +445,13 @@ class ServerConnection(asyncio.Protocol):
                     release = True
             elif kind == 69:  # 'E' ErrorResponse: the request failed, PostgreSQL skips to the next Sync
                 self.in_copy = False
-                if expect and expect[0].code != QUERY:
-                    self._fail_request(expect.popleft())
-                    while expect and expect[0].code != SYNC:
+                if expect:
+                    if expect[0].code == QUERY:
+                        self._fail_request(expect[0])
+                    else:
                         self._fail_request(expect.popleft())
+                        while expect and expect[0].code != SYNC:
+                            self._fail_request(expect.popleft())
             elif kind == 83:
                 self._on_parameter_status(data[pos + 5 : end])
             elif kind == 67:
@@ -432,6 +460,8 @@ class ServerConnection(asyncio.Protocol):
             elif kind in (71, 72, 87):
                 self.in_copy = True
             pos = end
+        if self._swallow or (expect and expect[0].code == HIDDEN_QUERY):
+            start = n
         client = self.client
         if client is not None:
             if out is None:
@@ -466,8 +496,11 @@ class ServerConnection(asyncio.Protocol):
         """A request PostgreSQL rejected or skipped: undo what the pooler assumed it would do."""
         if entry.parsed:
             self.statements.discard(entry.parsed)
-        if entry.undo is not None:
-            entry.undo()
+        undo = entry.undo
+        if undo is not None:
+            if entry.code == QUERY or entry.code == HIDDEN_QUERY:
+                entry.undo = None  # a Query reports at most one error that matters here
+            undo()
 
     def _on_parameter_status(self, body: bytes) -> None:
         name, value = messages.parse_parameter_status(body)
@@ -495,7 +528,10 @@ class ServerConnection(asyncio.Protocol):
                 self._statements_gone()
         elif first == 80:  # 'P'
             if data.startswith(b"PREPARE\x00", at):
-                self.need_deallocate_all = True
+                if self.sql_prepare_pending > 0:
+                    self.sql_prepare_pending -= 1  # tracked by the pooler (prepared.py)
+                else:
+                    self.need_deallocate_all = True
         elif first == 76:  # 'L'
             if data.startswith(b"LISTEN\x00", at):
                 self.need_unlisten = True
@@ -579,6 +615,7 @@ class ServerConnection(asyncio.Protocol):
         """DEALLOCATE ALL / DISCARD ALL ran on this session."""
         self.statements.clear()
         self.to_close.clear()
+        self.sql_prepared.clear()
 
     def detach(self) -> None:
         self.client = None
