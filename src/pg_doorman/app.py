@@ -11,6 +11,7 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
+from pg_doorman import sockets
 from pg_doorman.auth.scram import make_scram_verifier
 from pg_doorman.config import Config, ConfigError, load_config
 from pg_doorman.pool import Pool
@@ -64,10 +65,19 @@ class Application:
         for key, pool in old.items():
             if new.get(key) is not pool:
                 pool.retire()
-                pass  # TMPX self._move_waiters(pool, new.get(key))
+                self._move_waiters(pool, new.get(key))
         self.pools = new
         self.databases = {db for db, _ in new}
         self.max_message_size = config.general.max_message_size
+        general = config.general
+        sockets.current = sockets.SocketOptions(
+            keepalive_idle=general.tcp_keepalives_idle,
+            keepalive_interval=general.tcp_keepalives_interval,
+            keepalive_count=general.tcp_keepalives_count,
+            user_timeout=general.tcp_user_timeout,
+            no_delay=general.tcp_no_delay,
+            linger=general.tcp_so_linger if general.tcp_so_linger > 0 else None,
+        )
 
     @staticmethod
     def _move_waiters(retired: Pool, successor: Pool | None) -> None:
@@ -242,9 +252,10 @@ class Application:
         for srv in self._servers:
             srv.close()
         self._stop = asyncio.Event()
-        # Clients between transactions can go now; the others go when their transaction ends.
+        # Clients between transactions can go now; the others go when their transaction ends (a client whose
+        # BEGIN the pooler answered without a server is inside a transaction too).
         for client in list(self.clients):
-            if client.server is None:
+            if client.server is None and client._deferred_begin is None:
                 client.fail_shutdown()
         if self.clients:
             try:

@@ -9,8 +9,12 @@ import logging
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from pg_doorman import __version__
+
+if TYPE_CHECKING:
+    from pg_doorman.config import Config
 
 DEFAULT_CONFIG = "pg_doorman.yaml"
 
@@ -79,6 +83,20 @@ def generate(argv: list[str]) -> int:
     return 0
 
 
+def unsupported_settings(config: Config) -> list[str]:
+    """Settings this version accepts in the file but cannot honour, where ignoring them would be unsafe."""
+    general = config.general
+    problems = []
+    where = config.path
+    if general.pg_hba is not None or general.hba:
+        problems.append(f"{where}: general.pg_hba/hba: access rules are not supported yet; remove them to start")
+    if general.tls_mode in ("require", "verify-full"):
+        problems.append(f"{where}: general.tls_mode: TLS for clients is not supported yet")
+    if general.server_tls_mode in ("require", "verify-ca", "verify-full"):
+        problems.append(f"{where}: general.server_tls_mode: TLS toward PostgreSQL is not supported yet")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "generate":
@@ -88,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.test_config:
         ok, text = check_config(args.config)
+        if ok:
+            missing = unsupported_settings(load_config(args.config))
+            if missing:
+                ok, text = False, "\n".join(missing)
         print(text, file=sys.stdout if ok else sys.stderr)
         return 0 if ok else 1
     level = "warning" if args.log_level == "warn" else args.log_level
@@ -97,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError) as exc:
         print(f"pg_doorman: configuration error:\n{exc}", file=sys.stderr)
         return 78  # EX_CONFIG, as the original
+    missing = unsupported_settings(config)
+    if missing:
+        print("pg_doorman: configuration error:\n" + "\n".join(missing), file=sys.stderr)
+        return 78
     from pg_doorman.app import Application
 
     app = Application(config)

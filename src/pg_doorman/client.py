@@ -12,10 +12,10 @@ import asyncio
 import logging
 import re
 import secrets
-import socket
 import struct
 from typing import TYPE_CHECKING
 
+from pg_doorman import sockets
 from pg_doorman.auth.md5 import md5_verifier, verify_md5_response
 from pg_doorman.auth.scram import AuthError, ScramServer, parse_scram_verifier
 from pg_doorman.prepared import (
@@ -72,8 +72,9 @@ _unpack_len = struct.Struct("!I").unpack_from
 # Client message types the forwarder must look at: Query, Sync, FunctionCall, Terminate and the extended-protocol
 # messages that open a pipeline (after them the server cannot be released before the next Sync).
 _KIND = bytearray(256)
-for _c in b"PBDECH":
-    _KIND[_c] = 1  # opens/extends an unsynced pipeline
+for _c in range(256):
+    if chr(_c) in "PBDECH":
+        _KIND[_c] = 1  # opens/extends an unsynced pipeline
 _KIND[ord("Q")] = 2
 _KIND[ord("F")] = 2
 _KIND[ord("S")] = 3
@@ -241,12 +242,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        sockets.configure(transport.get_extra_info("socket"))
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
         too_many = self.app.client_opened(self)
@@ -324,7 +320,7 @@ class ClientConnection(asyncio.Protocol):
         if data[0] == 0x58:  # Terminate between transactions: no server needed
             self.close()
             return
-        if self.app.shutting_down:
+        if self.app.shutting_down and self._deferred_begin is None:  # an answered BEGIN is a transaction
             self.fail(PoolerError(POOLER_SHUTDOWN, "pooler is shut down now"))
             return
         if pool.retired:

@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import socket
 import struct
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from pg_doorman import sockets
 from pg_doorman.auth.backend import ServerCredentials, ServerLogin
 from pg_doorman.prepared import COMPLETES, HIDDEN_QUERY, QUERY, SYNC, SYNTHETIC, Expect, ServerStatements
 from pg_doorman.protocol import messages
@@ -36,12 +36,14 @@ _unpack_len = struct.Struct("!I").unpack_from
 
 # Message types from the server whose body the forwarder must look at.
 _WATCH = bytearray(256)
-for _c in b"ZSCEGHWAc":
-    _WATCH[_c] = 1
+for _c in range(256):
+    if chr(_c) in "ZSCEGHWAc":
+        _WATCH[_c] = 1
 WATCHED = bytes(_WATCH)
 # With prepared statements every response that completes a request is watched too (prepared.COMPLETES).
-for _c in b"123TnIs":
-    _WATCH[_c] = 1
+for _c in range(256):
+    if chr(_c) in "123TnIs":
+        _WATCH[_c] = 1
 WATCHED_TRACKED = bytes(_WATCH)
 
 # Parameters PostgreSQL reports with ParameterStatus and a client may change with SET.
@@ -205,13 +207,7 @@ class ServerConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            except OSError:
-                pass
+        sockets.configure(transport.get_extra_info("socket"))
 
     def data_received(self, data: bytes) -> None:
         state = self.state
