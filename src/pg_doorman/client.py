@@ -121,7 +121,10 @@ _LONE_BEGIN = re.compile(
 
 def is_lone_begin(data: bytes) -> bool:
     """True for one Query message that only opens a transaction (BEGIN / START TRANSACTION with options)."""
-    if len(data) > 200 or len(data) < 11 or data[5] not in b"bBsS \t\n\r":
+    if len(data) > 200 or len(data) < 11:
+        return False
+    head = data[5:16].lstrip().lower()
+    if not (head.startswith(b"begin") or head.startswith(b"start")):
         return False
     if int.from_bytes(data[1:5], "big") != len(data) - 1:
         return False
