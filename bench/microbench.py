@@ -16,7 +16,6 @@ from pg_doorman.app import Application
 from pg_doorman.client import IDLE as CLIENT_IDLE
 from pg_doorman.client import ClientConnection
 from pg_doorman.config import load_config
-from pg_doorman.prepared import ClientStatements
 from pg_doorman.protocol import messages
 from pg_doorman.server import IDLE as SERVER_IDLE
 from pg_doorman.server import ServerConnection
@@ -63,7 +62,8 @@ def backend(mode: str) -> bytes:
         return row_desc + row + tail
     if mode == "prepared":
         return messages.BIND_COMPLETE + row + tail
-    return messages.PARSE_COMPLETE + messages.BIND_COMPLETE + row_desc + row + tail
+    # The server has the statement after the first transaction, so the pooler does not send Parse again.
+    return messages.BIND_COMPLETE + row_desc + row + tail
 
 
 async def main() -> None:
@@ -92,7 +92,7 @@ async def main() -> None:
     client.state = CLIENT_IDLE
     client.transaction_mode = True
     if pool.settings.prepared_statements:
-        client.statements = ClientStatements()
+        client.track_statements()
     client.param_token = server.param_token
     if args.mode == "prepared":
         # The client prepared P_0 once, and the server has it.
@@ -100,10 +100,13 @@ async def main() -> None:
         client.data_received(parse + messages.SYNC)
         server.data_received(messages.PARSE_COMPLETE + messages.READY_IDLE)
     fe, be = frontend(args.mode), backend(args.mode)
+    if args.mode == "extended":
+        client.data_received(fe)
+        server.data_received(messages.PARSE_COMPLETE + be)
     for _ in range(1000):
         client.data_received(fe)
         server.data_received(be)
-    assert client.server is None and pool.idle, "server not released"
+    assert client.server is None and pool.idle, ("server not released", [e.code for e in server.expect], server.pending_z, server.unsynced, chr(server.tx_status))
     t0 = time.perf_counter()
     for _ in range(args.n):
         client.data_received(fe)

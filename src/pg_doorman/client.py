@@ -194,6 +194,8 @@ class ClientConnection(asyncio.Protocol):
         "_rx",
         "_rx_waiter",
         "_skip",
+        "_unnamed_cache",
+        "_unnamed_parse_complete",
         "_wait_timer",
         "app",
         "application_name",
@@ -222,6 +224,9 @@ class ClientConnection(asyncio.Protocol):
         self.server: ServerConnection | None = None
         self.statements: ClientStatements | None = None
         self.sql_prepared: dict[bytes, bytes] = {}
+        # Unnamed Parse messages seen lately (raw bytes → statement), so a repeated one costs one dict lookup.
+        self._unnamed_cache: dict[bytes, Statement] = {}
+        self._unnamed_parse_complete: Expect | None = None  # set by track_statements()
         self.transaction_mode = True
         self.params: dict[str, str] = {}
         self.param_token: tuple[tuple[str, str], ...] = ()
@@ -266,6 +271,10 @@ class ClientConnection(asyncio.Protocol):
                 waiter.set_result(None)
 
     def eof_received(self) -> bool | None:
+        # Like PostgreSQL, EOF from the client ends the session. Abort rather than close: a close would wait to
+        # flush replies to a peer that may never read them, holding this client's server (and pool slot).
+        if self.transport is not None:
+            self.transport.abort()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -485,7 +494,7 @@ class ClientConnection(asyncio.Protocol):
         seg = 0
         z = 0
         unsynced = server.unsynced
-        terminate = False
+        terminate = flushed = False
         while True:
             if n - pos < 5:
                 if pos < n:
@@ -499,16 +508,23 @@ class ClientConnection(asyncio.Protocol):
                 self._reject_message(kind, length)
                 return
             end = pos + 1 + length
-            if kind in _NAMED_KINDS:
-                if end > n:
-                    self._carry = data[pos:]
-                    n = pos
-                    break
-                if seg < pos:
-                    out.append(data[seg:pos])
-                self._rewrite(kind, data[pos + 5 : end], server, out)
-                seg = end
+            if server.skipping and kind != 83:
+                # PostgreSQL skips everything up to the next Sync after an error: pass through, change nothing.
+                pass
+            elif kind in _NAMED_KINDS:
                 unsynced = True
+                if kind != 80 and kind != 66 and n - pos > 5 and data[pos + 5] == 80:
+                    # Describe/Close of a portal: portal names are the client's own on the server too.
+                    expect.append(_EXPECT_DESCRIBE if kind == 68 else _EXPECT_CLOSE)
+                else:
+                    if end > n:
+                        self._carry = data[pos:]
+                        n = pos
+                        break
+                    if seg < pos:
+                        out.append(data[seg:pos])
+                    self._rewrite(kind, data[pos:end], server, out)
+                    seg = end
             elif kind == 69:  # 'E' Execute
                 expect.append(_EXPECT_EXECUTE)
                 unsynced = True
@@ -516,6 +532,7 @@ class ClientConnection(asyncio.Protocol):
                 expect.append(_EXPECT_SYNC)
                 z += 1
                 unsynced = False
+                server.skipping = False
             elif kind == 81 or kind == 70:  # 'Q' Query, 'F' FunctionCall
                 if kind == 81 and length < 65536 and data[pos + 5] in _SQL_PREPARE_FIRST:
                     # Maybe PREPARE/EXECUTE/DEALLOCATE, which the pooler tracks per client: needs the whole text.
@@ -536,6 +553,7 @@ class ClientConnection(asyncio.Protocol):
                 z += 1
             elif kind == 72:  # 'H' Flush
                 unsynced = True
+                flushed = True
             elif kind == 88:  # 'X' Terminate
                 n = pos
                 terminate = True
@@ -550,14 +568,42 @@ class ClientConnection(asyncio.Protocol):
         server.unsynced = unsynced
         if out:
             server.write(out[0] if len(out) == 1 else b"".join(out))
+        if flushed and expect and all(entry.code == SYNTHETIC for entry in expect):
+            # Flushed, and the server owes nothing these answers could ride along with: answer now.
+            self.write(b"".join(entry.data for entry in expect))
+            expect.clear()
         if terminate:
             self.close()
 
-    def _rewrite(self, kind: int, body: bytes, server: ServerConnection, out: list[bytes]) -> None:
-        """Parse/Bind/Describe/Close with client statement names → what the server gets and what it owes."""
+    def _rewrite(self, kind: int, raw: bytes, server: ServerConnection, out: list[bytes]) -> None:
+        """Parse/Bind/Describe/Close with client statement names → what the server gets and what it owes.
+
+        Synthetic answers are queued, never written at once: they go out with the server's next reply (there is
+        always one after a Sync), in the position PostgreSQL would have given them.
+        """
         statements = self.statements
         assert statements is not None
         expect = server.expect
+        if kind == 80 and raw[5] == 0:  # unnamed Parse: the common case of drivers without a statement cache
+            stmt = self._unnamed_cache.get(raw)
+            if stmt is None:
+                parsed = parse_parse(raw[5:])
+                stmt = server.pool.registry.get(parsed.query, parsed.types)
+                cache = self._unnamed_cache
+                cache[raw] = stmt
+                if len(cache) > server.pool.settings.client_anonymous_prepared_cache_size:
+                    del cache[next(iter(cache))]
+            statements.unnamed = stmt
+            synthetic = self._unnamed_parse_complete
+            assert synthetic is not None
+            if stmt.name in server.statements or server.revive(stmt.name):
+                expect.append(synthetic)
+            else:
+                out.append(stmt.parse_message)
+                server.add_statement(stmt.name)
+                expect.append(Expect(PARSE, parsed=stmt.name, undo=synthetic.undo))
+            return
+        body = raw[5:]
         if kind == 80:  # 'P' Parse
             parsed = parse_parse(body)
             pool = server.pool
@@ -573,10 +619,7 @@ class ClientConnection(asyncio.Protocol):
             # A failed Parse leaves no statement behind: PostgreSQL drops the unnamed one before parsing.
             undo = _Undo(statements, name, None)
             if stmt.name in server.statements or server.revive(stmt.name):
-                if expect:
-                    expect.append(Expect(SYNTHETIC, data=messages.PARSE_COMPLETE, undo=undo))
-                else:
-                    self.write(messages.PARSE_COMPLETE)
+                expect.append(Expect(SYNTHETIC, data=messages.PARSE_COMPLETE, undo=undo))
             else:
                 out.append(stmt.parse_message)
                 server.add_statement(stmt.name)
@@ -585,7 +628,7 @@ class ClientConnection(asyncio.Protocol):
             start, end = name_after_first_cstring(body)
             bound = statements.lookup(body[start:end])
             if bound is None:
-                out.append(messages.message(b"B", body))  # PostgreSQL itself reports the unknown statement
+                out.append(raw)  # PostgreSQL itself reports the unknown statement
             else:
                 self._ensure_prepared(bound, server, out)
                 out.append(rebuild_with_name(b"B", body, start, end, bound.name))
@@ -593,7 +636,7 @@ class ClientConnection(asyncio.Protocol):
         elif kind == 68:  # 'D' Describe
             described = statements.lookup(body[1:-1]) if body[:1] == b"S" else None
             if described is None:
-                out.append(messages.message(b"D", body))
+                out.append(raw)
             else:
                 self._ensure_prepared(described, server, out)
                 out.append(messages.message(b"D", b"S" + described.name + b"\x00"))
@@ -606,12 +649,9 @@ class ClientConnection(asyncio.Protocol):
                     statements.unnamed = None
                 # The server statement stays: other clients share it. Only the client's name goes away.
                 reopen = _Undo(statements, name, closed) if closed is not None else None
-                if expect:
-                    expect.append(Expect(SYNTHETIC, data=messages.CLOSE_COMPLETE, undo=reopen))
-                else:
-                    self.write(messages.CLOSE_COMPLETE)
+                expect.append(Expect(SYNTHETIC, data=messages.CLOSE_COMPLETE, undo=reopen))
             else:
-                out.append(messages.message(b"C", body))
+                out.append(raw)
                 expect.append(_EXPECT_CLOSE)
 
     def _sql_statement_command(
@@ -706,6 +746,13 @@ class ClientConnection(asyncio.Protocol):
         out.append(stmt.parse_message)
         server.add_statement(stmt.name)
         server.expect.append(Expect(PARSE, hide=True, parsed=stmt.name))
+
+    def track_statements(self) -> None:
+        """Transaction mode with prepared statements: remap this client's statements (see prepared.py)."""
+        self.statements = ClientStatements()
+        self._unnamed_parse_complete = Expect(
+            SYNTHETIC, data=messages.PARSE_COMPLETE, undo=_Undo(self.statements, b"", None)
+        )
 
     def forget_statements(self) -> None:
         """DEALLOCATE ALL / DISCARD ALL ran for this client."""
@@ -900,7 +947,7 @@ class ClientConnection(asyncio.Protocol):
             )
         self.transaction_mode = pool.transaction_mode
         if pool.settings.prepared_statements and pool.transaction_mode:
-            self.statements = ClientStatements()
+            self.track_statements()
         self._finish_login(defaults, params)
 
     def _finish_login(self, defaults: dict[str, str], startup: dict[str, str]) -> None:

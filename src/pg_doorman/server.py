@@ -97,6 +97,7 @@ class ServerConnection(asyncio.Protocol):
         "pid",
         "pool",
         "secret",
+        "skipping",
         "sql_prepare_pending",
         "sql_prepared",
         "state",
@@ -137,6 +138,8 @@ class ServerConnection(asyncio.Protocol):
         # SQL-level PREPAREd statements on this session: name → the client's PREPARE Query message.
         self.sql_prepared: dict[bytes, bytes] = {}
         self.sql_prepare_pending = 0
+        # After an ErrorResponse with no Sync queued yet: PostgreSQL ignores the client's messages up to it.
+        self.skipping = False
         self._skip = 0
         self._swallow = 0
         self._inject_error: ServerError | None = None
@@ -353,6 +356,11 @@ class ServerConnection(asyncio.Protocol):
         self._skip = 0
         start = 0
         out: list[bytes] | None = None
+        if expect and expect[0].code == SYNTHETIC:
+            # Answers the pooler owes for requests it did not send come before anything the server says now.
+            out = []
+            while expect and expect[0].code == SYNTHETIC:
+                out.append(expect.popleft().data)
         watched = WATCHED_TRACKED
         completes = COMPLETES
         unpack = _unpack_len
@@ -448,6 +456,8 @@ class ServerConnection(asyncio.Protocol):
                         self._fail_request(expect.popleft())
                         while expect and expect[0].code != SYNC:
                             self._fail_request(expect.popleft())
+                        if not expect:
+                            self.skipping = True
             elif kind == 83:
                 self._on_parameter_status(data[pos + 5 : end])
             elif kind == 67:

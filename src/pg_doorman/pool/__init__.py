@@ -53,6 +53,7 @@ class Pool:
         self.stats_wait_timeouts = 0
         self.stats_servers_opened = 0
         self.stats_connect_errors = 0
+        self.stats_server_statement_evictions = 0  # from servers already closed
 
     # --------------------------------------------------------------- capacity
 
@@ -136,6 +137,7 @@ class Pool:
         if server not in self.servers:
             return
         self.servers.discard(server)
+        self.stats_server_statement_evictions += server.statements.evictions
         if previous_state == IDLE:
             try:
                 self.idle.remove(server)
@@ -267,6 +269,19 @@ class Pool:
                 tokens.clear()
             tokens[key] = token = key
         return token
+
+    def prepared_statement_stats(self) -> dict[str, int]:
+        """Cache counters for the admin console and metrics: pool-wide map and per-server caches."""
+        registry = self.registry
+        return {
+            "cache_entries": len(registry),
+            "cache_hits": registry.hits,
+            "cache_misses": registry.misses,
+            "cache_evictions": registry.evictions,
+            "server_statements": sum(len(s.statements) for s in self.servers),
+            "server_evictions": self.stats_server_statement_evictions
+            + sum(s.statements.evictions for s in self.servers),
+        }
 
     def retire(self) -> None:
         """Stop using this pool (config reload replaced it): idle servers close now, busy ones on checkin."""
