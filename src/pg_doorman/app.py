@@ -41,6 +41,7 @@ class Application:
         self.max_message_size = config.general.max_message_size
         self._next_pid = 0
         self._plain_verifiers: dict[str, str] = {}
+        self._dummy_verifier: str | None = None
         self._servers: list[asyncio.Server] = []
         self._stop: asyncio.Event | None = None
         self._stop_mode = "immediate"
@@ -109,6 +110,12 @@ class Application:
             verifier = self._plain_verifiers[password] = make_scram_verifier(password)
         return verifier
 
+    def dummy_verifier(self) -> str:
+        """A SCRAM verifier nobody knows the password of: unknown users are challenged against it."""
+        if self._dummy_verifier is None:
+            self._dummy_verifier = make_scram_verifier(secrets.token_urlsafe(24))
+        return self._dummy_verifier
+
     def admin_credentials(self) -> tuple[str, str]:
         general = self.config.general
         return general.admin_username, general.admin_password
@@ -150,7 +157,10 @@ class Application:
             return
         server = client.server
         if server is None:
-            log.debug("cancel request for idle client pid=%s ignored", pid)
+            if client.cancel_waiting():
+                log.info("canceled the queued query of client pid=%s before it reached a server", pid)
+            else:
+                log.debug("cancel request for idle client pid=%s ignored", pid)
             return
         log.info("forwarding cancel for client pid=%s to server pid=%s", pid, server.pid)
         # Mark it now, not when the task first runs: if the query ends in between, the server must not be

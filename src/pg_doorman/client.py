@@ -46,6 +46,7 @@ from pg_doorman.protocol.errors import (
     INVALID_PASSWORD,
     OUT_OF_MEMORY,
     POOLER_SHUTDOWN,
+    QUERY_CANCELED,
     TOO_MANY_CONNECTIONS,
     PoolerError,
     ProtocolViolation,
@@ -822,6 +823,31 @@ class ClientConnection(asyncio.Protocol):
         if self.pool is not None:
             self.param_token = self.pool.intern_params(self.params)
 
+    def cancel_waiting(self) -> bool:
+        """A CancelRequest for a simple query that still waits for a server: cancel it before it runs.
+
+        The client gets what PostgreSQL would send for a query canceled at its start (57014, then
+        ReadyForQuery). Extended-protocol batches keep waiting: their earlier replies would have to be invented.
+        """
+        if self.state != WAITING or self._deferred_begin is not None:
+            return False
+        data = b"".join(self._queued)
+        if len(data) < 6 or data[0] != 0x51 or int.from_bytes(data[1:5], "big") != len(data) - 1:
+            return False
+        if self.pool is not None:
+            self.pool.remove_waiter(self)
+        if self._wait_timer is not None:
+            self._wait_timer.cancel()
+            self._wait_timer = None
+        self._queued = []
+        self.state = IDLE
+        self.write(
+            messages.error_response(QUERY_CANCELED, "canceling statement due to user request", severity="ERROR")
+            + messages.READY_IDLE
+        )
+        self.resume_reading()
+        return True
+
     def checkout_failed(self, err: PoolerError) -> None:
         self.fail(err)
 
@@ -922,6 +948,8 @@ class ClientConnection(asyncio.Protocol):
             return first
 
     async def _authenticate(self, startup: StartupMessage) -> None:
+        if startup.minor_version > 0 or startup.protocol_options:
+            self.write(messages.negotiate_protocol_version(0, startup.protocol_options))
         params = startup.params
         self.user = startup.user
         self.database = startup.database
@@ -933,9 +961,10 @@ class ClientConnection(asyncio.Protocol):
         if pool is None:
             if not self.app.has_database(self.database):
                 raise PoolerError(INVALID_CATALOG_NAME, f'no such database: "{self.database}"')
-            raise PoolerError(
-                INVALID_PASSWORD, f'password authentication failed for user "{self.user}"'
-            )
+            # Like PostgreSQL: an unknown user still goes through a (doomed) SCRAM exchange, so neither the
+            # reply nor its timing tells a prober which user names exist.
+            await self._check_password(self.app.dummy_verifier(), None)
+            raise PoolerError(INVALID_PASSWORD, f'password authentication failed for user "{self.user}"')
         self.pool = pool
         await self._check_password(pool.settings.password, pool)
         try:

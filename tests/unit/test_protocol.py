@@ -89,6 +89,18 @@ def test_unsupported_protocol_version() -> None:
     assert info.value.sqlstate == "0A000"
 
 
+def test_newer_minor_version_and_pq_options_are_kept_for_negotiation() -> None:
+    packet = struct.pack("!ii", 0, (3 << 16) | 2) + b"user\x00u\x00_pq_.x\x00y\x00\x00"
+    packet = struct.pack("!i", len(packet)) + packet[4:]
+    first = parse_first_packet(packet)
+    assert isinstance(first, StartupMessage)
+    assert first.minor_version == 2
+    assert first.protocol_options == ("_pq_.x",)
+    assert "_pq_.x" not in first.params
+    raw = messages.negotiate_protocol_version(0, first.protocol_options)
+    assert raw[:1] == b"v" and raw[5:] == struct.pack("!ii", 0, 1) + b"_pq_.x\x00"
+
+
 def test_startup_packet_length_limits() -> None:
     buf = MessageBuffer()
     buf.feed(struct.pack("!i", 20000))

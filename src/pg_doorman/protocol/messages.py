@@ -113,6 +113,12 @@ def startup_message(params: dict[str, str]) -> bytes:
     return _pack_i(len(body) + 4) + body
 
 
+def negotiate_protocol_version(minor: int, options: tuple[str, ...]) -> bytes:
+    """NegotiateProtocolVersion: the newest minor version we speak and the ``_pq_`` options we do not know."""
+    body = struct.pack("!ii", minor, len(options)) + b"".join(cstr(name) for name in options)
+    return message(b"v", body)
+
+
 def cancel_request(pid: int, secret: int) -> bytes:
     return struct.pack("!iiii", 16, CANCEL_REQUEST_CODE, pid, secret)
 

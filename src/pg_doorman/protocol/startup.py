@@ -9,7 +9,6 @@ from pg_doorman.protocol.errors import FEATURE_NOT_SUPPORTED, PoolerError, Proto
 from pg_doorman.protocol.messages import (
     CANCEL_REQUEST_CODE,
     GSSENC_REQUEST_CODE,
-    PROTOCOL_VERSION_3,
     SSL_REQUEST_CODE,
 )
 
@@ -33,6 +32,8 @@ class CancelRequest:
 @dataclass(frozen=True, slots=True)
 class StartupMessage:
     params: dict[str, str]
+    minor_version: int = 0
+    protocol_options: tuple[str, ...] = ()  # ``_pq_.*`` parameters, which a 3.0 server does not understand
 
     @property
     def user(self) -> str:
@@ -65,12 +66,13 @@ def parse_first_packet(packet: bytes) -> FirstPacket:
             FEATURE_NOT_SUPPORTED,
             f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: server supports 3.0",
         )
-    if code != PROTOCOL_VERSION_3:
-        # 3.x minor versions above 0 would need NegotiateProtocolVersion; we speak 3.0 only and say so.
-        raise PoolerError(
-            FEATURE_NOT_SUPPORTED, f"unsupported frontend protocol 3.{code & 0xFFFF}: server supports 3.0"
-        )
-    return StartupMessage(parse_startup_params(packet[8:]))
+    params = parse_startup_params(packet[8:])
+    # A newer 3.x minor version or _pq_ options are answered with NegotiateProtocolVersion (3.0, options
+    # unrecognized), as PostgreSQL does; the session then goes on in 3.0.
+    options = tuple(name for name in params if name.startswith("_pq_."))
+    for name in options:
+        del params[name]
+    return StartupMessage(params, minor_version=code & 0xFFFF, protocol_options=options)
 
 
 def parse_startup_params(data: bytes) -> dict[str, str]:

@@ -1,0 +1,582 @@
+"""Authentication through pg_doorman, both sides, with real clients (psycopg/libpq, asyncpg) and raw sockets.
+
+Client side: the kind of ``password`` in the config (md5 verifier, SCRAM verifier, plaintext, empty) decides which
+challenge pg_doorman sends (AuthenticationMD5Password = 5, AuthenticationSASL = 10, none = AuthenticationOk) and
+whether a given password is accepted.  Unknown database → 3D000, unknown user → 28P01 with the same text as a wrong
+password.  Server side: md5 pass-the-hash, SCRAM ClientKey passthrough, explicit ``server_username`` /
+``server_password`` and trust, checked with ``current_user`` / ``session_user``; a wrong ``server_password`` must
+come back to the client as PostgreSQL's 28P01 quickly.  Admin console login uses md5 only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+import psycopg
+import pytest
+
+from pg_doorman.devcluster import TempPostgres
+
+StartDoorman = Callable[..., Any]
+PoolConfig = Callable[..., dict[str, Any]]
+
+HOST = "127.0.0.1"
+IO_TIMEOUT = 5.0
+
+
+# ---------------------------------------------------------------- raw wire helpers
+
+
+def md5_hex(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def md5_verifier(password: str, user: str) -> str:
+    return "md5" + md5_hex(password.encode() + user.encode())
+
+
+def startup_packet(params: dict[str, str], version: int = 196608) -> bytes:
+    body = struct.pack("!i", version) + b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items())
+    body += b"\0"
+    return struct.pack("!i", len(body) + 4) + body
+
+
+def typed(kind: bytes, body: bytes) -> bytes:
+    return kind + struct.pack("!i", len(body) + 4) + body
+
+
+def error_fields(body: bytes) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for part in body.split(b"\0"):
+        if part:
+            fields[chr(part[0])] = part[1:].decode("utf-8", "replace")
+    return fields
+
+
+class Wire:
+    """A blocking socket speaking the PostgreSQL wire protocol, for asserting exact bytes."""
+
+    def __init__(self, port: int, timeout: float = IO_TIMEOUT) -> None:
+        self.sock = socket.create_connection((HOST, port), timeout=timeout)
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self, n: int) -> None:
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError(f"connection closed with {len(self.buf)} of {n} bytes buffered")
+            self.buf += chunk
+
+    def read_message(self) -> tuple[bytes, bytes]:
+        self._fill(5)
+        length = struct.unpack("!i", self.buf[1:5])[0]
+        self._fill(1 + length)
+        kind, body = self.buf[:1], self.buf[5 : 1 + length]
+        self.buf = self.buf[1 + length :]
+        return kind, body
+
+    def read_until(self, kind: bytes) -> list[tuple[bytes, bytes]]:
+        out = []
+        while True:
+            msg = self.read_message()
+            out.append(msg)
+            if msg[0] == kind:
+                return out
+
+    def closed_by_peer(self, timeout: float = IO_TIMEOUT) -> bool:
+        """True if the peer closes (EOF or reset) within ``timeout`` and sends nothing more."""
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(1)
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+        return data == b"" and not self.buf
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Wire:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def auth_request_code(port: int, user: str, database: str = "appdb") -> tuple[int, Wire]:
+    """Send a StartupMessage and return the code of the first Authentication message (socket left open)."""
+    wire = Wire(port)
+    wire.send(startup_packet({"user": user, "database": database}))
+    kind, body = wire.read_message()
+    assert kind == b"R", f"expected an Authentication message, got {kind!r}: {body!r}"
+    return struct.unpack("!i", body[:4])[0], wire
+
+
+def first_error(port: int, params: dict[str, str]) -> dict[str, str]:
+    """Start up with ``params`` and return the fields of the ErrorResponse the pooler answers with."""
+    with Wire(port) as wire:
+        wire.send(startup_packet(params))
+        kind, body = wire.read_message()
+        assert kind == b"E", f"expected ErrorResponse, got {kind!r}: {body!r}"
+        fields = error_fields(body)
+        assert wire.closed_by_peer(), "the connection must be closed after a FATAL error"
+        return fields
+
+
+# ---------------------------------------------------------------- client helpers
+
+
+def one(conn: psycopg.Connection[Any], sql: str) -> Any:
+    row = conn.execute(sql).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def who(proc: Any, user: str, password: str | None, **kwargs: Any) -> tuple[str, str]:
+    with proc.connect(user=user, password=password, **kwargs) as conn:
+        row = conn.execute("select current_user::text, session_user::text").fetchone()
+        assert row is not None
+        return row[0], row[1]
+
+
+def psycopg_login_error(proc: Any, user: str, password: str | None, db: str = "appdb", **kwargs: Any) -> str:
+    """Log in expecting a failure; return libpq's message (psycopg has no SQLSTATE for connect errors)."""
+    started = time.monotonic()
+    with pytest.raises(psycopg.OperationalError) as info:
+        proc.connect(user=user, password=password, db=db, **kwargs).close()
+    assert time.monotonic() - started < 8, "login failure took too long (hang?)"
+    return str(info.value)
+
+
+async def _asyncpg_login(port: int, user: str, password: str, database: str) -> Any:
+    conn = await asyncpg.connect(
+        host=HOST, port=port, user=user, password=password, database=database, ssl=False, timeout=10,
+        statement_cache_size=0,
+    )
+    try:
+        return await conn.fetchval("select current_user::text")
+    finally:
+        await conn.close()
+
+
+def asyncpg_login(port: int, user: str, password: str, database: str = "appdb") -> Any:
+    return asyncio.run(_asyncpg_login(port, user, password, database))
+
+
+def asyncpg_sqlstate(port: int, user: str, password: str, database: str = "appdb") -> str:
+    """Log in with asyncpg expecting a server error; return its SQLSTATE."""
+    started = time.monotonic()
+    with pytest.raises(asyncpg.PostgresError) as info:
+        asyncpg_login(port, user, password, database)
+    assert time.monotonic() - started < 8, "login failure took too long (hang?)"
+    return str(info.value.sqlstate)
+
+
+def app_backends(cluster: TempPostgres, application_name: str) -> int:
+    out = cluster.psql(
+        "select count(*) from pg_stat_activity where backend_type = 'client backend' "
+        f"and application_name = '{application_name}'"
+    )
+    return int(out)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+# ---------------------------------------------------------------- A. client side
+
+# Each configured user logs in to PostgreSQL as role ``app`` on the trusted cluster, so only pg_doorman's own
+# check of the client is exercised here.
+CLIENT_USERS = {
+    "md5": ("u_md5", "md5_secret"),
+    "scram": ("u_scram", "scram_secret"),
+    "plain": ("u_plain", "plain_secret"),
+    "empty": ("u_trust", ""),
+}
+
+
+def scram_verifier_from_postgres(cluster: TempPostgres, password: str) -> str:
+    """A SCRAM verifier computed by PostgreSQL itself (not by pg_doorman's code under test)."""
+    role = "verifier_maker"
+    cluster.create_user(role, password, encryption="scram-sha-256")
+    return cluster.role_password_hash(role)
+
+
+@pytest.fixture
+def client_auth_doorman(pg_trust: TempPostgres, doorman: StartDoorman, pool_config: PoolConfig) -> Any:
+    passwords = {
+        "md5": md5_verifier(CLIENT_USERS["md5"][1], CLIENT_USERS["md5"][0]),
+        "scram": scram_verifier_from_postgres(pg_trust, CLIENT_USERS["scram"][1]),
+        "plain": CLIENT_USERS["plain"][1],
+        "empty": "",
+    }
+    users = [
+        {"username": name, "password": passwords[kind], "server_username": "app"}
+        for kind, (name, _) in CLIENT_USERS.items()
+    ]
+    return doorman(pool_config(pg_trust, users, pool_size=2, general={"max_message_size": "1MB"}))
+
+
+@pytest.mark.parametrize(("kind", "code"), [("md5", 5), ("scram", 10), ("plain", 10), ("empty", 0)])
+def test_auth_request_code_follows_configured_password(client_auth_doorman: Any, kind: str, code: int) -> None:
+    user, password = CLIENT_USERS[kind]
+    with Wire(client_auth_doorman.port) as wire:
+        wire.send(startup_packet({"user": user, "database": "appdb"}))
+        kind_, body = wire.read_message()
+        assert kind_ == b"R"
+        assert struct.unpack("!i", body[:4])[0] == code
+        if code == 10:
+            # AuthenticationSASL lists exactly SCRAM-SHA-256 (no -PLUS: there is no TLS to bind to).
+            assert body[4:] == b"SCRAM-SHA-256\0\0"
+            return
+        if code == 5:
+            # Answer the challenge by hand: "md5" + md5(md5(password + user) + salt).
+            assert len(body) == 8
+            salt = body[4:8]
+            answer = "md5" + md5_hex(md5_hex(password.encode() + user.encode()).encode() + salt)
+            wire.send(typed(b"p", answer.encode() + b"\0"))
+            kind_, body = wire.read_message()
+            assert (kind_, body) == (b"R", struct.pack("!i", 0))
+        msgs = wire.read_until(b"Z")
+        assert msgs[-1] == (b"Z", b"I")
+        assert any(k == b"K" for k, _ in msgs)
+        wire.send(typed(b"Q", b"select current_user\0"))
+        msgs = wire.read_until(b"Z")
+        rows = [body for k, body in msgs if k == b"D"]
+        assert rows and rows[0].endswith(b"app")
+
+
+@pytest.mark.parametrize("kind", ["md5", "scram", "plain"])
+def test_psycopg_right_and_wrong_password(client_auth_doorman: Any, kind: str) -> None:
+    user, password = CLIENT_USERS[kind]
+    assert who(client_auth_doorman, user, password) == ("app", "app")
+    message = psycopg_login_error(client_auth_doorman, user, password + "x")
+    assert f'password authentication failed for user "{user}"' in message
+    # The server still serves the right password after a failure.
+    assert who(client_auth_doorman, user, password) == ("app", "app")
+
+
+@pytest.mark.parametrize(
+    ("kind", "method", "other"), [("md5", "md5", "scram-sha-256"), ("scram", "scram-sha-256", "md5"),
+                                  ("plain", "scram-sha-256", "md5")]
+)
+def test_libpq_require_auth_sees_the_expected_method(client_auth_doorman: Any, kind: str, method: str,
+                                                     other: str) -> None:
+    """libpq's require_auth fails the login client-side if the server asks for another method."""
+    user, password = CLIENT_USERS[kind]
+    assert who(client_auth_doorman, user, password, require_auth=method) == ("app", "app")
+    message = psycopg_login_error(client_auth_doorman, user, password, require_auth=other)
+    assert "authentication method requirement" in message
+
+
+def test_empty_password_is_trust(client_auth_doorman: Any) -> None:
+    user, _ = CLIENT_USERS["empty"]
+    # No password at all, and libpq's require_auth=none proves no challenge was sent.
+    assert who(client_auth_doorman, user, None, require_auth="none") == ("app", "app")
+    assert who(client_auth_doorman, user, "anything") == ("app", "app")
+
+
+@pytest.mark.parametrize("kind", ["md5", "scram", "plain"])
+def test_asyncpg_right_and_wrong_password(client_auth_doorman: Any, kind: str) -> None:
+    user, password = CLIENT_USERS[kind]
+    port = client_auth_doorman.port
+    assert asyncpg_login(port, user, password) == "app"
+    assert asyncpg_sqlstate(port, user, "wrong") == "28P01"
+
+
+def test_psql_password_login(client_auth_doorman: Any) -> None:
+
+    for kind in ("md5", "scram"):
+        user, password = CLIENT_USERS[kind]
+        env = {"PGPASSWORD": password, "PATH": "/usr/bin:/bin", "PGCONNECT_TIMEOUT": "10"}
+        args = ["psql", "-X", "-At", "-h", HOST, "-p", str(client_auth_doorman.port), "-U", user, "-d", "appdb",
+                "-c", "select current_user"]
+        ok = subprocess.run(args, env=env, capture_output=True, text=True, timeout=20, check=False)
+        assert ok.returncode == 0, ok.stderr
+        assert ok.stdout.strip() == "app"
+        bad = subprocess.run(args, env={**env, "PGPASSWORD": "nope"}, capture_output=True, text=True, timeout=20,
+                             check=False)
+        assert bad.returncode == 2
+        assert f'password authentication failed for user "{user}"' in bad.stderr
+
+
+def test_unknown_database_is_3d000(client_auth_doorman: Any) -> None:
+    port = client_auth_doorman.port
+    fields = first_error(port, {"user": "u_md5", "database": "nosuchdb"})
+    assert fields["C"] == "3D000"
+    assert fields["S"] == "FATAL"
+    assert asyncpg_sqlstate(port, "u_md5", "md5_secret", "nosuchdb") == "3D000"
+    # Database defaults to the user name, which is no database here either.
+    assert first_error(port, {"user": "u_md5"})["C"] == "3D000"
+
+
+def test_unknown_user_is_28p01_like_a_wrong_password(client_auth_doorman: Any) -> None:
+    port = client_auth_doorman.port
+    assert asyncpg_sqlstate(port, "nosuchuser", "whatever") == "28P01"
+    unknown = psycopg_login_error(client_auth_doorman, "nosuchuser", "whatever")
+    wrong = psycopg_login_error(client_auth_doorman, "u_md5", "whatever")
+    # Same text (modulo the name) as a wrong password: nothing tells an unknown user from a known one.
+    assert unknown.split("FATAL:", 1)[1].replace("nosuchuser", "U") == wrong.split("FATAL:", 1)[1].replace(
+        "u_md5", "U"
+    )
+    # A role that exists in PostgreSQL but is not configured in pg_doorman is just as unknown.
+    assert asyncpg_sqlstate(port, "app2", "app2_pass") == "28P01"
+    # An unknown user is challenged like a known one (PostgreSQL does the same), not refused at once.
+    code, wire = auth_request_code(port, "nosuchuser")
+    with wire:
+        assert code == 10
+
+
+def test_bad_auth_message_during_login_is_rejected(client_auth_doorman: Any) -> None:
+    """A PasswordMessage with an impossible length during the md5 exchange: 08P01 and close, no hang."""
+    code, wire = auth_request_code(client_auth_doorman.port, "u_md5")
+    with wire:
+        assert code == 5
+        wire.send(b"p\x00\x00\x00\x02")
+        kind, body = wire.read_message()
+        assert kind == b"E"
+        assert error_fields(body)["C"] == "08P01"
+        assert wire.closed_by_peer()
+    # Non-'p' message instead of the password → 28P01, connection closed.
+    code, wire = auth_request_code(client_auth_doorman.port, "u_md5")
+    with wire:
+        wire.send(typed(b"Q", b"select 1\0"))
+        kind, body = wire.read_message()
+        assert kind == b"E"
+        assert error_fields(body)["C"] == "28P01"
+        assert wire.closed_by_peer()
+    assert who(client_auth_doorman, "u_md5", "md5_secret") == ("app", "app")
+
+
+@pytest.mark.parametrize("kind", ["md5", "scram"])
+def test_oversized_auth_message_is_refused_before_login(client_auth_doorman: Any, kind: str) -> None:
+    """An unauthenticated client cannot make the pooler wait for (and buffer) a message over max_message_size."""
+    user, _ = CLIENT_USERS[kind]
+    code, wire = auth_request_code(client_auth_doorman.port, user)
+    with wire:
+        assert code in (5, 10)
+        started = time.monotonic()
+        wire.send(b"p" + struct.pack("!i", 64 * 1024 * 1024) + b"x" * 1000)
+        kind_, body = wire.read_message()
+        assert kind_ == b"E"
+        assert error_fields(body)["C"] in ("53200", "08P01")
+        assert wire.closed_by_peer()
+        assert time.monotonic() - started < 5
+    assert who(client_auth_doorman, "u_md5", "md5_secret") == ("app", "app")
+
+
+# ---------------------------------------------------------------- B. server side
+
+
+def test_md5_passthrough_to_md5_cluster(pg_md5: TempPostgres, doorman: StartDoorman, pool_config: PoolConfig) -> None:
+    config = pool_config(pg_md5, ["app", "app2"], pool_size=2)
+    assert config["pools"]["appdb"]["users"][0]["password"].startswith("md5")
+    assert "server_password" not in config["pools"]["appdb"]["users"][0]
+    proc = doorman(config)
+    assert who(proc, "app", "app_pass") == ("app", "app")
+    assert who(proc, "app2", "app2_pass") == ("app2", "app2")
+    code, wire = auth_request_code(proc.port, "app")
+    wire.close()
+    assert code == 5
+    assert asyncpg_login(proc.port, "app", "app_pass") == "app"
+    assert asyncpg_sqlstate(proc.port, "app", "app2_pass") == "28P01"
+
+
+def test_scram_passthrough_to_scram_cluster(
+    pg_scram: TempPostgres, doorman: StartDoorman, pool_config: PoolConfig
+) -> None:
+    app_name = "doorman_scram_passthrough"
+    config = pool_config(pg_scram, [{"username": "app", "min_pool_size": 2}], pool_size=3, application_name=app_name)
+    assert config["pools"]["appdb"]["users"][0]["password"].startswith("SCRAM-SHA-256$")
+    proc = doorman(config)
+    # Without a client login pg_doorman has no ClientKey: min_pool_size cannot be honoured yet.
+    time.sleep(2.2)
+    assert app_backends(pg_scram, app_name) == 0
+    # A wrong password must not unlock anything either.
+    assert asyncpg_sqlstate(proc.port, "app", "wrong") == "28P01"
+    assert app_backends(pg_scram, app_name) == 0
+    code, wire = auth_request_code(proc.port, "app")
+    wire.close()
+    assert code == 10
+    with proc.connect(application_name=app_name) as conn:
+        assert one(conn, "select current_user::text") == "app"
+        assert one(conn, "select session_user::text") == "app"
+    # Now the ClientKey is known: the pool can open servers on its own (min_pool_size).
+    assert wait_until(lambda: app_backends(pg_scram, app_name) >= 2), app_backends(pg_scram, app_name)
+    assert asyncpg_login(proc.port, "app", "app_pass") == "app"
+
+
+def test_scram_passthrough_to_md5_hash_mismatch_fails_cleanly(
+    pg_scram: TempPostgres, doorman: StartDoorman, pool_config: PoolConfig
+) -> None:
+    """An md5 verifier in the config while PostgreSQL wants SCRAM: the client gets 28P01, not a hang."""
+    config = pool_config(pg_scram, [{"username": "app", "password": md5_verifier("app_pass", "app")}])
+    proc = doorman(config)
+    assert asyncpg_sqlstate(proc.port, "app", "app_pass") == "28P01"
+    message = psycopg_login_error(proc, "app", "app_pass")
+    assert "app" in message
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_explicit_server_credentials_on_scram_cluster(
+    pg_scram: TempPostgres, doorman: StartDoorman, pool_config: PoolConfig, mode: str
+) -> None:
+    users = [
+        {"username": "alias", "password": md5_verifier("alias_pass", "alias"), "server_username": "app",
+         "server_password": "app_pass"},
+        {"username": "alias2", "password": "alias2_plain", "server_username": "app2",
+         "server_password": "app2_pass"},
+    ]
+    proc = doorman(pool_config(pg_scram, users, pool_mode=mode, pool_size=2))
+    assert who(proc, "alias", "alias_pass") == ("app", "app")
+    assert who(proc, "alias2", "alias2_plain") == ("app2", "app2")
+    # The client's password is the alias's, not the server role's.
+    assert "password authentication failed" in psycopg_login_error(proc, "alias", "app_pass")
+    assert asyncpg_login(proc.port, "alias", "alias_pass") == "app"
+
+
+def test_explicit_server_credentials_on_md5_cluster(
+    pg_md5: TempPostgres, doorman: StartDoorman, pool_config: PoolConfig
+) -> None:
+    users = [{"username": "alias", "password": "", "server_username": "app2", "server_password": "app2_pass"}]
+    proc = doorman(pool_config(pg_md5, users, pool_size=1))
+    assert who(proc, "alias", None) == ("app2", "app2")
+
+
+def test_trust_cluster_without_credentials(
+    pg_trust: TempPostgres, doorman: StartDoorman, pool_config: PoolConfig
+) -> None:
+    proc = doorman(pool_config(pg_trust, [{"username": "app", "password": ""}, {"username": "app2", "password": ""}]))
+    assert who(proc, "app", None) == ("app", "app")
+    assert who(proc, "app2", None) == ("app2", "app2")
+    assert asyncpg_login(proc.port, "app2", "") == "app2"
+
+
+def test_wrong_server_password_reaches_client_as_28p01(
+    pg_hashed: TempPostgres, doorman: StartDoorman, pool_config: PoolConfig
+) -> None:
+    users = [{"username": "alias", "password": "", "server_username": "app", "server_password": "not_app_pass"}]
+    proc = doorman(pool_config(pg_hashed, users, pool_size=2, connect_timeout="3s"))
+    started = time.monotonic()
+    assert asyncpg_sqlstate(proc.port, "alias", "") == "28P01"
+    message = psycopg_login_error(proc, "alias", None)
+    assert 'password authentication failed for user "app"' in message
+    fields = first_error(proc.port, {"user": "alias", "database": "appdb"})
+    assert fields["C"] == "28P01"
+    assert time.monotonic() - started < 10
+    # pg_doorman itself is still fine: another pool of the same process works.
+
+
+def test_wrong_server_password_does_not_affect_other_pools(
+    pg_scram: TempPostgres, doorman: StartDoorman, pool_config: PoolConfig
+) -> None:
+    users = [
+        {"username": "bad", "password": "", "server_username": "app", "server_password": "nope"},
+        {"username": "good", "password": "", "server_username": "app", "server_password": "app_pass"},
+    ]
+    proc = doorman(pool_config(pg_scram, users, pool_size=1))
+    for _ in range(3):
+        assert asyncpg_sqlstate(proc.port, "bad", "") == "28P01"
+        assert who(proc, "good", None) == ("app", "app")
+
+
+@pytest.mark.parametrize(
+    "password", ["p\u00e4ssw\u00f6rd", "\u2168", "with space 'and' quotes"], ids=["umlauts", "saslprep", "spaces"]
+)
+def test_non_ascii_passwords_both_sides(
+    pg_scram: TempPostgres, pg_md5: TempPostgres, doorman: StartDoorman, pool_config: PoolConfig, password: str
+) -> None:
+    """Passwords that need UTF-8 and SASLprep: PostgreSQL's verifiers, libpq's proofs and pg_doorman agree."""
+    role = "nonascii_user"
+    pg_scram.create_user(role, password, encryption="scram-sha-256")
+    pg_md5.create_user(role, password, encryption="md5")
+    users = [
+        {"username": role},  # SCRAM passthrough with PostgreSQL's own verifier
+        # plaintext in the config: pg_doorman derives the client verifier and answers PostgreSQL's SCRAM itself
+        {"username": "plain_alias", "password": password, "server_username": role, "server_password": password},
+    ]
+    scram_proc = doorman(pool_config(pg_scram, users, pool_size=1))
+    assert who(scram_proc, role, password) == (role, role)
+    assert who(scram_proc, "plain_alias", password) == (role, role)
+    assert asyncpg_login(scram_proc.port, "plain_alias", password) == role
+    assert "password authentication failed" in psycopg_login_error(scram_proc, role, password + "!")
+    md5_proc = doorman(pool_config(pg_md5, [role], pool_size=1))
+    assert who(md5_proc, role, password) == (role, role)
+    assert asyncpg_login(md5_proc.port, role, password) == role
+
+
+# ---------------------------------------------------------------- C. admin console
+
+
+@pytest.fixture
+def admin_doorman(pg_trust: TempPostgres, doorman: StartDoorman, pool_config: PoolConfig) -> Any:
+    return doorman(pool_config(pg_trust, [{"username": "app", "password": ""}]))
+
+
+def test_admin_login_uses_md5_and_queries_answer(admin_doorman: Any) -> None:
+    code, wire = auth_request_code(admin_doorman.port, "admin", "pgdoorman")
+    wire.close()
+    assert code == 5
+    with psycopg.connect(admin_doorman.admin_dsn(), connect_timeout=10, autocommit=True) as conn:
+        started = time.monotonic()
+        try:
+            conn.execute("SHOW POOLS")
+        except psycopg.Error:
+            pass  # an ErrorResponse is fine for now; a hang is not
+        assert time.monotonic() - started < 5
+        # The session goes on after the answer.
+        try:
+            conn.execute("SHOW VERSION")
+        except psycopg.Error:
+            pass
+    # pgbouncer is an alias of the admin database
+    dsn = admin_doorman.admin_dsn().replace("dbname=pgdoorman", "dbname=pgbouncer")
+    with psycopg.connect(dsn, connect_timeout=10, autocommit=True):
+        pass
+
+
+def test_admin_login_md5_by_hand(admin_doorman: Any) -> None:
+    with Wire(admin_doorman.port) as wire:
+        wire.send(startup_packet({"user": "admin", "database": "pgdoorman"}))
+        _kind, body = wire.read_message()
+        salt = body[4:8]
+        answer = "md5" + md5_hex(md5_hex(b"admin_pass" + b"admin").encode() + salt)
+        wire.send(typed(b"p", answer.encode() + b"\0"))
+        msgs = wire.read_until(b"Z")
+        assert msgs[0] == (b"R", struct.pack("!i", 0))
+        wire.send(typed(b"Q", b"SHOW POOLS\0"))
+        msgs = wire.read_until(b"Z")
+        assert msgs[-1] == (b"Z", b"I")
+        kinds = [k for k, _ in msgs]
+        assert b"E" in kinds or b"C" in kinds
+        wire.send(typed(b"X", b""))
+        assert wire.closed_by_peer()
+
+
+def test_admin_wrong_password_or_user_is_28p01(admin_doorman: Any) -> None:
+    port = admin_doorman.port
+    assert asyncpg_sqlstate(port, "admin", "wrong", "pgdoorman") == "28P01"
+    assert asyncpg_sqlstate(port, "app", "admin_pass", "pgdoorman") == "28P01"
+    dsn = admin_doorman.admin_dsn().replace("password=admin_pass", "password=wrong")
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(dsn, connect_timeout=10)
+    # A normal pool client is unaffected by admin failures.
+    assert who(admin_doorman, "app", None) == ("app", "app")
