@@ -3,9 +3,10 @@
 #
 # Installs what the tests and the benchmark need, only when it is missing:
 #   postgresql-15, postgresql-client-15 (TempPostgres, psql, pgbench), pgbouncer (benchmark peer),
-#   nodejs/npm if `node` is missing, default-jdk-headless if `java` is missing (driver tests),
-#   python3-venv if `python3 -m venv` cannot work,
-# then creates .venv and installs the package with its test extras (editable).
+#   nodejs/npm if `node`/`npm` is missing, default-jdk-headless if `javac` is missing and
+#   libpostgresql-jdbc-java if no pgJDBC jar is found (driver tests), python3-venv if `python3 -m venv` cannot work,
+# then creates .venv and installs the package with its test extras (editable), and runs `npm ci` in
+# tests/drivers/node when its node_modules is missing or its package-lock.json changed since the last run.
 # A second run does nothing and takes well under a second.
 set -euo pipefail
 
@@ -52,8 +53,18 @@ missing=()
 for pkg in postgresql-15 postgresql-client-15 pgbouncer; do
     installed "$pkg" || missing+=("$pkg")
 done
-command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
-command -v java >/dev/null 2>&1 || missing+=(default-jdk-headless)
+if ! command -v node >/dev/null 2>&1; then
+    missing+=(nodejs npm)
+elif ! command -v npm >/dev/null 2>&1; then
+    missing+=(npm)
+fi
+# javac compiles tests/drivers/java at test time; the JDK brings java too.
+command -v javac >/dev/null 2>&1 || missing+=(default-jdk-headless)
+# pgJDBC for the Java driver test: a Maven-cached 42.7.13 if there is one, else Debian's jar.
+PGJDBC_M2="$HOME/.m2/repository/org/postgresql/postgresql/42.7.13/postgresql-42.7.13.jar"
+if [ ! -f "$PGJDBC_M2" ] && [ ! -f /usr/share/java/postgresql.jar ]; then
+    missing+=(libpostgresql-jdbc-java)
+fi
 if [ -z "$PYTHON" ]; then
     missing+=(python3 python3-venv)
 elif [ ! -x "$VENV/bin/python" ] && ! venv_works "$PYTHON"; then
@@ -159,6 +170,23 @@ if [ "$want_stamp" != "$have_stamp" ] || ! install_ok; then
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$REPO_ROOT[test]"
     echo "$want_stamp" >"$STAMP"
     did+=("installed pg_doorman[test] into .venv")
+fi
+
+# ---------------------------------------------------------------- node driver programs
+
+# npm ci when node_modules is missing or package-lock.json differs from the one last installed from.
+NODE_DIR="$REPO_ROOT/tests/drivers/node"
+NODE_STAMP="$NODE_DIR/node_modules/.pg-doorman-lock-sha256"
+if [ -f "$NODE_DIR/package-lock.json" ]; then
+    want_lock=$(sha256sum "$NODE_DIR/package-lock.json" | cut -d' ' -f1)
+    have_lock=$(cat "$NODE_STAMP" 2>/dev/null || true)
+    if [ "$want_lock" != "$have_lock" ] || [ ! -f "$NODE_DIR/node_modules/pg/package.json" ] \
+        || [ ! -f "$NODE_DIR/node_modules/postgres/package.json" ]; then
+        say "npm ci in tests/drivers/node"
+        (cd "$NODE_DIR" && npm ci --no-audit --no-fund --loglevel=error)
+        echo "$want_lock" >"$NODE_STAMP"
+        did+=("installed tests/drivers/node dependencies (npm ci)")
+    fi
 fi
 
 if [ ${#did[@]} -eq 0 ]; then
