@@ -110,6 +110,9 @@ NOT_SETTABLE = frozenset(
 STARTUP, IDLE, WAITING, ACTIVE, CLOSED = range(5)
 
 _NAMED_KINDS = frozenset(b"PBDC")
+# First bytes of a Query text that may be a lone BEGIN / START TRANSACTION ("b", "s", white space): a cheap
+# filter before is_lone_begin; SELECT passes it and is turned away there by its third letter.
+_MAYBE_BEGIN = bytes(1 if chr(c) in "bBsS \t\r\n" else 0 for c in range(256))
 _BEGIN_REPLY = messages.command_complete("BEGIN") + messages.READY_IN_TX
 _LONE_BEGIN = re.compile(
     rb"\s*(?:begin(?:\s+(?:work|transaction))?|start\s+transaction)"
@@ -122,7 +125,7 @@ _LONE_BEGIN = re.compile(
 
 def is_lone_begin(data: bytes) -> bool:
     """True for one Query message that only opens a transaction (BEGIN / START TRANSACTION with options)."""
-    if len(data) > 200 or len(data) < 11:
+    if len(data) > 200 or len(data) < 11 or data[7] in b"lL":  # "sel(ect)" is the common miss
         return False
     head = data[5:16].lstrip().lower()
     if not (head.startswith(b"begin") or head.startswith(b"start")):
@@ -344,7 +347,13 @@ class ClientConnection(asyncio.Protocol):
                 return
             self.pool = pool = successor
             self.param_token = pool.intern_params(self.params)
-        if data[0] == 0x51 and self.transaction_mode and self._deferred_begin is None and is_lone_begin(data):
+        if (
+            data[0] == 0x51
+            and self.transaction_mode
+            and self._deferred_begin is None
+            and _MAYBE_BEGIN[data[5] if len(data) > 6 else 0]
+            and is_lone_begin(data)
+        ):
             # Answer BEGIN now and send it with the next statement: a client that opens a transaction and then
             # thinks does not hold a server meanwhile.
             self._deferred_begin = data
@@ -780,31 +789,12 @@ class ClientConnection(asyncio.Protocol):
             return
         self.server = None
         self.state = IDLE
-        server.detach()
-        self._return_server(server, client_gone=False)
+        server.release()
         if self.app.shutting_down:
             self.fail_shutdown()
 
     def fail_shutdown(self) -> None:
         self.fail(PoolerError(POOLER_SHUTDOWN, "pooler is shut down now"))
-
-    def _return_server(self, server: ServerConnection, *, client_gone: bool) -> None:
-        pool = server.pool
-        if server.cancel_sent:
-            # A cancel may still be in flight toward this backend: never lend it to another client.
-            server.close()
-            return
-        if server.is_clean():
-            pool.checkin(server)
-            return
-        if not server.reusable_after_client():
-            server.close()
-            return
-        sql = server.cleanup_sql(pool.settings.cleanup_server_connections)
-        if sql:
-            server.start_cleanup(sql)
-        else:
-            pool.checkin(server)
 
     def server_lost(self, server: ServerConnection) -> None:
         """The server this client holds went away: the client cannot continue its session."""
@@ -886,8 +876,7 @@ class ClientConnection(asyncio.Protocol):
         server = self.server
         if server is not None:
             self.server = None
-            server.detach()
-            self._return_server(server, client_gone=True)
+            server.release()
         self.app.client_closed(self)
 
     # ------------------------------------------------------------------ login

@@ -46,6 +46,10 @@ for _c in range(256):
         _WATCH[_c] = 1
 WATCHED_TRACKED = bytes(_WATCH)
 
+# First letters of the CommandComplete tags that change what cleanup a session needs (SET, RESET, DECLARE
+# CURSOR, DISCARD ALL, DEALLOCATE ALL, PREPARE, LISTEN, CLOSE CURSOR ALL); other tags skip the call.
+_TAG_FIRST = frozenset(b"SRDPLC")
+
 # Parameters PostgreSQL reports with ParameterStatus and a client may change with SET.
 SYNCABLE_REPORTED = frozenset(
     {
@@ -305,10 +309,14 @@ class ServerConnection(asyncio.Protocol):
                         return
                 else:
                     self.pending_z -= 1
+                    expect = self.expect
+                    if expect:
+                        expect.popleft()  # only ever a lone simple Query here (see _forward_tracked)
                     if (
                         self.pending_z <= 0
                         and self.tx_status == 73
                         and not self.unsynced
+                        and not expect
                         and self.client is not None
                         and self.client.transaction_mode
                     ):
@@ -317,7 +325,7 @@ class ServerConnection(asyncio.Protocol):
                 self._on_parameter_status(data[pos + 5 : end])
             elif kind == 67:  # 'C' CommandComplete
                 self.in_copy = False
-                if not self._swallow:
+                if not self._swallow and data[pos + 5] in _TAG_FIRST:
                     self._on_command_complete(data, pos + 5)
             elif kind == 69:  # 'E' ErrorResponse
                 self.in_copy = False
@@ -332,7 +340,9 @@ class ServerConnection(asyncio.Protocol):
             start = n
         client = self.client
         if client is not None and start < n:
-            client.write(data[start:n] if start or n != len(data) else data)
+            transport = client.transport
+            if transport is not None:
+                transport.write(data[start:n] if start or n != len(data) else data)
         if release and client is not None:
             client.release_server()
 
@@ -340,12 +350,16 @@ class ServerConnection(asyncio.Protocol):
         """`_forward` plus matching of responses to `expect`: hides answers to requests the pooler inserted,
         inserts answers for requests it did not send (synthetic ParseComplete/CloseComplete) at their position,
         and after an ErrorResponse drops what PostgreSQL skips up to the next Sync."""
+        expect = self.expect
+        if len(expect) == 1 and expect[0].code == QUERY:
+            # A lone simple Query (the common case): nothing to match but its ReadyForQuery.
+            self._forward(data)
+            return
         if self._carry:
             data = self._carry + data
             self._carry = b""
         n = len(data)
         pos = self._skip
-        expect = self.expect
         if pos >= n:
             self._skip = pos - n
             if not self._swallow and not (expect and expect[0].code == HIDDEN_QUERY):
@@ -462,7 +476,8 @@ class ServerConnection(asyncio.Protocol):
                 self._on_parameter_status(data[pos + 5 : end])
             elif kind == 67:
                 self.in_copy = False
-                self._on_command_complete(data, pos + 5)
+                if data[pos + 5] in _TAG_FIRST:
+                    self._on_command_complete(data, pos + 5)
             elif kind in (71, 72, 87):
                 self.in_copy = True
             pos = end
@@ -623,30 +638,38 @@ class ServerConnection(asyncio.Protocol):
         self.to_close.clear()
         self.sql_prepared.clear()
 
-    def detach(self) -> None:
+    def release(self) -> None:
+        """The client is done with this server (transaction over): clean it if needed, back to the pool."""
         self.client = None
         self.last_used = time.monotonic()
         if self._read_paused:
             self._read_paused = False
             if self.transport is not None:
                 self.transport.resume_reading()
-
-    def is_clean(self) -> bool:
-        """True when the session can go straight back to the pool without any command."""
-        return (
+        pool = self.pool
+        if self.cancel_sent:
+            # A cancel may still be in flight toward this backend: never lend it to another client.
+            self.close()
+        elif (
             self.tx_status == 73
-            and not self.need_reset_all
-            and not self.need_close_all
-            and not self.need_unlisten
-            and not self.need_deallocate_all
+            and not (self.need_reset_all or self.need_close_all or self.need_unlisten or self.need_deallocate_all)
             and self.pending_z <= 0
             and not self.unsynced
             and not self.in_copy
-            and self._swallow == 0
+            and not self._swallow
             and not self._carry
-            and self._skip == 0
+            and not self._skip
             and not self.expect
-        )
+        ):
+            pool.checkin(self)
+        elif not self.reusable_after_client():
+            self.close()
+        else:
+            sql = self.cleanup_sql(pool.settings.cleanup_server_connections)
+            if sql:
+                self.start_cleanup(sql)
+            else:
+                pool.checkin(self)
 
     def reusable_after_client(self) -> bool:
         """Whether a server can be cleaned up after its client went away (else it must be closed)."""

@@ -36,6 +36,7 @@ class Pool:
         self.settings = settings
         self.name = f"{settings.database}/{settings.username}"
         self.transaction_mode = settings.pool_mode == "transaction"
+        self.round_robin = settings.server_round_robin
         self.idle: deque[ServerConnection] = deque()
         self.waiters: deque[ClientConnection] = deque()
         self.servers: set[ServerConnection] = set()
@@ -86,15 +87,10 @@ class Pool:
     def checkout_nowait(self) -> ServerConnection | None:
         """An idle server, or None (then a new one is being opened if the pool has room)."""
         idle = self.idle
-        now = -1.0
         while idle:
-            server = idle.pop() if not self.settings.server_round_robin else idle.popleft()
+            # server_lifetime is enforced at checkin and by maintain(), not here on the hot path.
+            server = idle.popleft() if self.round_robin else idle.pop()
             if server.state != IDLE:
-                continue
-            if now < 0:
-                now = time.monotonic()
-            if now >= server.expires_at:
-                server.close()
                 continue
             self.stats_checkouts += 1
             return server
