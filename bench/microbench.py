@@ -45,7 +45,8 @@ def frontend(mode: str) -> bytes:
     sql = "SELECT abalance FROM pgbench_accounts WHERE aid = $1"
     if mode == "simple":
         return messages.query("SELECT abalance FROM pgbench_accounts WHERE aid = 4242;")
-    bind = messages.message(b"B", b"\x00" + (b"P_0" if mode == "prepared" else b"") + b"\x00\x00\x00\x00\x01\x00\x00\x00\x044242\x00\x00")
+    statement = b"P_0" if mode == "prepared" else b""
+    bind = messages.message(b"B", b"\x00" + statement + b"\x00\x00\x00\x00\x01\x00\x00\x00\x044242\x00\x00")
     execute = messages.message(b"E", b"\x00\x00\x00\x00\x00")
     if mode == "prepared":
         return bind + execute + messages.SYNC
@@ -55,7 +56,8 @@ def frontend(mode: str) -> bytes:
 
 
 def backend(mode: str) -> bytes:
-    row_desc = messages.message(b"T", b"\x00\x01abalance\x00" + b"\x00" * 6 + b"\x00\x00\x00\x17\x00\x04\xff\xff\xff\xff\x00\x00")
+    column = b"abalance\x00" + b"\x00" * 6 + b"\x00\x00\x00\x17\x00\x04\xff\xff\xff\xff\x00\x00"
+    row_desc = messages.message(b"T", b"\x00\x01" + column)
     row = messages.message(b"D", b"\x00\x01\x00\x00\x00\x010")
     tail = messages.command_complete("SELECT 1") + messages.READY_IDLE
     if mode == "simple":
@@ -106,7 +108,8 @@ async def main() -> None:
     for _ in range(1000):
         client.data_received(fe)
         server.data_received(be)
-    assert client.server is None and pool.idle, ("server not released", [e.code for e in server.expect], server.pending_z, server.unsynced, chr(server.tx_status))
+    state = ([e.code for e in server.expect], server.pending_z, server.unsynced, chr(server.tx_status))
+    assert client.server is None and pool.idle, ("server not released", state)
     t0 = time.perf_counter()
     for _ in range(args.n):
         client.data_received(fe)

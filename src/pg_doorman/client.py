@@ -80,6 +80,9 @@ _KIND[ord("Q")] = 2
 _KIND[ord("F")] = 2
 _KIND[ord("S")] = 3
 _KIND[ord("X")] = 4
+_KIND[ord("E")] = 5  # Execute: may start a COPY, whose Syncs PostgreSQL then ignores
+_KIND[ord("c")] = 6  # CopyDone / CopyFail end a COPY IN
+_KIND[ord("f")] = 6
 CLIENT_KIND = bytes(_KIND)
 
 # Startup parameters that are not session settings a pooler may replay with SET.
@@ -121,6 +124,21 @@ _LONE_BEGIN = re.compile(
     rb"\s*;?\s*\x00",
     re.IGNORECASE,
 )
+
+
+_COPY_FROM_CLIENT = frozenset(b"dcf")
+_SERVER_STATEMENT_NAME = re.compile(rb'"(DOORMAN_\d+)"')
+
+
+def _drop_copy_messages(data: bytes) -> bytes:
+    """``data`` without its leading complete CopyData/CopyDone/CopyFail messages."""
+    pos = 0
+    while len(data) - pos >= 5 and data[pos] in _COPY_FROM_CLIENT:
+        end = pos + 1 + int.from_bytes(data[pos + 1 : pos + 5], "big")
+        if end > len(data):
+            break
+        pos = end
+    return data[pos:]
 
 
 def is_lone_begin(data: bytes) -> bool:
@@ -336,6 +354,12 @@ class ClientConnection(asyncio.Protocol):
         if data[0] == 0x58:  # Terminate between transactions: no server needed
             self.close()
             return
+        if data[0] in _COPY_FROM_CLIENT:
+            # CopyData/CopyDone/CopyFail after the COPY already ended (e.g. with an error): PostgreSQL ignores
+            # them, so no server is needed for them.
+            data = _drop_copy_messages(data)
+            if not data:
+                return
         if self.app.shutting_down and self._deferred_begin is None:  # an answered BEGIN is a transaction
             self.fail(PoolerError(POOLER_SHUTDOWN, "pooler is shut down now"))
             return
@@ -458,9 +482,19 @@ class ClientConnection(asyncio.Protocol):
                     unsynced = True
                 elif k == 2:
                     z += 1
+                    server.syncs_after_execute = 0
                 elif k == 3:
-                    z += 1
                     unsynced = False
+                    if not server.copy_in_ignores_sync():
+                        z += 1
+                        if not server.copy_done_sent:
+                            server.syncs_after_execute += 1
+                elif k == 5:
+                    unsynced = True
+                    server.syncs_after_execute = 0
+                    server.copy_done_sent = False
+                elif k == 6:
+                    server.copy_done_sent = True
                 else:
                     terminate_at = pos
                     break
@@ -500,6 +534,8 @@ class ClientConnection(asyncio.Protocol):
         unpack = _unpack_len
         limit = self.app.max_message_size
         expect = server.expect
+        statements = self.statements
+        assert statements is not None
         out: list[bytes] = []
         seg = 0
         z = 0
@@ -538,12 +574,22 @@ class ClientConnection(asyncio.Protocol):
             elif kind == 69:  # 'E' Execute
                 expect.append(_EXPECT_EXECUTE)
                 unsynced = True
+                server.syncs_after_execute = 0
+                server.copy_done_sent = False
             elif kind == 83:  # 'S' Sync
-                expect.append(_EXPECT_SYNC)
-                z += 1
                 unsynced = False
                 server.skipping = False
+                if not server.copy_in_ignores_sync():
+                    expect.append(_EXPECT_SYNC)
+                    z += 1
+                    if not server.copy_done_sent:
+                        server.syncs_after_execute += 1
+            elif kind == 99 or kind == 102:  # 'c' CopyDone, 'f' CopyFail
+                server.copy_done_sent = True
             elif kind == 81 or kind == 70:  # 'Q' Query, 'F' FunctionCall
+                server.syncs_after_execute = 0
+                if kind == 81:
+                    statements.unnamed = None  # PostgreSQL drops the unnamed statement at every simple Query
                 if kind == 81 and length < 65536 and data[pos + 5] in _SQL_PREPARE_FIRST:
                     # Maybe PREPARE/EXECUTE/DEALLOCATE, which the pooler tracks per client: needs the whole text.
                     if end > n:
@@ -606,7 +652,11 @@ class ClientConnection(asyncio.Protocol):
             statements.unnamed = stmt
             synthetic = self._unnamed_parse_complete
             assert synthetic is not None
-            if stmt.name in server.statements or server.revive(stmt.name):
+            if server.tx_status == 69:
+                # In a failed transaction PostgreSQL rejects the Parse (25P02): let it say so.
+                out.append(stmt.parse_message)
+                expect.append(Expect(PARSE, undo=synthetic.undo))
+            elif stmt.name in server.statements or server.revive(stmt.name):
                 expect.append(synthetic)
             else:
                 out.append(stmt.parse_message)
@@ -628,7 +678,10 @@ class ClientConnection(asyncio.Protocol):
                 statements.unnamed = stmt
             # A failed Parse leaves no statement behind: PostgreSQL drops the unnamed one before parsing.
             undo = _Undo(statements, name, None)
-            if stmt.name in server.statements or server.revive(stmt.name):
+            if server.tx_status == 69:
+                out.append(stmt.parse_message)  # failed transaction: PostgreSQL answers 25P02
+                expect.append(Expect(PARSE, undo=undo))
+            elif stmt.name in server.statements or server.revive(stmt.name):
                 expect.append(Expect(SYNTHETIC, data=messages.PARSE_COMPLETE, undo=undo))
             else:
                 out.append(stmt.parse_message)
@@ -756,6 +809,24 @@ class ClientConnection(asyncio.Protocol):
         out.append(stmt.parse_message)
         server.add_statement(stmt.name)
         server.expect.append(Expect(PARSE, hide=True, parsed=stmt.name))
+
+    def unmask_statement_names(self, message: bytes) -> bytes:
+        """An ErrorResponse/NoticeResponse naming a pool-wide statement, with the client's own name instead."""
+        statements = self.statements
+        if statements is None:
+            return message
+
+        def client_name(match: re.Match[bytes]) -> bytes:
+            server_name = match.group(1)
+            if statements.unnamed is not None and statements.unnamed.name == server_name:
+                return b'""'
+            for name, stmt in statements.named.items():
+                if stmt.name == server_name:
+                    return b'"' + name + b'"'
+            return match.group(0)
+
+        body = _SERVER_STATEMENT_NAME.sub(client_name, message[5:])
+        return messages.message(message[:1], body)
 
     def track_statements(self) -> None:
         """Transaction mode with prepared statements: remap this client's statements (see prepared.py)."""

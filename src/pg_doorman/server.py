@@ -84,6 +84,7 @@ class ServerConnection(asyncio.Protocol):
         "_swallow",
         "cancel_sent",
         "client",
+        "copy_done_sent",
         "created_at",
         "expect",
         "expires_at",
@@ -106,6 +107,7 @@ class ServerConnection(asyncio.Protocol):
         "sql_prepared",
         "state",
         "statements",
+        "syncs_after_execute",
         "to_close",
         "tracked",
         "transport",
@@ -144,6 +146,10 @@ class ServerConnection(asyncio.Protocol):
         self.sql_prepare_pending = 0
         # After an ErrorResponse with no Sync queued yet: PostgreSQL ignores the client's messages up to it.
         self.skipping = False
+        # COPY IN via extended protocol: PostgreSQL ignores Syncs that reach it during the copy. These count the
+        # client's Syncs after its last Execute (up to CopyDone/CopyFail) so they can be discounted.
+        self.syncs_after_execute = 0
+        self.copy_done_sent = False
         self._skip = 0
         self._swallow = 0
         self._inject_error: ServerError | None = None
@@ -333,6 +339,8 @@ class ServerConnection(asyncio.Protocol):
                     self._note_inject_error(data[pos + 5 : end])
             elif kind in (71, 72, 87):  # 'G' 'H' 'W' CopyIn/CopyOut/CopyBoth
                 self.in_copy = True
+                if kind == 71:
+                    self._copy_in_started()
             if self._swallow:
                 start = end
             pos = end
@@ -351,7 +359,7 @@ class ServerConnection(asyncio.Protocol):
         inserts answers for requests it did not send (synthetic ParseComplete/CloseComplete) at their position,
         and after an ErrorResponse drops what PostgreSQL skips up to the next Sync."""
         expect = self.expect
-        if len(expect) == 1 and expect[0].code == QUERY:
+        if len(expect) == 1 and expect[0].code == QUERY and expect[0].undo is None:
             # A lone simple Query (the common case): nothing to match but its ReadyForQuery.
             self._forward(data)
             return
@@ -463,6 +471,14 @@ class ServerConnection(asyncio.Protocol):
                     release = True
             elif kind == 69:  # 'E' ErrorResponse: the request failed, PostgreSQL skips to the next Sync
                 self.in_copy = False
+                client = self.client
+                if client is not None and data.find(b'"DOORMAN_', pos, end) >= 0:
+                    # The message names the pool-wide statement: give the client back its own name.
+                    if out is None:
+                        out = []
+                    out.append(data[start:pos])
+                    out.append(client.unmask_statement_names(data[pos:end]))
+                    start = end
                 if expect:
                     if expect[0].code == QUERY:
                         self._fail_request(expect[0])
@@ -480,6 +496,8 @@ class ServerConnection(asyncio.Protocol):
                     self._on_command_complete(data, pos + 5)
             elif kind in (71, 72, 87):
                 self.in_copy = True
+                if kind == 71:
+                    self._copy_in_started()
             pos = end
         if self._swallow or (expect and expect[0].code == HIDDEN_QUERY):
             start = n
@@ -618,6 +636,28 @@ class ServerConnection(asyncio.Protocol):
         self.to_close.clear()
         self._swallow += 1
         self.transport.write(b"".join(closes) + messages.SYNC)
+
+    def copy_in_ignores_sync(self) -> bool:
+        """A Sync sent now reaches PostgreSQL inside COPY IN, which ignores it (no ReadyForQuery for it)."""
+        return self.in_copy and not self.copy_done_sent
+
+    def _copy_in_started(self) -> None:
+        """CopyInResponse: Syncs the client sent after the Execute and before CopyDone will get no answer."""
+        ignored = self.syncs_after_execute
+        self.syncs_after_execute = 0
+        if ignored <= 0:
+            return
+        self.pending_z -= ignored
+        expect = self.expect
+        if expect:
+            kept: deque[Expect] = deque()
+            for entry in expect:
+                if ignored and entry.code == SYNC and kept:
+                    ignored -= 1
+                    continue
+                kept.append(entry)
+            expect.clear()
+            expect.extend(kept)
 
     def revive(self, name: bytes) -> bool:
         """A statement evicted from the cache but not closed yet is still there: take it back."""

@@ -115,6 +115,9 @@ class Sequence:
     setup: str = ""
     ignore_context: bool = False
     doc: str = ""
+    # A documented difference from a direct connection (README, "Differences from a direct connection"):
+    # (variant, PostgreSQL's transcript) -> exactly what pg_doorman sends instead. Everything else must match.
+    known_difference: Callable[[str, Transcript], Transcript] | None = None
 
 
 SEQUENCES: dict[str, Sequence] = {}
@@ -122,15 +125,71 @@ TABLE_SETUP = "DROP TABLE IF EXISTS {t}; CREATE TABLE {t} (id int, val text)"
 
 
 def seq(
-    *, setup: str = "", ignore_context: bool = False
+    *,
+    setup: str = "",
+    ignore_context: bool = False,
+    known_difference: Callable[[str, Transcript], Transcript] | None = None,
 ) -> Callable[[Callable[[Ctx], list[Step]]], Callable[[Ctx], list[Step]]]:
     def register(fn: Callable[[Ctx], list[Step]]) -> Callable[[Ctx], list[Step]]:
         name = fn.__name__
         assert name not in SEQUENCES, name
-        SEQUENCES[name] = Sequence(name, fn, setup, ignore_context, (fn.__doc__ or "").strip())
+        SEQUENCES[name] = Sequence(
+            name, fn, setup, ignore_context, (fn.__doc__ or "").strip(), known_difference
+        )
         return fn
 
     return register
+
+
+# ---------------------------------------------------------------- documented differences
+
+
+def _replace_step(transcript: Transcript, index: int, msgs: list[Msg]) -> Transcript:
+    return [(label, msgs if i == index else list(m)) for i, (label, m) in enumerate(transcript)]
+
+
+def _error_msg(sqlstate: str, text: str) -> Msg:
+    return Msg("E", build_error_body([("S", "ERROR"), ("V", "ERROR"), ("C", sqlstate), ("M", text)]))
+
+
+def _app_name_status(value: str) -> Msg:
+    return Msg("S", b"application_name\0" + value.encode() + b"\0")
+
+
+def _reset_goes_to_pool_application_name(variant: str, t: Transcript) -> Transcript:
+    """RESET application_name returns to the server connection's own startup value (the pool's
+    application_name), not to the client's: pg_doorman applies the client's startup value with SET."""
+    step2 = [_app_name_status("pg_doorman") if m.type == "S" else m for m in t[1][1]]
+    row = Msg("D", struct.pack("!hi", 1, len(b"pg_doorman")) + b"pg_doorman")
+    step3 = [row if m.type == "D" else m for m in t[2][1]]
+    return _replace_step(_replace_step(t, 1, step2), 2, step3)
+
+
+def _discard_all_reports_pool_application_name(variant: str, t: Transcript) -> Transcript:
+    """DISCARD ALL resets application_name to the pool's value, and PostgreSQL reports that change."""
+    msgs = list(t[1][1])
+    msgs.insert(len(msgs) - 1, _app_name_status("pg_doorman"))
+    return _replace_step(t, 1, msgs)
+
+
+def _sql_and_protocol_namespaces_apart(index: int, name: str) -> Callable[[str, Transcript], Transcript]:
+    """In transaction mode SQL-level PREPARE and protocol-level Parse names are separate namespaces: a protocol
+    Bind cannot use a SQL-PREPAREd name and SQL EXECUTE cannot use a protocol statement (26000)."""
+
+    def transform(variant: str, t: Transcript) -> Transcript:
+        error = _error_msg("26000", f'prepared statement "{name}" does not exist')
+        return _replace_step(t, index, [error, t[index][1][-1]])
+
+    return transform
+
+
+def _no_hidden_parse_in_failed_transaction(variant: str, t: Transcript) -> Transcript:
+    """A statement that was never prepared on the server a client lands on cannot be prepared there inside a
+    failed transaction: Describe reports 25P02 (the cold run only; once the server has it, it matches)."""
+    if variant != "cold":
+        return t
+    error = _error_msg("25P02", "current transaction is aborted, commands ignored until end of transaction block")
+    return _replace_step(t, 3, [error, t[3][1][-1]])
 
 
 # --- simple query protocol
@@ -774,7 +833,7 @@ def bind_in_aborted_transaction_on_other_server(c: Ctx) -> list[Step]:
     ]
 
 
-@seq(setup=TABLE_SETUP)
+@seq(setup=TABLE_SETUP, known_difference=_no_hidden_parse_in_failed_transaction)
 def describe_no_result_statement_in_aborted_transaction(c: Ctx) -> list[Step]:
     """Describe of a statement without result columns is allowed in an aborted transaction."""
     return [
@@ -823,7 +882,7 @@ def deallocate_all_then_bind(c: Ctx) -> list[Step]:
     ]
 
 
-@seq()
+@seq(known_difference=_discard_all_reports_pool_application_name)
 def discard_all_then_bind(c: Ctx) -> list[Step]:
     return [
         step(parse("s1", "select 1 as v"), sync()),
@@ -931,7 +990,7 @@ def sql_prepare_in_one_multi_statement_query(c: Ctx) -> list[Step]:
     return [q("PREPARE p3 AS select 3 as v; EXECUTE p3; DEALLOCATE p3; EXECUTE p3"), q("EXECUTE p3")]
 
 
-@seq()
+@seq(known_difference=_sql_and_protocol_namespaces_apart(1, "p2"))
 def sql_prepare_then_protocol_bind(c: Ctx) -> list[Step]:
     """SQL PREPARE and protocol Parse share one namespace in PostgreSQL."""
     return [
@@ -941,7 +1000,7 @@ def sql_prepare_then_protocol_bind(c: Ctx) -> list[Step]:
     ]
 
 
-@seq(ignore_context=True)
+@seq(ignore_context=True, known_difference=_sql_and_protocol_namespaces_apart(1, "s1"))
 def protocol_parse_then_sql_execute(c: Ctx) -> list[Step]:
     return [step(parse("s1", "select 3 as v"), sync()), q("EXECUTE s1"), step(parse("s1", "select 4"), sync())]
 
@@ -968,7 +1027,7 @@ def sql_prepare_survives_rollback(c: Ctx) -> list[Step]:
     return [q("BEGIN"), q("PREPARE p1 AS select 'kept' as v"), q("ROLLBACK"), q("EXECUTE p1")]
 
 
-@seq()
+@seq(known_difference=_reset_goes_to_pool_application_name)
 def reset_application_name(c: Ctx) -> list[Step]:
     """RESET goes back to the value the client sent at startup."""
     return [q("SET application_name = 'wf_changed'"), q("RESET application_name"), q("SHOW application_name")]
@@ -1370,7 +1429,10 @@ def check_sequence(env: Env, sequence: Sequence, steps: list[Step], reset: str) 
         if actual == previous and problems:
             problems.append(f"[{name}] pg_doorman ({variant}): the same messages as the cold run, same difference")
             continue
-        problem = compare(name, variant, expected, actual)
+        wanted = expected
+        if sequence.known_difference is not None:
+            wanted = sequence.known_difference(variant, expected)
+        problem = compare(name, variant, wanted, actual)
         if problem:
             problems.append(problem)
         previous = actual
