@@ -141,6 +141,14 @@ def _drop_copy_messages(data: bytes) -> bytes:
     return data[pos:]
 
 
+_TRANSACTION_EXIT = re.compile(rb"\s*(?:commit|end|rollback|abort|prepare\s+transaction)\b", re.IGNORECASE)
+
+
+def is_transaction_exit(query: bytes) -> bool:
+    """COMMIT/END/ROLLBACK/ABORT/PREPARE TRANSACTION: the statements PostgreSQL accepts in a failed transaction."""
+    return _TRANSACTION_EXIT.match(query) is not None
+
+
 def is_lone_begin(data: bytes) -> bool:
     """True for one Query message that only opens a transaction (BEGIN / START TRANSACTION with options)."""
     if len(data) > 200 or len(data) < 11 or data[7] in b"lL":  # "sel(ect)" is the common miss
@@ -652,8 +660,10 @@ class ClientConnection(asyncio.Protocol):
             statements.unnamed = stmt
             synthetic = self._unnamed_parse_complete
             assert synthetic is not None
-            if server.tx_status == 69:
-                # In a failed transaction PostgreSQL rejects the Parse (25P02): let it say so.
+            if server.tx_status == 69 and not expect and not is_transaction_exit(stmt.query):
+                # In a failed transaction PostgreSQL rejects the Parse (25P02): let it say so. (Only with nothing
+                # in flight: a pipelined ROLLBACK ahead of this Parse may end that transaction first; and not for
+                # COMMIT/ROLLBACK, which PostgreSQL accepts there.)
                 out.append(stmt.parse_message)
                 expect.append(Expect(PARSE, undo=synthetic.undo))
             elif stmt.name in server.statements or server.revive(stmt.name):
@@ -678,8 +688,8 @@ class ClientConnection(asyncio.Protocol):
                 statements.unnamed = stmt
             # A failed Parse leaves no statement behind: PostgreSQL drops the unnamed one before parsing.
             undo = _Undo(statements, name, None)
-            if server.tx_status == 69:
-                out.append(stmt.parse_message)  # failed transaction: PostgreSQL answers 25P02
+            if server.tx_status == 69 and not expect and not is_transaction_exit(stmt.query):
+                out.append(stmt.parse_message)  # failed transaction, nothing in flight: PostgreSQL answers 25P02
                 expect.append(Expect(PARSE, undo=undo))
             elif stmt.name in server.statements or server.revive(stmt.name):
                 expect.append(Expect(SYNTHETIC, data=messages.PARSE_COMPLETE, undo=undo))

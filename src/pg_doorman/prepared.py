@@ -57,10 +57,11 @@ _counter = itertools.count(1)
 class Statement:
     """One distinct (query, parameter types) of a pool and its server-side name."""
 
-    __slots__ = ("name", "parse_message")
+    __slots__ = ("name", "parse_message", "query")
 
     def __init__(self, name: bytes, query: bytes, types: bytes) -> None:
         self.name = name
+        self.query = query
         self.parse_message = messages.message(b"P", name + b"\x00" + query + b"\x00" + types)
 
 

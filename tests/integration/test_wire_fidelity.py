@@ -846,6 +846,18 @@ def describe_no_result_statement_in_aborted_transaction(c: Ctx) -> list[Step]:
 
 
 @seq()
+def parse_rollback_in_aborted_transaction(c: Ctx) -> list[Step]:
+    """PostgreSQL accepts a Parse of ROLLBACK in a failed transaction (also when the text is known)."""
+    return [
+        step(parse("rb", "ROLLBACK"), sync()),
+        q("BEGIN"),
+        q("select 1/0"),
+        step(parse("rb2", "ROLLBACK"), bind("", "rb2"), execute(), sync()),
+        q("select 1"),
+    ]
+
+
+@seq()
 def prepared_rollback_in_aborted_transaction(c: Ctx) -> list[Step]:
     return [
         step(parse("rb", "ROLLBACK"), sync()),
