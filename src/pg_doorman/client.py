@@ -598,8 +598,9 @@ class ClientConnection(asyncio.Protocol):
                 server.syncs_after_execute = 0
                 if kind == 81:
                     statements.unnamed = None  # PostgreSQL drops the unnamed statement at every simple Query
-                if kind == 81 and length < 65536 and data[pos + 5] in _SQL_PREPARE_FIRST:
-                    # Maybe PREPARE/EXECUTE/DEALLOCATE, which the pooler tracks per client: needs the whole text.
+                if kind == 81 and length < 65536 and (end > n or data[pos + 5] in _SQL_PREPARE_FIRST):
+                    # Maybe PREPARE/EXECUTE/DEALLOCATE, which the pooler tracks per client: needs the whole text
+                    # (a short Query split across reads waits for its end).
                     if end > n:
                         self._carry = data[pos:]
                         n = pos

@@ -87,10 +87,15 @@ class Pool:
     def checkout_nowait(self) -> ServerConnection | None:
         """An idle server, or None (then a new one is being opened if the pool has room)."""
         idle = self.idle
+        now = 0.0
         while idle:
-            # server_lifetime is enforced at checkin and by maintain(), not here on the hot path.
             server = idle.popleft() if self.round_robin else idle.pop()
             if server.state != IDLE:
+                continue
+            if not now:
+                now = time.monotonic()
+            if now >= server.expires_at:
+                server.close()  # past server_lifetime while idle: never lent again
                 continue
             self.stats_checkouts += 1
             return server

@@ -1,0 +1,160 @@
+"""The forwarding hot path (client.py/server.py) without sockets: any split of the byte streams into reads must
+give the same bytes on the other side and the same release decision (transaction mode, prepared statements on)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pg_doorman.app import Application
+from pg_doorman.client import IDLE as CLIENT_IDLE
+from pg_doorman.client import ClientConnection
+from pg_doorman.config import load_config
+from pg_doorman.protocol import messages
+from pg_doorman.protocol.framing import MessageBuffer
+from pg_doorman.server import IDLE as SERVER_IDLE
+from pg_doorman.server import ServerConnection
+
+
+class RecordingTransport:
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+
+def make_pair(tmp_path: Path, tracked: bool) -> tuple[ClientConnection, ServerConnection, Any]:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "general: {admin_username: a, admin_password: b, prepared_statements: %s}\n"
+        "pools: {db: {users: [{username: u, password: '', pool_size: 1}]}}\n" % ("true" if tracked else "false")
+    )
+    app = Application(load_config(path))
+    pool = app.pools[("db", "u")]
+    server = ServerConnection(pool)
+    server.transport = RecordingTransport()  # type: ignore[assignment]
+    server.state = SERVER_IDLE
+    pool.servers.add(server)
+    pool.idle.append(server)
+    client = ClientConnection(app)
+    client.transport = RecordingTransport()  # type: ignore[assignment]
+    client.pool = pool
+    client.state = CLIENT_IDLE
+    client.transaction_mode = True
+    if tracked:
+        client.track_statements()
+    client.param_token = server.param_token
+    return client, server, pool
+
+
+def feed(target: Any, data: bytes, size: int) -> None:
+    for i in range(0, len(data), size):
+        target.data_received(data[i : i + size])
+
+
+PARSE = messages.message(b"P", b"s1\x00select $1::int\x00\x00\x01\x00\x00\x00\x17")
+BIND = messages.message(b"B", b"\x00s1\x00\x00\x00\x00\x01\x00\x00\x00\x0142\x00\x00")
+EXECUTE = messages.message(b"E", b"\x00\x00\x00\x00\x00")
+ROW = messages.message(b"D", b"\x00\x01\x00\x00\x00\x0242")
+TAIL = messages.command_complete("SELECT 1") + messages.READY_IDLE
+
+
+@pytest.mark.parametrize("tracked", [True, False])
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 11, 4096])
+def test_simple_query_any_split(tmp_path: Path, tracked: bool, size: int) -> None:
+    async def run() -> None:
+        client, server, pool = make_pair(tmp_path, tracked)
+        request = messages.query("select 42")
+        reply = messages.message(b"T", b"\x00\x00") + ROW + TAIL
+        feed(client, request, size)
+        assert bytes(server.transport.data) == request  # type: ignore[union-attr]
+        assert client.server is server
+        feed(server, reply, size)
+        assert bytes(client.transport.data) == reply  # type: ignore[union-attr]
+        assert client.server is None and list(pool.idle) == [server], "released after ReadyForQuery 'I'"
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("size", [1, 3, 6, 4096])
+def test_named_statement_any_split(tmp_path: Path, size: int) -> None:
+    async def run() -> None:
+        client, server, pool = make_pair(tmp_path, True)
+        out = server.transport
+        # Transaction 1: Parse + Sync; the server gets the pool-wide name.
+        feed(client, PARSE + messages.SYNC, size)
+        sent = bytes(out.data)  # type: ignore[union-attr]
+        assert b"DOORMAN_" in sent and b"s1\x00" not in sent
+        feed(server, messages.PARSE_COMPLETE + messages.READY_IDLE, size)
+        assert bytes(client.transport.data) == messages.PARSE_COMPLETE + messages.READY_IDLE  # type: ignore[union-attr]
+        assert client.server is None
+        # Transaction 2: Bind by the client's name, rewritten; a re-Parse of the same text is answered locally.
+        out.data.clear()  # type: ignore[union-attr]
+        client.transport.data.clear()  # type: ignore[union-attr]
+        feed(client, BIND + EXECUTE + messages.SYNC, size)
+        assert b"DOORMAN_" in bytes(out.data) and b"s1\x00" not in bytes(out.data)  # type: ignore[union-attr]
+        feed(server, messages.BIND_COMPLETE + ROW + TAIL, size)
+        assert bytes(client.transport.data) == messages.BIND_COMPLETE + ROW + TAIL  # type: ignore[union-attr]
+        assert client.server is None and list(pool.idle) == [server]
+
+    asyncio.run(run())
+
+
+def test_synthetic_parse_complete_keeps_its_position(tmp_path: Path) -> None:
+    """A Parse the server already has is not sent; its ParseComplete still comes first, before BindComplete."""
+
+    async def run() -> None:
+        client, server, _ = make_pair(tmp_path, True)
+        feed(client, PARSE + messages.SYNC, 4096)
+        feed(server, messages.PARSE_COMPLETE + messages.READY_IDLE, 4096)
+        other, _, _ = make_pair(tmp_path, True)
+        # A second client of the same pool object parses the same text: reuse the registry of the first pool.
+        other.pool = client.pool
+        other.track_statements()
+        other.param_token = server.param_token
+        before = len(server.transport.data)  # type: ignore[union-attr]
+        other.data_received(
+            PARSE.replace(b"s1\x00", b"s9\x00") + BIND.replace(b"\x00s1\x00", b"\x00s9\x00") + EXECUTE + messages.SYNC
+        )
+        buf = MessageBuffer()
+        buf.feed(bytes(server.transport.data)[before:])  # type: ignore[union-attr]
+        assert [chr(kind) for kind, _ in buf.messages()] == ["B", "E", "S"], "the known Parse is not sent again"
+        server.data_received(messages.BIND_COMPLETE + ROW + TAIL)
+        got = bytes(other.transport.data)  # type: ignore[union-attr]
+        assert got == messages.PARSE_COMPLETE + messages.BIND_COMPLETE + ROW + TAIL
+
+    asyncio.run(run())
+
+
+def test_error_skips_to_sync_and_undoes_the_parse(tmp_path: Path) -> None:
+    async def run() -> None:
+        client, server, _ = make_pair(tmp_path, True)
+        error = messages.error_response("42601", "syntax error", severity="ERROR")
+        feed(client, PARSE + BIND + EXECUTE + messages.SYNC, 4096)
+        feed(server, error + messages.READY_IDLE, 4096)
+        assert bytes(client.transport.data) == error + messages.READY_IDLE  # type: ignore[union-attr]
+        assert client.statements is not None and b"s1" not in client.statements.named
+        assert not server.statements._names, "a failed Parse leaves nothing on the server"
+
+    asyncio.run(run())
