@@ -11,7 +11,7 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
-from pg_doorman import sockets
+from pg_doorman import __version__, compiled, sockets, stale_extensions
 from pg_doorman.auth.scram import make_scram_verifier
 from pg_doorman.config import Config, ConfigError, load_config
 from pg_doorman.pool import Pool
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pg_doorman")
 
 MAINTENANCE_INTERVAL = 1.0
+WAIT_CHECK_INTERVAL = 0.1
 
 
 class Application:
@@ -46,6 +47,7 @@ class Application:
         self._stop: asyncio.Event | None = None
         self._stop_mode = "immediate"
         self._janitor: asyncio.Task[None] | None = None
+        self._wait_ticker: asyncio.Task[None] | None = None
         self._build_pools(config)
 
     # ------------------------------------------------------------------ pools
@@ -196,10 +198,28 @@ class Application:
         addrs = ", ".join(
             str(sock.getsockname()) for srv in self._servers for sock in srv.sockets if sock.family != socket.AF_UNIX
         )
-        log.info("pg_doorman listening on %s with %d pool(s)", addrs, len(self.pools))
+        log.info(
+            "pg_doorman %s listening on %s with %d pool(s); hot path: %s",
+            __version__,
+            addrs,
+            len(self.pools),
+            "compiled (Cython)" if compiled() else "pure Python",
+        )
+        if stale_extensions():
+            log.warning("compiled modules older than their source were ignored: %s", ", ".join(stale_extensions()))
         for pool in self.pools.values():
             pool.maintain(time.monotonic())
         self._janitor = loop.create_task(self._maintenance())
+        self._wait_ticker = loop.create_task(self._expire_waits())
+
+    async def _expire_waits(self) -> None:
+        """query_wait_timeout for clients waiting for a server, checked every 100 ms (no timer per wait)."""
+        while True:
+            await asyncio.sleep(WAIT_CHECK_INTERVAL)
+            now = time.monotonic()
+            for pool in list(self.pools.values()):
+                if pool.waiters:
+                    pool.expire_waiters(now)
 
     async def _maintenance(self) -> None:
         while True:
@@ -279,6 +299,8 @@ class Application:
             srv.close()
         if self._janitor is not None:
             self._janitor.cancel()
+        if self._wait_ticker is not None:
+            self._wait_ticker.cancel()
         for client in list(self.clients):
             if client.transport is not None:
                 client.transport.write(messages.error_response(POOLER_SHUTDOWN, "pooler is shut down now"))

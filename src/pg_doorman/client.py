@@ -13,6 +13,7 @@ import logging
 import re
 import secrets
 import struct
+import time
 from typing import TYPE_CHECKING
 
 from pg_doorman import sockets
@@ -113,6 +114,7 @@ NOT_SETTABLE = frozenset(
 STARTUP, IDLE, WAITING, ACTIVE, CLOSED = range(5)
 
 _NAMED_KINDS = frozenset(b"PBDC")
+_MAX_QUEUED_WHILE_WAITING = 256 * 1024
 # First bytes of a Query text that may be a lone BEGIN / START TRANSACTION ("b", "s", white space): a cheap
 # filter before is_lone_begin; SELECT passes it and is turned away there by its third letter.
 _MAYBE_BEGIN = bytes(1 if chr(c) in "bBsS \t\r\n" else 0 for c in range(256))
@@ -220,13 +222,13 @@ class ClientConnection(asyncio.Protocol):
         "_carry",
         "_deferred_begin",
         "_queued",
+        "_queued_bytes",
         "_read_paused",
         "_rx",
         "_rx_waiter",
         "_skip",
         "_unnamed_cache",
         "_unnamed_parse_complete",
-        "_wait_timer",
         "app",
         "application_name",
         "database",
@@ -244,6 +246,7 @@ class ClientConnection(asyncio.Protocol):
         "transaction_mode",
         "transport",
         "user",
+        "wait_deadline",
     )
 
     def __init__(self, app: Application) -> None:
@@ -274,7 +277,8 @@ class ClientConnection(asyncio.Protocol):
         self._carry = b""
         self._deferred_begin: bytes | None = None
         self._read_paused = False
-        self._wait_timer: asyncio.TimerHandle | None = None
+        self._queued_bytes = 0
+        self.wait_deadline = 0.0  # monotonic time when waiting for a server ends in 53300; 0: no limit
 
     # ------------------------------------------------------------- asyncio API
 
@@ -294,6 +298,9 @@ class ClientConnection(asyncio.Protocol):
             self._start_transaction(data)
         elif state == WAITING:
             self._queued.append(data)
+            self._queued_bytes += len(data)
+            if self._queued_bytes > _MAX_QUEUED_WHILE_WAITING:
+                self.pause_reading()  # a client that keeps sending while it waits: hold it back
         elif state == STARTUP:
             self._rx.feed(data)
             waiter = self._rx_waiter
@@ -398,17 +405,14 @@ class ClientConnection(asyncio.Protocol):
             return
         self.state = WAITING
         self._queued.append(data)
-        self.pause_reading()
+        self._queued_bytes = len(data)
         timeout = pool.settings.query_wait_timeout
-        if timeout > 0:
-            self._wait_timer = asyncio.get_running_loop().call_later(timeout, self._wait_timed_out)
+        # No timer per wait: the pool checks its oldest waiter's deadline (Pool.expire_waiters, every 100 ms).
+        self.wait_deadline = time.monotonic() + timeout if timeout > 0 else 0.0
         pool.enqueue(self)
 
     def attach_server(self, server: ServerConnection) -> None:
         """Called by the pool when a server becomes available for this waiting client."""
-        if self._wait_timer is not None:
-            self._wait_timer.cancel()
-            self._wait_timer = None
         self._attach(server)
         queued = self._queued
         self._queued = []
@@ -908,9 +912,6 @@ class ClientConnection(asyncio.Protocol):
             return False
         if self.pool is not None:
             self.pool.remove_waiter(self)
-        if self._wait_timer is not None:
-            self._wait_timer.cancel()
-            self._wait_timer = None
         self._queued = []
         self.state = IDLE
         self.write(
@@ -923,13 +924,12 @@ class ClientConnection(asyncio.Protocol):
     def checkout_failed(self, err: PoolerError) -> None:
         self.fail(err)
 
-    def _wait_timed_out(self) -> None:
-        self._wait_timer = None
+    def wait_timed_out(self) -> None:
+        """Called by the pool (already removed from its waiters) when query_wait_timeout has passed."""
         if self.state != WAITING:
             return
         pool = self.pool
         if pool is not None:
-            pool.remove_waiter(self)
             pool.stats_wait_timeouts += 1
         self.fail(
             PoolerError(
@@ -950,9 +950,6 @@ class ClientConnection(asyncio.Protocol):
             return
         previous = self.state
         self.state = CLOSED
-        if self._wait_timer is not None:
-            self._wait_timer.cancel()
-            self._wait_timer = None
         if previous == WAITING and self.pool is not None:
             self.pool.remove_waiter(self)
         server = self.server

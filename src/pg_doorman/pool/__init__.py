@@ -110,6 +110,20 @@ class Pool:
         if self.opening < len(self.waiters) and self.size < self.settings.pool_size and not self.retired:
             self.open_server()
 
+    def expire_waiters(self, now: float) -> None:
+        """End the waits that passed query_wait_timeout. Waiters are FIFO with one timeout per pool, so only
+        the oldest ones need a look."""
+        waiters = self.waiters
+        while waiters:
+            client = waiters[0]
+            if not client.waiting:
+                waiters.popleft()
+            elif 0 < client.wait_deadline <= now:
+                waiters.popleft()
+                client.wait_timed_out()
+            else:
+                break
+
     def remove_waiter(self, client: ClientConnection) -> None:
         try:
             self.waiters.remove(client)
