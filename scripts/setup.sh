@@ -172,26 +172,6 @@ if [ "$want_stamp" != "$have_stamp" ] || ! install_ok; then
     did+=("installed pg_doorman[test] into .venv")
 fi
 
-# The compiled hot path (setup.py, Cython): rebuild in place when a compiled module's source changed since its
-# extension was built (pg_doorman itself ignores an extension older than its source, so nothing runs stale).
-hot_path_built() {
-    "$VENV/bin/python" - <<'EOF' 2>/dev/null
-import glob, os, sys
-sources = ["src/pg_doorman/client.py", "src/pg_doorman/server.py", "src/pg_doorman/pool/__init__.py",
-           "src/pg_doorman/prepared.py"]
-for source in sources:
-    built = glob.glob(source[:-3] + ".cpython-*.so")
-    if not built or os.path.getmtime(built[0]) < os.path.getmtime(source):
-        sys.exit(1)
-EOF
-}
-if [ "${PG_DOORMAN_PURE_PYTHON:-0}" != 1 ] && ! hot_path_built; then
-    say "building the compiled hot path (Cython)"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check "Cython>=3.0"
-    (cd "$REPO_ROOT" && "$VENV/bin/python" setup.py -q build_ext --inplace >/dev/null)
-    did+=("compiled client/server/pool/prepared with Cython")
-fi
-
 # ---------------------------------------------------------------- node driver programs
 
 # npm ci when node_modules is missing or package-lock.json differs from the one last installed from.

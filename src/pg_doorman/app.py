@@ -11,7 +11,7 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
-from pg_doorman import __version__, compiled, sockets, stale_extensions
+from pg_doorman import __version__, sockets
 from pg_doorman.auth.scram import make_scram_verifier
 from pg_doorman.config import Config, ConfigError, load_config
 from pg_doorman.pool import Pool
@@ -198,15 +198,7 @@ class Application:
         addrs = ", ".join(
             str(sock.getsockname()) for srv in self._servers for sock in srv.sockets if sock.family != socket.AF_UNIX
         )
-        log.info(
-            "pg_doorman %s listening on %s with %d pool(s); hot path: %s",
-            __version__,
-            addrs,
-            len(self.pools),
-            "compiled (Cython)" if compiled() else "pure Python",
-        )
-        if stale_extensions():
-            log.warning("compiled modules older than their source were ignored: %s", ", ".join(stale_extensions()))
+        log.info("pg_doorman %s listening on %s with %d pool(s)", __version__, addrs, len(self.pools))
         for pool in self.pools.values():
             pool.maintain(time.monotonic())
         self._janitor = loop.create_task(self._maintenance())
