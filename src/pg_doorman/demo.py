@@ -73,7 +73,7 @@ def _connect_hints(port: int, pg: TempPostgres, config_path: str) -> str:
             "",
             "Connect through pg_doorman:",
             f'  psql "host=127.0.0.1 port={port} user={DEMO_USER} dbname={DEMO_DB} password={DEMO_PASSWORD}"',
-            "Admin console (SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, ...):",
+            "Admin database login (its SHOW/PAUSE/... commands come in a later version):",
             f'  psql "host=127.0.0.1 port={port} user={ADMIN_USER} dbname=pgdoorman password={ADMIN_PASSWORD}"',
             f"Benchmark it:  pgbench -i -h 127.0.0.1 -p {port} -U {DEMO_USER} {DEMO_DB}   (password: {DEMO_PASSWORD})",
             "",
