@@ -552,7 +552,8 @@ class ClientConnection(asyncio.Protocol):
         seg = 0
         z = 0
         unsynced = server.unsynced
-        terminate = flushed = False
+        terminate = flushed = described = False
+        replay_from = -1
         while True:
             if n - pos < 5:
                 if pos < n:
@@ -571,6 +572,8 @@ class ClientConnection(asyncio.Protocol):
                 pass
             elif kind in _NAMED_KINDS:
                 unsynced = True
+                if kind == 68:
+                    described = True  # the client learns the row shape in this batch (replay is safe)
                 if kind != 80 and kind != 66 and n - pos > 5 and data[pos + 5] == 80:
                     # Describe/Close of a portal: portal names are the client's own on the server too.
                     expect.append(_EXPECT_DESCRIBE if kind == 68 else _EXPECT_CLOSE)
@@ -581,6 +584,14 @@ class ClientConnection(asyncio.Protocol):
                         break
                     if seg < pos:
                         out.append(data[seg:pos])
+                    if (
+                        kind == 66
+                        and replay_from < 0
+                        and server.tx_status == 73
+                        and all(entry.code == SYNTHETIC for entry in expect)
+                    ):
+                        replay_from = pos  # a batch that starts with this Bind may be replayed (server.py)
+                        described = False
                     self._rewrite(kind, data[pos:end], server, out)
                     seg = end
             elif kind == 69:  # 'E' Execute
@@ -591,6 +602,10 @@ class ClientConnection(asyncio.Protocol):
             elif kind == 83:  # 'S' Sync
                 unsynced = False
                 server.skipping = False
+                # Replayable: it began with a Bind outside a transaction and it describes its result, so a client
+                # that caches row descriptions (asyncpg, pgJDBC) is never handed rows of a shape it did not see.
+                server.replay_source = data[replay_from : pos + 5] if replay_from >= 0 and described else None
+                replay_from = -1
                 if not server.copy_in_ignores_sync():
                     expect.append(_EXPECT_SYNC)
                     z += 1
@@ -600,6 +615,7 @@ class ClientConnection(asyncio.Protocol):
                 server.copy_done_sent = True
             elif kind == 81 or kind == 70:  # 'Q' Query, 'F' FunctionCall
                 server.syncs_after_execute = 0
+                replay_from = -1
                 if kind == 81:
                     statements.unnamed = None  # PostgreSQL drops the unnamed statement at every simple Query
                 if kind == 81 and length < 65536 and (end > n or data[pos + 5] in _SQL_PREPARE_FIRST):
@@ -623,6 +639,7 @@ class ClientConnection(asyncio.Protocol):
             elif kind == 72:  # 'H' Flush
                 unsynced = True
                 flushed = True
+                replay_from = -1
             elif kind == 88:  # 'X' Terminate
                 n = pos
                 terminate = True
@@ -655,7 +672,7 @@ class ClientConnection(asyncio.Protocol):
         expect = server.expect
         if kind == 80 and raw[5] == 0:  # unnamed Parse: the common case of drivers without a statement cache
             stmt = self._unnamed_cache.get(raw)
-            if stmt is None:
+            if stmt is None or stmt.stale:
                 parsed = parse_parse(raw[5:])
                 stmt = server.pool.registry.get(parsed.query, parsed.types)
                 cache = self._unnamed_cache
@@ -704,21 +721,28 @@ class ClientConnection(asyncio.Protocol):
                 expect.append(Expect(PARSE, parsed=stmt.name, undo=undo))
         elif kind == 66:  # 'B' Bind
             start, end = name_after_first_cstring(body)
-            bound = statements.lookup(body[start:end])
+            name = body[start:end]
+            bound = statements.lookup(name)
             if bound is None:
                 out.append(raw)  # PostgreSQL itself reports the unknown statement
+                expect.append(_EXPECT_BIND)
             else:
+                if bound.stale:
+                    bound = self._fresh_statement(name, bound, server)
                 self._ensure_prepared(bound, server, out)
                 out.append(rebuild_with_name(b"B", body, start, end, bound.name))
-            expect.append(_EXPECT_BIND)
+                expect.append(Expect(BIND, stmt=bound))
         elif kind == 68:  # 'D' Describe
             described = statements.lookup(body[1:-1]) if body[:1] == b"S" else None
             if described is None:
                 out.append(raw)
+                expect.append(_EXPECT_DESCRIBE)
             else:
+                if described.stale:
+                    described = self._fresh_statement(body[1:-1], described, server)
                 self._ensure_prepared(described, server, out)
                 out.append(messages.message(b"D", b"S" + described.name + b"\x00"))
-            expect.append(_EXPECT_DESCRIBE)
+                expect.append(Expect(DESCRIBE, stmt=described))
         else:  # 'C' Close
             if body[:1] == b"S":
                 name = body[1:-1]
@@ -816,6 +840,17 @@ class ClientConnection(asyncio.Protocol):
         expect.append(Expect(BIND, hide=True))
         expect.append(Expect(EXECUTE, hide=True))
 
+    def _fresh_statement(self, name: bytes, stale: Statement, server: ServerConnection) -> Statement:
+        """The client's statement went stale (its result type changed): map its name to a fresh one."""
+        statements = self.statements
+        assert statements is not None
+        fresh = server.pool.registry.get(stale.query, stale.types)
+        if name:
+            statements.named[name] = fresh
+        else:
+            statements.unnamed = fresh
+        return fresh
+
     @staticmethod
     def _ensure_prepared(stmt: Statement, server: ServerConnection, out: list[bytes]) -> None:
         """Put a hidden Parse in front when this server lacks the statement."""
@@ -856,6 +891,10 @@ class ClientConnection(asyncio.Protocol):
         if self.statements is not None:
             self.statements.named.clear()
             self.statements.unnamed = None
+
+    def replay(self, source: bytes) -> None:
+        """Send a batch again (server.py: after a transparent re-prepare)."""
+        self._forward_tracked(source)
 
     def _reject_message(self, kind: int, length: int) -> None:
         if length < 4:

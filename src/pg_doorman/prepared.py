@@ -57,11 +57,15 @@ _counter = itertools.count(1)
 class Statement:
     """One distinct (query, parameter types) of a pool and its server-side name."""
 
-    __slots__ = ("name", "parse_message", "query")
+    __slots__ = ("name", "parse_message", "query", "stale", "types")
 
     def __init__(self, name: bytes, query: bytes, types: bytes) -> None:
         self.name = name
         self.query = query
+        self.types = types
+        # PostgreSQL said its cached plan must not change result type (DDL): the name is never used again, the
+        # next Bind/Describe/Parse of the same text gets a fresh statement (see client.py, server.py).
+        self.stale = False
         self.parse_message = messages.message(b"P", name + b"\x00" + query + b"\x00" + types)
 
 
@@ -72,7 +76,7 @@ class Expect:
     carry the statement name whose presence on the server depends on the outcome.
     """
 
-    __slots__ = ("code", "data", "hide", "parsed", "undo")
+    __slots__ = ("code", "data", "hide", "parsed", "stmt", "undo")
 
     def __init__(
         self,
@@ -82,8 +86,10 @@ class Expect:
         data: bytes = b"",
         parsed: bytes = b"",
         undo: Callable[[], None] | None = None,
+        stmt: Statement | None = None,
     ) -> None:
         self.code = code
+        self.stmt = stmt  # the pool statement a Bind/Describe uses (to retire it when its plan went stale)
         self.hide = hide
         self.data = data
         self.parsed = parsed  # server-side name a sent Parse creates: gone again if the Parse fails
@@ -104,6 +110,13 @@ class StatementRegistry:
 
     def __len__(self) -> int:
         return len(self._by_key)
+
+    def forget(self, stmt: Statement) -> None:
+        """Retire a statement whose plan went stale: the same text gets a new statement (and name) next time."""
+        stmt.stale = True
+        key = stmt.types + b"\x00" + stmt.query
+        if self._by_key.get(key) is stmt:
+            del self._by_key[key]
 
     def get(self, query: bytes, types: bytes) -> Statement:
         key = types + b"\x00" + query

@@ -21,7 +21,16 @@ from typing import TYPE_CHECKING, Any
 
 from pg_doorman import sockets
 from pg_doorman.auth.backend import ServerCredentials, ServerLogin
-from pg_doorman.prepared import COMPLETES, HIDDEN_QUERY, QUERY, SYNC, SYNTHETIC, Expect, ServerStatements
+from pg_doorman.prepared import (
+    BIND,
+    COMPLETES,
+    HIDDEN_QUERY,
+    QUERY,
+    SYNC,
+    SYNTHETIC,
+    Expect,
+    ServerStatements,
+)
 from pg_doorman.protocol import messages
 from pg_doorman.protocol.errors import CONNECTION_FAILURE, PoolerError, ServerError
 from pg_doorman.protocol.framing import MessageBuffer
@@ -65,6 +74,9 @@ SYNCABLE_REPORTED = frozenset(
 
 CONNECTING, IDLE, ACTIVE, CLEANUP, CLOSED = range(5)
 
+# The ReadyForQuery that ends a batch being retried (hidden).
+_RETRY_SYNC = Expect(SYNC, hide=True)
+
 
 class ServerConnection(asyncio.Protocol):
     """A PostgreSQL backend owned by a `Pool`, lent to one client at a time."""
@@ -80,6 +92,7 @@ class ServerConnection(asyncio.Protocol):
         "_login_buf",
         "_login_waiter",
         "_read_paused",
+        "_retry",
         "_skip",
         "_swallow",
         "cancel_sent",
@@ -101,6 +114,7 @@ class ServerConnection(asyncio.Protocol):
         "pending_z",
         "pid",
         "pool",
+        "replay_source",
         "secret",
         "skipping",
         "sql_prepare_pending",
@@ -150,6 +164,10 @@ class ServerConnection(asyncio.Protocol):
         # client's Syncs after its last Execute (up to CopyDone/CopyFail) so they can be discounted.
         self.syncs_after_execute = 0
         self.copy_done_sent = False
+        # The client bytes of the last batch that began with a Bind outside a transaction, and the retry in
+        # progress after PostgreSQL rejected that Bind with 0A000 "cached plan must not change result type".
+        self.replay_source: bytes | None = None
+        self._retry: bytes | None = None
         self._skip = 0
         self._swallow = 0
         self._inject_error: ServerError | None = None
@@ -479,7 +497,31 @@ class ServerConnection(asyncio.Protocol):
                     out.append(data[start:pos])
                     out.append(client.unmask_statement_names(data[pos:end]))
                     start = end
-                if expect:
+                stale = (
+                    expect
+                    and expect[0].stmt is not None
+                    and self._retry is None
+                    and self._is_stale_plan_error(data[pos + 5 : end])
+                )
+                if stale:
+                    # Retire the statement pool-wide: the next use of the text prepares a new one.
+                    stmt = expect[0].stmt
+                    assert stmt is not None
+                    self.pool.registry.forget(stmt)
+                if stale and self.replay_source is not None and expect[0].code == BIND:
+                    # The statement's result type changed under it (DDL): re-prepare and run the batch again,
+                    # once, instead of failing the client. Its error and the ReadyForQuery that ends the failed
+                    # batch are hidden.
+                    self._retry = self.replay_source
+                    if out is None:
+                        out = []
+                    out.append(data[start:pos])
+                    start = end
+                    while expect and expect[0].code != SYNC:
+                        self._fail_request(expect.popleft())
+                    if expect:
+                        expect[0] = _RETRY_SYNC
+                elif expect:
                     if expect[0].code == QUERY:
                         self._fail_request(expect[0])
                     else:
@@ -509,6 +551,9 @@ class ServerConnection(asyncio.Protocol):
             else:
                 out.append(data[start:n])
                 client.write(b"".join(out))
+        if self._retry is not None and not any(entry is _RETRY_SYNC for entry in expect):
+            self._replay_batch()
+            return
         if release and client is not None:
             client.release_server()
 
@@ -530,6 +575,23 @@ class ServerConnection(asyncio.Protocol):
             client.fail(err)
         else:
             self.close()
+
+    @staticmethod
+    def _is_stale_plan_error(body: bytes) -> bool:
+        fields = messages.parse_error_fields(body)
+        return fields.get("C") == "0A000" and fields.get("M", "").startswith("cached plan must not change result")
+
+    def _replay_batch(self) -> None:
+        """Close the statements of the batch on this server, then send the batch again: its Bind finds them
+        missing and re-prepares them (hidden Parse), so PostgreSQL plans them anew."""
+        source = self._retry
+        self._retry = None
+        client = self.client
+        if client is None or source is None or self.transport is None or client.statements is None:
+            return
+        log.info("server pid=%s: statement result type changed; re-preparing and retrying the batch", self.pid)
+        client.replay(source)  # the retired statement's Bind now maps to a fresh statement, prepared first
+        self.replay_source = None  # once: a second failure of the same batch reaches the client
 
     def _fail_request(self, entry: Expect) -> None:
         """A request PostgreSQL rejected or skipped: undo what the pooler assumed it would do."""
