@@ -19,7 +19,9 @@ PoolConfig = Callable[..., dict[str, Any]]
 
 @pytest.fixture
 def replan_pool(pg_trust: TempPostgres, doorman: StartDoorman, pool_config: PoolConfig) -> Any:
-    pg_trust.psql("DROP TABLE IF EXISTS replan_t; CREATE TABLE replan_t (a int); INSERT INTO replan_t VALUES (1)", db="appdb")
+    pg_trust.psql(
+        "DROP TABLE IF EXISTS replan_t; CREATE TABLE replan_t (a int); INSERT INTO replan_t VALUES (1)", db="appdb"
+    )
     pg_trust.psql("GRANT ALL ON replan_t TO app", db="appdb")
     proc = doorman(pool_config(pg_trust, [{"username": "app", "password": ""}], pool_size=1))
     yield proc
