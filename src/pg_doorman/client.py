@@ -52,7 +52,7 @@ from pg_doorman.protocol.errors import (
     PoolerError,
     ProtocolViolation,
 )
-from pg_doorman.protocol.framing import MessageBuffer
+from pg_doorman.protocol.framing import MessageBuffer, type_table
 from pg_doorman.protocol.startup import (
     CancelRequest,
     GSSENCRequest,
@@ -73,18 +73,16 @@ _unpack_len = struct.Struct("!I").unpack_from
 
 # Client message types the forwarder must look at: Query, Sync, FunctionCall, Terminate and the extended-protocol
 # messages that open a pipeline (after them the server cannot be released before the next Sync).
-_KIND = bytearray(256)
-for _c in range(256):
-    if chr(_c) in "PBDECH":
-        _KIND[_c] = 1  # opens/extends an unsynced pipeline
-_KIND[ord("Q")] = 2
-_KIND[ord("F")] = 2
-_KIND[ord("S")] = 3
-_KIND[ord("X")] = 4
-_KIND[ord("E")] = 5  # Execute: may start a COPY, whose Syncs PostgreSQL then ignores
-_KIND[ord("c")] = 6  # CopyDone / CopyFail end a COPY IN
-_KIND[ord("f")] = 6
-CLIENT_KIND = bytes(_KIND)
+CLIENT_KIND = type_table(
+    {
+        "PBDCH": 1,  # opens/extends an unsynced pipeline
+        "QF": 2,  # Query, FunctionCall: one ReadyForQuery each
+        "S": 3,  # Sync
+        "X": 4,  # Terminate
+        "E": 5,  # Execute: may start a COPY, whose Syncs PostgreSQL then ignores
+        "cf": 6,  # CopyDone / CopyFail end a COPY IN
+    }
+)
 
 # Startup parameters that are not session settings a pooler may replay with SET.
 NOT_SETTABLE = frozenset(
@@ -117,7 +115,7 @@ _NAMED_KINDS = frozenset(b"PBDC")
 _MAX_QUEUED_WHILE_WAITING = 256 * 1024
 # First bytes of a Query text that may be a lone BEGIN / START TRANSACTION ("b", "s", white space): a cheap
 # filter before is_lone_begin; SELECT passes it and is turned away there by its third letter.
-_MAYBE_BEGIN = bytes(1 if chr(c) in "bBsS \t\r\n" else 0 for c in range(256))
+_MAYBE_BEGIN = type_table({"bBsS \t\r\n": 1})
 _BEGIN_REPLY = messages.command_complete("BEGIN") + messages.READY_IN_TX
 _LONE_BEGIN = re.compile(
     rb"\s*(?:begin(?:\s+(?:work|transaction))?|start\s+transaction)"

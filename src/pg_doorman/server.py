@@ -33,7 +33,7 @@ from pg_doorman.prepared import (
 )
 from pg_doorman.protocol import messages
 from pg_doorman.protocol.errors import CONNECTION_FAILURE, PoolerError, ServerError
-from pg_doorman.protocol.framing import MessageBuffer
+from pg_doorman.protocol.framing import MessageBuffer, type_table
 
 if TYPE_CHECKING:
     from pg_doorman.client import ClientConnection
@@ -44,16 +44,9 @@ log = logging.getLogger("pg_doorman.server")
 _unpack_len = struct.Struct("!I").unpack_from
 
 # Message types from the server whose body the forwarder must look at.
-_WATCH = bytearray(256)
-for _c in range(256):
-    if chr(_c) in "ZSCEGHWAc":
-        _WATCH[_c] = 1
-WATCHED = bytes(_WATCH)
+WATCHED = type_table({"ZSCEGHWAc": 1})
 # With prepared statements every response that completes a request is watched too (prepared.COMPLETES).
-for _c in range(256):
-    if chr(_c) in "123TnIs":
-        _WATCH[_c] = 1
-WATCHED_TRACKED = bytes(_WATCH)
+WATCHED_TRACKED = type_table({"ZSCEGHWAc123TnIs": 1})
 
 # First letters of the CommandComplete tags that change what cleanup a session needs (SET, RESET, DECLARE
 # CURSOR, DISCARD ALL, DEALLOCATE ALL, PREPARE, LISTEN, CLOSE CURSOR ALL); other tags skip the call.

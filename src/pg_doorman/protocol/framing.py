@@ -14,6 +14,18 @@ MAX_STARTUP_PACKET = 10_000
 """PostgreSQL itself rejects startup packets above 10 000 bytes (MAX_STARTUP_PACKET_LENGTH)."""
 
 
+def type_table(codes: dict[str, int]) -> bytes:
+    """A 256-entry lookup by message type byte: ``codes`` maps type letters to small ints, all others are 0.
+
+    The forwarding loops index it with the type byte instead of comparing against several letters.
+    """
+    table = bytearray(256)
+    for letters, code in codes.items():
+        for letter in letters:
+            table[ord(letter)] = code
+    return bytes(table)
+
+
 class MessageBuffer:
     """Accumulates bytes and yields complete ``(type, body)`` messages."""
 
