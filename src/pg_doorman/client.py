@@ -551,6 +551,7 @@ class ClientConnection(asyncio.Protocol):
         z = 0
         unsynced = server.unsynced
         terminate = flushed = described = False
+        binds = 0
         replay_from = -1
         while True:
             if n - pos < 5:
@@ -590,6 +591,9 @@ class ClientConnection(asyncio.Protocol):
                     ):
                         replay_from = pos  # a batch that starts with this Bind may be replayed (server.py)
                         described = False
+                        binds = 0
+                    if kind == 66:
+                        binds += 1
                     self._rewrite(kind, data[pos:end], server, out)
                     seg = end
             elif kind == 69:  # 'E' Execute
@@ -602,7 +606,10 @@ class ClientConnection(asyncio.Protocol):
                 server.skipping = False
                 # Replayable: it began with a Bind outside a transaction and it describes its result, so a client
                 # that caches row descriptions (asyncpg, pgJDBC) is never handed rows of a shape it did not see.
-                server.replay_source = data[replay_from : pos + 5] if replay_from >= 0 and described else None
+                # Only with a single Bind: then the failed one is the batch's first request and nothing of the
+                # batch reached the client before the error.
+                replayable = replay_from >= 0 and described and binds == 1
+                server.replay_source = data[replay_from : pos + 5] if replayable else None
                 replay_from = -1
                 if not server.copy_in_ignores_sync():
                     expect.append(_EXPECT_SYNC)

@@ -158,3 +158,64 @@ def test_error_skips_to_sync_and_undoes_the_parse(tmp_path: Path) -> None:
         assert not server.statements._names, "a failed Parse leaves nothing on the server"
 
     asyncio.run(run())
+
+
+STALE = messages.error_response("0A000", "cached plan must not change result type", severity="ERROR")
+DESCRIBE_PORTAL = messages.message(b"D", b"P\x00")
+
+
+def _prepared(tmp_path: Path) -> tuple[ClientConnection, ServerConnection]:
+    client, server, _ = make_pair(tmp_path, True)
+    feed(client, PARSE + messages.SYNC, 4096)
+    feed(server, messages.PARSE_COMPLETE + messages.READY_IDLE, 4096)
+    client.transport.data.clear()  # type: ignore[union-attr]
+    server.transport.data.clear()  # type: ignore[union-attr]
+    return client, server
+
+
+def test_stale_plan_replays_a_single_described_bind(tmp_path: Path) -> None:
+    async def run() -> None:
+        client, server = _prepared(tmp_path)
+        first_name = client.statements.named[b"s1"].name  # type: ignore[union-attr]
+        feed(client, BIND + DESCRIBE_PORTAL + EXECUTE + messages.SYNC, 4096)
+        first_attempt = len(server.transport.data)  # type: ignore[union-attr]
+        feed(server, STALE + messages.READY_IDLE, 4096)
+        assert bytes(client.transport.data) == b"", "the error and its ReadyForQuery are hidden"  # type: ignore[union-attr]
+        fresh = client.statements.named[b"s1"]  # type: ignore[union-attr]
+        assert fresh.name != first_name, "the client's name now maps to a fresh statement"
+        buf = MessageBuffer()
+        buf.feed(bytes(server.transport.data)[first_attempt:])  # type: ignore[union-attr]
+        resent = list(buf.messages())
+        assert [chr(kind) for kind, _ in resent] == ["P", "B", "D", "E", "S"], "re-prepared, then sent again"
+        assert resent[0][1].startswith(fresh.name + b"\x00") and fresh.name in resent[1][1]
+        row_desc = messages.message(b"T", b"\x00\x00")
+        feed(server, messages.PARSE_COMPLETE + messages.BIND_COMPLETE + row_desc + ROW + TAIL, 4096)
+        got = bytes(client.transport.data)  # type: ignore[union-attr]
+        assert got == messages.BIND_COMPLETE + row_desc + ROW + TAIL
+        assert client.server is None
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("batch", ["two_binds", "no_describe"])
+def test_stale_plan_error_reaches_the_client_when_replay_is_unsafe(tmp_path: Path, batch: str) -> None:
+    async def run() -> None:
+        client, server = _prepared(tmp_path)
+        if batch == "two_binds":
+            feed(client, BIND + DESCRIBE_PORTAL + EXECUTE + BIND + EXECUTE + messages.SYNC, 4096)
+            reply = messages.BIND_COMPLETE + messages.message(b"T", b"\x00\x00") + ROW + messages.command_complete(
+                "SELECT 1"
+            )
+            feed(server, reply + STALE + messages.READY_IDLE, 4096)
+            assert bytes(client.transport.data) == reply + STALE + messages.READY_IDLE  # type: ignore[union-attr]
+        else:
+            feed(client, BIND + EXECUTE + messages.SYNC, 4096)
+            feed(server, STALE + messages.READY_IDLE, 4096)
+            assert bytes(client.transport.data) == STALE + messages.READY_IDLE  # type: ignore[union-attr]
+        assert client.server is None
+        # Either way the statement is retired: the next Bind prepares a fresh one first.
+        server.transport.data.clear()  # type: ignore[union-attr]
+        feed(client, BIND + EXECUTE + messages.SYNC, 4096)
+        assert bytes(server.transport.data)[:1] == b"P"  # type: ignore[union-attr]
+
+    asyncio.run(run())
