@@ -248,25 +248,3 @@ def parse_sql_statement_command(text: bytes) -> tuple[str, bytes] | None:
     if command == "deallocate" and raw.lower() == b"all":
         return command, b""
     return command, normalize_ident(raw)
-
-
-def parse_deallocate(sql: bytes) -> tuple[bool, bytes | None] | None:
-    """Recognize ``DEALLOCATE [PREPARE] name|ALL`` (one statement, optional ';').
-
-    Returns None when the text is not such a statement, ``(True, None)`` for ALL and ``(False, name)`` otherwise.
-    """
-    text = sql.rstrip(b"\x00").strip().rstrip(b";").strip()
-    words = text.split()
-    if not words or words[0].lower() != b"deallocate":
-        return None
-    rest = words[1:]
-    if rest and rest[0].lower() == b"prepare":
-        rest = rest[1:]
-    if len(rest) != 1:
-        return None
-    word = rest[0]
-    if word.lower() == b"all":
-        return True, None
-    if word.startswith(b'"') and word.endswith(b'"') and len(word) >= 2:
-        return False, word[1:-1].replace(b'""', b'"')
-    return False, word.lower()

@@ -17,7 +17,7 @@ import random
 import struct
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pg_doorman import sockets
 from pg_doorman.auth.backend import ServerCredentials, ServerLogin
@@ -742,43 +742,28 @@ class ServerConnection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.resume_reading()
         pool = self.pool
-        if self.cancel_sent:
-            # A cancel may still be in flight toward this backend: never lend it to another client.
+        if (
+            self.cancel_sent  # a cancel may still be in flight toward this backend: never lend it again
+            or self.state != ACTIVE
+            or self.pending_z > 0  # the client left in the middle of a request or a COPY: close, do not drain
+            or self.unsynced
+            or self.in_copy
+            or self._swallow
+            or self._carry
+            or self._skip
+            or self.expect
+        ):
             self.close()
-        elif (
-            self.tx_status == 73
-            and not (self.need_reset_all or self.need_close_all or self.need_unlisten or self.need_deallocate_all)
-            and self.pending_z <= 0
-            and not self.unsynced
-            and not self.in_copy
-            and not self._swallow
-            and not self._carry
-            and not self._skip
-            and not self.expect
+        elif self.tx_status == 73 and not (
+            self.need_reset_all or self.need_close_all or self.need_unlisten or self.need_deallocate_all
         ):
             pool.checkin(self)
-        elif not self.reusable_after_client():
-            self.close()
         else:
             sql = self.cleanup_sql(pool.settings.cleanup_server_connections)
             if sql:
                 self.start_cleanup(sql)
             else:
                 pool.checkin(self)
-
-    def reusable_after_client(self) -> bool:
-        """Whether a server can be cleaned up after its client went away (else it must be closed)."""
-        return (
-            self.state == ACTIVE
-            and self.pending_z <= 0
-            and not self.unsynced
-            and not self.in_copy
-            and self._swallow == 0
-            and not self._carry
-            and self._skip == 0
-            and not self.cancel_sent
-            and not self.expect
-        )
 
     def cleanup_sql(self, cleanup_enabled: bool) -> str:
         parts = []
@@ -882,9 +867,6 @@ class ServerConnection(asyncio.Protocol):
             writer.close()
         except (TimeoutError, OSError) as exc:
             log.warning("cancel request for server pid=%s failed: %s", self.pid, exc)
-
-    def describe(self) -> dict[str, Any]:
-        return {"pid": self.pid, "state": self.state, "tx": chr(self.tx_status)}
 
 
 def login_error(exc: BaseException) -> PoolerError:

@@ -143,6 +143,10 @@ def test_synthetic_parse_complete_keeps_its_position(tmp_path: Path) -> None:
         server.data_received(messages.BIND_COMPLETE + ROW + TAIL)
         got = bytes(other.transport.data)  # type: ignore[union-attr]
         assert got == messages.PARSE_COMPLETE + messages.BIND_COMPLETE + ROW + TAIL
+        # The counters the admin console and metrics read: one statement, prepared once, found once.
+        stats = server.pool.prepared_statement_stats()
+        assert stats["cache_entries"] == 1 and stats["cache_misses"] == 1 and stats["cache_hits"] == 1
+        assert stats["server_statements"] == 1 and stats["server_evictions"] == 0
 
     asyncio.run(run())
 

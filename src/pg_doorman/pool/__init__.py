@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from pg_doorman.auth.backend import ServerCredentials
 from pg_doorman.prepared import StatementRegistry
-from pg_doorman.protocol.errors import CONNECTION_FAILURE, PoolerError
+from pg_doorman.protocol.errors import PoolerError
 from pg_doorman.server import CLOSED, IDLE, ServerConnection, login_error
 from pg_doorman.tasks import spawn
 
@@ -310,8 +310,3 @@ class Pool:
         for server in list(self.servers):
             server.close()
         self.idle.clear()
-
-    def describe_error(self) -> PoolerError:
-        if self._last_connect_error is not None:
-            return self._last_connect_error
-        return PoolerError(CONNECTION_FAILURE, "no server connection available")

@@ -14,7 +14,6 @@ CANCEL_REQUEST_CODE = 80877102
 
 _pack_i = struct.Struct("!i").pack
 _pack_ci = struct.Struct("!ci").pack
-_unpack_i = struct.Struct("!i").unpack_from
 
 READY_IDLE = b"Z\x00\x00\x00\x05I"
 READY_IN_TX = b"Z\x00\x00\x00\x05T"
@@ -61,11 +60,6 @@ def error_response(
     return message(b"E", b"".join(parts))
 
 
-def notice_response(text: str, *, severity: str = "NOTICE", sqlstate: str = "00000") -> bytes:
-    body = b"S" + cstr(severity) + b"V" + cstr(severity) + b"C" + cstr(sqlstate) + b"M" + cstr(text) + b"\x00"
-    return message(b"N", body)
-
-
 def parameter_status(name: str, value: str) -> bytes:
     return message(b"S", cstr(name) + cstr(value))
 
@@ -84,10 +78,6 @@ def query(sql: str) -> bytes:
 
 def auth_md5(salt: bytes) -> bytes:
     return message(b"R", _pack_i(5) + salt)
-
-
-def auth_cleartext() -> bytes:
-    return message(b"R", _pack_i(3))
 
 
 def auth_sasl(mechanisms: bytes) -> bytes:
@@ -151,10 +141,6 @@ def parse_command_tag(body: bytes | memoryview) -> bytes:
     data = bytes(body)
     end = data.find(b"\x00")
     return data if end < 0 else data[:end]
-
-
-def read_int32(data: bytes | bytearray | memoryview, offset: int = 0) -> int:
-    return int(_unpack_i(data, offset)[0])
 
 
 def quote_literal(value: str) -> str:
