@@ -5,7 +5,9 @@
 #   postgresql-15, postgresql-client-15 (TempPostgres, psql, pgbench), pgbouncer (benchmark peer),
 #   nodejs/npm if `node`/`npm` is missing, default-jdk-headless if `javac` is missing and
 #   libpostgresql-jdbc-java if no pgJDBC jar is found (driver tests), python3-venv if `python3 -m venv` cannot work,
-# then creates .venv and installs the package with its test extras (editable), and runs `npm ci` in
+# gcc and the Python headers (compiled hot path),
+# then creates .venv and installs the package with its test extras (editable), compiles the hot path (Cython,
+# in place), and runs `npm ci` in
 # tests/drivers/node when its node_modules is missing or its package-lock.json changed since the last run.
 # A second run does nothing and takes well under a second.
 set -euo pipefail
@@ -65,8 +67,13 @@ PGJDBC_M2="$HOME/.m2/repository/org/postgresql/postgresql/42.7.13/postgresql-42.
 if [ ! -f "$PGJDBC_M2" ] && [ ! -f /usr/share/java/postgresql.jar ]; then
     missing+=(libpostgresql-jdbc-java)
 fi
+# The compiled hot path (setup.py, Cython) needs a C compiler and the headers of the Python that runs it.
+command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+if [ -n "$PYTHON" ] && ! "$PYTHON" -c 'import os, sysconfig; inc = sysconfig.get_paths()["include"]; raise SystemExit(not os.path.exists(os.path.join(inc, "Python.h")))' 2>/dev/null; then
+    missing+=(python3-dev)
+fi
 if [ -z "$PYTHON" ]; then
-    missing+=(python3 python3-venv)
+    missing+=(python3 python3-venv python3-dev)
 elif [ ! -x "$VENV/bin/python" ] && ! venv_works "$PYTHON"; then
     missing+=(python3-venv)
 fi
@@ -170,6 +177,31 @@ if [ "$want_stamp" != "$have_stamp" ] || ! install_ok; then
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$REPO_ROOT[test]"
     echo "$want_stamp" >"$STAMP"
     did+=("installed pg_doorman[test] into .venv")
+fi
+
+# ---------------------------------------------------------------- compiled hot path
+
+# client.py, server.py and prepared.py compiled by Cython next to their sources (setup.py). Rebuilt when a
+# source or .pxd is newer than its extension; pg_doorman itself never runs a stale extension (it falls back to
+# the .py files, see src/pg_doorman/__init__.py). PG_DOORMAN_PURE_PYTHON=1 skips the build.
+hot_path_built() {
+    "$VENV/bin/python" - <<'EOF' 2>/dev/null
+import glob, os, sys
+for name in ("client", "prepared", "server"):
+    base = os.path.join("src", "pg_doorman", name)
+    built = glob.glob(base + ".cpython-*.so")
+    newest = max(os.path.getmtime(base + ext) for ext in (".py", ".pxd"))
+    if not built or os.path.getmtime(built[0]) < newest:
+        sys.exit(1)
+EOF
+}
+if [ "${PG_DOORMAN_PURE_PYTHON:-0}" != 1 ] && ! hot_path_built; then
+    say "compiling the hot path (Cython)"
+    if "$VENV/bin/python" setup.py -q build_ext --inplace >"$VENV/.pg_doorman-build.log" 2>&1 && hot_path_built; then
+        did+=("compiled client/server/prepared with Cython")
+    else
+        say "compiling failed (see $VENV/.pg_doorman-build.log); pg_doorman runs as pure Python" >&2
+    fi
 fi
 
 # ---------------------------------------------------------------- node driver programs

@@ -1,3 +1,90 @@
 """pg_doorman: a PostgreSQL connection pooler."""
 
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from importlib.machinery import ModuleSpec
+from types import ModuleType
+
 __version__ = "0.1.0"
+
+PURE_PYTHON = os.environ.get("PG_DOORMAN_PURE_PYTHON") == "1"
+_stale: list[str] = []
+
+
+def _newest_source_mtime(source: str) -> float:
+    """The module's .py and its .pxd (C type declarations) both shape the extension built from them."""
+    pxd = source[:-3] + ".pxd"
+    mtime = os.path.getmtime(source)
+    if os.path.exists(pxd):
+        mtime = max(mtime, os.path.getmtime(pxd))
+    return mtime
+
+
+_COMPILED_TOGETHER = ("client", "prepared", "server")
+"""Extensions that share C types (client.pxd cimports server.pxd): used all together or not at all."""
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_compiled_ok: bool | None = None
+
+
+def _compiled_usable() -> bool:
+    """Whether every compiled module is present and at least as new as its .py and .pxd."""
+    global _compiled_ok
+    if _compiled_ok is None:
+        _compiled_ok = not PURE_PYTHON
+        for name in _COMPILED_TOGETHER:
+            source = os.path.join(_PACKAGE_DIR, name + ".py")
+            built = [
+                os.path.join(_PACKAGE_DIR, name + suffix)
+                for suffix in importlib.machinery.EXTENSION_SUFFIXES
+                if os.path.exists(os.path.join(_PACKAGE_DIR, name + suffix))
+            ]
+            if built and os.path.exists(source) and _newest_source_mtime(source) > os.path.getmtime(built[0]):
+                _stale.append("pg_doorman." + name)
+                _compiled_ok = False
+    return _compiled_ok
+
+
+class _SourceFirstFinder:
+    """Imports pg_doorman modules from their .py files instead of the compiled extensions next to them when
+    PG_DOORMAN_PURE_PYTHON=1 (CI runs the suite both ways), or when a source is newer than its extension: an
+    edited file never runs as stale compiled code (scripts/setup.sh rebuilds it)."""
+
+    @classmethod
+    def find_spec(
+        cls, fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if not fullname.startswith("pg_doorman."):
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
+        origin = spec.origin if spec is not None else None
+        if spec is None or origin is None or not origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
+            return spec
+        source = origin[: origin.index(".", origin.rindex(os.sep))] + ".py"
+        if not os.path.exists(source) or _compiled_usable():
+            return spec
+        return importlib.util.spec_from_file_location(
+            fullname, source, submodule_search_locations=spec.submodule_search_locations
+        )
+
+
+sys.meta_path.insert(0, _SourceFirstFinder)
+
+
+def implementation() -> str:
+    """How the hot path runs: "compiled" (all Cython extensions in use) or "pure Python" (with the reason)."""
+    from pg_doorman import client, prepared, server
+
+    modules = (client, prepared, server)
+    if all(not (m.__file__ or "").endswith(".py") for m in modules):
+        return "compiled"
+    if PURE_PYTHON:
+        return "pure Python (PG_DOORMAN_PURE_PYTHON=1)"
+    if _stale:
+        return "pure Python (compiled extensions older than their source: " + ", ".join(_stale) + ")"
+    return "pure Python"

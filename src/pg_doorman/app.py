@@ -9,9 +9,9 @@ import secrets
 import signal
 import socket
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from pg_doorman import __version__, sockets
+from pg_doorman import __version__, implementation, sockets
 from pg_doorman.auth.scram import make_scram_verifier
 from pg_doorman.config import Config, ConfigError, load_config
 from pg_doorman.pool import Pool
@@ -179,7 +179,7 @@ class Application:
         general = self.config.general
         backlog = general.backlog or min(general.max_connections, 4096)
         server: asyncio.Server = await loop.create_server(
-            lambda: ClientConnection(self),
+            lambda: cast(asyncio.Protocol, ClientConnection(self)),
             host=general.host,
             port=general.port,
             reuse_address=True,
@@ -191,14 +191,20 @@ class Application:
             if os.path.exists(path):
                 os.unlink(path)
             unix: asyncio.Server = await loop.create_unix_server(
-                lambda: ClientConnection(self), path=path, backlog=backlog
+                lambda: cast(asyncio.Protocol, ClientConnection(self)), path=path, backlog=backlog
             )
             os.chmod(path, general.unix_socket_permissions)
             self._servers.append(unix)
         addrs = ", ".join(
             str(sock.getsockname()) for srv in self._servers for sock in srv.sockets if sock.family != socket.AF_UNIX
         )
-        log.info("pg_doorman %s listening on %s with %d pool(s)", __version__, addrs, len(self.pools))
+        log.info(
+            "pg_doorman %s listening on %s with %d pool(s); hot path: %s",
+            __version__,
+            addrs,
+            len(self.pools),
+            implementation(),
+        )
         for pool in self.pools.values():
             pool.maintain(time.monotonic())
         self._janitor = loop.create_task(self._maintenance())

@@ -14,6 +14,7 @@ import re
 import secrets
 import struct
 import time
+from collections import deque
 from typing import TYPE_CHECKING
 
 from pg_doorman import sockets
@@ -170,6 +171,11 @@ _EXPECT_CLOSE = Expect(CLOSE)
 _SQL_PREPARE_FIRST = frozenset(b"pPeEdD")
 
 
+def only_synthetic(expect: deque[Expect]) -> bool:
+    """Whether every answer still owed is one the pooler makes up itself (none is waiting for the server)."""
+    return all(entry.code == SYNTHETIC for entry in expect)
+
+
 def _quote_name(name: bytes) -> bytes:
     return b'"' + name.replace(b'"', b'""') + b'"'
 
@@ -215,7 +221,7 @@ class _Undo:
 ADMIN_DATABASES = frozenset({"pgdoorman", "pgbouncer"})
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection:
     __slots__ = (
         "_carry",
         "_deferred_begin",
@@ -468,7 +474,6 @@ class ClientConnection(asyncio.Protocol):
             return
         self._skip = 0
         kinds = CLIENT_KIND
-        unpack = _unpack_len
         limit = self.app.max_message_size
         z = 0
         unsynced = server.unsynced
@@ -481,7 +486,7 @@ class ClientConnection(asyncio.Protocol):
                     data = data[:pos]
                 break
             kind = data[pos]
-            length = unpack(data, pos + 1)[0]
+            length = (data[pos + 1] << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4]
             if length < 4 or length > limit:
                 server.pending_z += z
                 self._reject_message(kind, length)
@@ -541,7 +546,6 @@ class ClientConnection(asyncio.Protocol):
             server.write(data)
             return
         self._skip = 0
-        unpack = _unpack_len
         limit = self.app.max_message_size
         expect = server.expect
         statements = self.statements
@@ -560,7 +564,7 @@ class ClientConnection(asyncio.Protocol):
                     n = pos
                 break
             kind = data[pos]
-            length = unpack(data, pos + 1)[0]
+            length = (data[pos + 1] << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4]
             if length < 4 or length > limit:
                 server.pending_z += z
                 self._reject_message(kind, length)
@@ -587,7 +591,7 @@ class ClientConnection(asyncio.Protocol):
                         kind == 66
                         and replay_from < 0
                         and server.tx_status == 73
-                        and all(entry.code == SYNTHETIC for entry in expect)
+                        and only_synthetic(expect)
                     ):
                         replay_from = pos  # a batch that starts with this Bind may be replayed (server.py)
                         described = False
@@ -659,9 +663,9 @@ class ClientConnection(asyncio.Protocol):
         server.unsynced = unsynced
         if out:
             server.write(out[0] if len(out) == 1 else b"".join(out))
-        if flushed and expect and all(entry.code == SYNTHETIC for entry in expect):
+        if flushed and expect and only_synthetic(expect):
             # Flushed, and the server owes nothing these answers could ride along with: answer now.
-            self.write(b"".join(entry.data for entry in expect))
+            self.write(b"".join([entry.data for entry in expect]))
             expect.clear()
         if terminate:
             self.close()

@@ -71,7 +71,7 @@ CONNECTING, IDLE, ACTIVE, CLEANUP, CLOSED = range(5)
 _RETRY_SYNC = Expect(SYNC, hide=True)
 
 
-class ServerConnection(asyncio.Protocol):
+class ServerConnection:
     """A PostgreSQL backend owned by a `Pool`, lent to one client at a time."""
 
     __slots__ = (
@@ -295,7 +295,6 @@ class ServerConnection(asyncio.Protocol):
         self._skip = 0
         start = 0  # first byte not yet cut out by swallowing
         watched = WATCHED
-        unpack = _unpack_len
         release = False
         while True:
             if n - pos < 5:
@@ -304,7 +303,7 @@ class ServerConnection(asyncio.Protocol):
                     n = pos
                 break
             kind = data[pos]
-            end = pos + 1 + unpack(data, pos + 1)[0]
+            end = pos + 1 + ((data[pos + 1] << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4])
             if not watched[kind]:
                 if end > n:
                     self._skip = end - n
@@ -396,7 +395,6 @@ class ServerConnection(asyncio.Protocol):
                 out.append(expect.popleft().data)
         watched = WATCHED_TRACKED
         completes = COMPLETES
-        unpack = _unpack_len
         release = False
         while True:
             if n - pos < 5:
@@ -405,7 +403,7 @@ class ServerConnection(asyncio.Protocol):
                     n = pos
                 break
             kind = data[pos]
-            end = pos + 1 + unpack(data, pos + 1)[0]
+            end = pos + 1 + ((data[pos + 1] << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4])
             if not watched[kind]:
                 if end > n:
                     self._skip = end - n
@@ -544,7 +542,7 @@ class ServerConnection(asyncio.Protocol):
             else:
                 out.append(data[start:n])
                 client.write(b"".join(out))
-        if self._retry is not None and not any(entry is _RETRY_SYNC for entry in expect):
+        if self._retry is not None and _RETRY_SYNC not in expect:  # Expect compares by identity
             self._replay_batch()
             return
         if release and client is not None:

@@ -12,7 +12,7 @@ import logging
 import socket
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from pg_doorman.auth.backend import ServerCredentials
 from pg_doorman.prepared import StatementRegistry
@@ -187,11 +187,18 @@ class Pool:
             async with asyncio.timeout(s.connect_timeout):
                 if s.server_host.startswith("/"):
                     path = f"{s.server_host}/.s.PGSQL.{s.server_port}"
-                    _, server = await loop.create_unix_connection(lambda: ServerConnection(self), path)
-                else:
-                    _, server = await loop.create_connection(
-                        lambda: ServerConnection(self), s.server_host, s.server_port, family=socket.AF_UNSPEC
+                    _, protocol = await loop.create_unix_connection(
+                        lambda: cast(asyncio.Protocol, ServerConnection(self)), path
                     )
+                    server = cast(ServerConnection, protocol)
+                else:
+                    _, protocol = await loop.create_connection(
+                        lambda: cast(asyncio.Protocol, ServerConnection(self)),
+                        s.server_host,
+                        s.server_port,
+                        family=socket.AF_UNSPEC,
+                    )
+                server = cast(ServerConnection, protocol)
                 params = {"application_name": s.application_name}
                 params.update(s.startup_parameters)
                 await server.login(self.credentials(), s.server_database, params)

@@ -1,0 +1,52 @@
+# Cython declarations for client.py (used only by the optional compiled build, see setup.py); the .py file runs
+# unchanged without them.
+import cython
+
+from pg_doorman.server cimport ServerConnection
+
+
+cdef class ClientConnection:
+    cdef public bytes _carry
+    cdef public object _deferred_begin
+    cdef public list _queued
+    cdef public Py_ssize_t _queued_bytes
+    cdef public bint _read_paused
+    cdef public object _rx
+    cdef public object _rx_waiter
+    cdef public Py_ssize_t _skip
+    cdef public dict _unnamed_cache
+    cdef public object _unnamed_parse_complete
+    cdef public object app
+    cdef public object application_name
+    cdef public object database
+    cdef public bint is_admin
+    cdef public object param_token
+    cdef public object params
+    cdef public object peer
+    cdef public object pid
+    cdef public object pool
+    cdef public object secret
+    cdef public ServerConnection server
+    cdef public object sql_prepared
+    cdef public int state
+    cdef public object statements
+    cdef public bint transaction_mode
+    cdef public object transport
+    cdef public object user
+    cdef public double wait_deadline
+
+    @cython.locals(n=Py_ssize_t, pos=Py_ssize_t, end=Py_ssize_t, length=Py_ssize_t, limit=Py_ssize_t, kind=int,
+                   k=int, z=Py_ssize_t, unsynced=bint, terminate_at=Py_ssize_t, kinds=bytes,
+                   server=ServerConnection)
+    cpdef _forward(self, bytes data)
+
+    @cython.locals(n=Py_ssize_t, pos=Py_ssize_t, end=Py_ssize_t, length=Py_ssize_t, limit=Py_ssize_t, kind=int,
+                   seg=Py_ssize_t, z=Py_ssize_t, binds=Py_ssize_t, replay_from=Py_ssize_t, unsynced=bint,
+                   terminate=bint, flushed=bint, described=bint, server=ServerConnection, out=list)
+    cpdef _forward_tracked(self, bytes data)
+
+    @cython.locals(server=ServerConnection)
+    cpdef _start_transaction(self, bytes data)
+
+    cpdef _attach(self, ServerConnection server)
+    cpdef write(self, data)

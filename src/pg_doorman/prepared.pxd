@@ -1,0 +1,41 @@
+# Cython declarations for prepared.py (used only by the optional compiled build, see setup.py); the .py file
+# runs unchanged without them.
+
+cdef class Statement:
+    cdef public bytes name
+    cdef public bytes parse_message
+    cdef public bytes query
+    cdef public bint stale
+    cdef public bytes types
+
+
+cdef class Expect:
+    cdef public int code
+    cdef public bytes data
+    cdef public bint hide
+    cdef public bytes parsed
+    cdef public Statement stmt
+    cdef public object undo
+
+
+cdef class StatementRegistry:
+    cdef public object _by_key
+    cdef public Py_ssize_t capacity
+    cdef public Py_ssize_t evictions
+    cdef public Py_ssize_t hits
+    cdef public Py_ssize_t misses
+
+    cpdef Statement get(self, bytes query, bytes types)
+
+
+cdef class ServerStatements:
+    cdef public object _names
+    cdef public Py_ssize_t capacity
+    cdef public Py_ssize_t evictions
+
+
+cdef class ClientStatements:
+    cdef public dict named
+    cdef public Statement unnamed
+
+    cpdef Statement lookup(self, bytes name)

@@ -1,0 +1,64 @@
+# Cython declarations for server.py (used only by the optional compiled build, see setup.py). The .py file is
+# the implementation and runs unchanged without them; here its attributes get C types, so the forwarding loops
+# read and write them as struct fields instead of through the interpreter.
+import cython
+
+
+cdef class ServerConnection:
+    cdef public bytes _carry
+    cdef public object _cleanup_buf
+    cdef public bint _cleanup_deallocates
+    cdef public bint _cleanup_failed
+    cdef public bint _cleanup_resets
+    cdef public object _inject_error
+    cdef public object _login
+    cdef public object _login_buf
+    cdef public object _login_waiter
+    cdef public bint _read_paused
+    cdef public object _retry
+    cdef public Py_ssize_t _skip
+    cdef public Py_ssize_t _swallow
+    cdef public bint cancel_sent
+    cdef public object client
+    cdef public bint copy_done_sent
+    cdef public double created_at
+    cdef public object expect
+    cdef public double expires_at
+    cdef public object extra_keys
+    cdef public double idle_expires_after
+    cdef public bint in_copy
+    cdef public double last_used
+    cdef public bint need_close_all
+    cdef public bint need_deallocate_all
+    cdef public bint need_reset_all
+    cdef public bint need_unlisten
+    cdef public object param_token
+    cdef public object params
+    cdef public Py_ssize_t pending_z
+    cdef public object pid
+    cdef public object pool
+    cdef public object replay_source
+    cdef public object secret
+    cdef public bint skipping
+    cdef public Py_ssize_t sql_prepare_pending
+    cdef public object sql_prepared
+    cdef public int state
+    cdef public object statements
+    cdef public Py_ssize_t syncs_after_execute
+    cdef public object to_close
+    cdef public bint tracked
+    cdef public object transport
+    cdef public int tx_status
+    cdef public bint unsynced
+    cdef public bint used
+
+    @cython.locals(n=Py_ssize_t, pos=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t, kind=int, release=bint,
+                   watched=bytes)
+    cpdef _forward(self, bytes data)
+
+    @cython.locals(n=Py_ssize_t, pos=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t, kind=int, release=bint,
+                   watched=bytes, code=int)
+    cpdef _forward_tracked(self, bytes data)
+
+    cpdef write(self, data)
+    cpdef bint copy_in_ignores_sync(self)
