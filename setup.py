@@ -1,4 +1,4 @@
-"""The compiled hot path: client.py, server.py and prepared.py built by Cython.
+"""The compiled hot path: client.py, server.py, prepared.py and pool/__init__.py built by Cython.
 
 Those files are the pure-Python implementation too; the `.pxd` files next to them only give their classes and
 forwarding loops C types. When Cython or a C compiler is missing, or PG_DOORMAN_PURE_PYTHON=1 is set at build
@@ -17,6 +17,7 @@ HOT_MODULES = [
     "src/pg_doorman/server.py",
     "src/pg_doorman/client.py",
     "src/pg_doorman/prepared.py",
+    "src/pg_doorman/pool/__init__.py",
 ]
 
 
@@ -46,7 +47,7 @@ def extensions() -> list[object]:
     return list(
         cythonize(
             HOT_MODULES,
-            compiler_directives={"language_level": "3", "binding": False},
+            compiler_directives={"language_level": "3", "binding": False, "annotation_typing": False},
             quiet=True,
         )
     )

@@ -181,14 +181,14 @@ fi
 
 # ---------------------------------------------------------------- compiled hot path
 
-# client.py, server.py and prepared.py compiled by Cython next to their sources (setup.py). Rebuilt when a
+# client.py, server.py, prepared.py and pool/__init__.py compiled by Cython next to their sources (setup.py). Rebuilt when a
 # source or .pxd is newer than its extension; pg_doorman itself never runs a stale extension (it falls back to
 # the .py files, see src/pg_doorman/__init__.py). PG_DOORMAN_PURE_PYTHON=1 skips the build.
 hot_path_built() {
     "$VENV/bin/python" - <<'EOF' 2>/dev/null
 import glob, os, sys
-for name in ("client", "prepared", "server"):
-    base = os.path.join("src", "pg_doorman", name)
+for name in ("client", "prepared", "server", "pool/__init__"):
+    base = os.path.join("src", "pg_doorman", *name.split("/"))
     built = glob.glob(base + ".cpython-*.so")
     newest = max(os.path.getmtime(base + ext) for ext in (".py", ".pxd"))
     if not built or os.path.getmtime(built[0]) < newest:
@@ -198,7 +198,7 @@ EOF
 if [ "${PG_DOORMAN_PURE_PYTHON:-0}" != 1 ] && ! hot_path_built; then
     say "compiling the hot path (Cython)"
     if "$VENV/bin/python" setup.py -q build_ext --inplace >"$VENV/.pg_doorman-build.log" 2>&1 && hot_path_built; then
-        did+=("compiled client/server/prepared with Cython")
+        did+=("compiled the hot path with Cython")
     else
         say "compiling failed (see $VENV/.pg_doorman-build.log); pg_doorman runs as pure Python" >&2
     fi

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up, lint (ruff), type-check (mypy, src/) and run the whole pytest suite (unit + integration).
+# Set up, lint (ruff), type-check (mypy, src/) and run the whole pytest suite (unit + integration), once with
+# the compiled hot path and once as pure Python.
 # Extra arguments go to pytest.  The exit code is pytest's; "no tests collected" (5) counts as failure.
 # Lint and type errors fail the run too (STRICT_LINT=0 only reports them, for quick local iterations).
 set -uo pipefail
@@ -13,13 +14,25 @@ echo "== ruff check"
 echo "== mypy (src)"
 .venv/bin/mypy || lint_failed=1
 
-echo "== pytest"
-.venv/bin/pytest tests "$@"
+run_pytest() {
+    .venv/bin/pytest tests "$@"
+    local code=$?
+    if [ "$code" -eq 5 ]; then
+        echo "test.sh: pytest collected no tests; treating that as a failure" >&2
+        code=1
+    fi
+    return "$code"
+}
+
+# The hot path is compiled (Cython) by setup.sh; the same source files are also the pure-Python fallback.
+# The whole suite runs against both (tests/unit/test_build.py checks each run got the one it expects).
+echo "== pytest (compiled hot path)"
+PG_DOORMAN_EXPECT_HOT_PATH=compiled run_pytest "$@"
 rc=$?
-if [ "$rc" -eq 5 ]; then
-    echo "test.sh: pytest collected no tests; treating that as a failure" >&2
-    rc=1
-fi
+echo "== pytest (pure Python: PG_DOORMAN_PURE_PYTHON=1)"
+PG_DOORMAN_PURE_PYTHON=1 PG_DOORMAN_EXPECT_HOT_PATH="pure Python" run_pytest "$@"
+pure_rc=$?
+[ "$rc" -ne 0 ] || rc=$pure_rc
 if [ "$lint_failed" -ne 0 ]; then
     echo "test.sh: ruff or mypy reported problems (see above)" >&2
     if [ "${STRICT_LINT:-1}" = 1 ] && [ "$rc" -eq 0 ]; then

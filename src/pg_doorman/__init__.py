@@ -25,7 +25,7 @@ def _newest_source_mtime(source: str) -> float:
     return mtime
 
 
-_COMPILED_TOGETHER = ("client", "prepared", "server")
+_COMPILED_TOGETHER = ("client", "prepared", "server", "pool/__init__")
 """Extensions that share C types (client.pxd cimports server.pxd): used all together or not at all."""
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -38,14 +38,12 @@ def _compiled_usable() -> bool:
     if _compiled_ok is None:
         _compiled_ok = not PURE_PYTHON
         for name in _COMPILED_TOGETHER:
-            source = os.path.join(_PACKAGE_DIR, name + ".py")
-            built = [
-                os.path.join(_PACKAGE_DIR, name + suffix)
-                for suffix in importlib.machinery.EXTENSION_SUFFIXES
-                if os.path.exists(os.path.join(_PACKAGE_DIR, name + suffix))
-            ]
+            base = os.path.join(_PACKAGE_DIR, *name.split("/"))
+            source = base + ".py"
+            suffixes = importlib.machinery.EXTENSION_SUFFIXES
+            built = [base + suffix for suffix in suffixes if os.path.exists(base + suffix)]
             if built and os.path.exists(source) and _newest_source_mtime(source) > os.path.getmtime(built[0]):
-                _stale.append("pg_doorman." + name)
+                _stale.append("pg_doorman." + name.removesuffix("/__init__").replace("/", "."))
                 _compiled_ok = False
     return _compiled_ok
 
@@ -78,9 +76,9 @@ sys.meta_path.insert(0, _SourceFirstFinder)
 
 def implementation() -> str:
     """How the hot path runs: "compiled" (all Cython extensions in use) or "pure Python" (with the reason)."""
-    from pg_doorman import client, prepared, server
+    from pg_doorman import client, pool, prepared, server
 
-    modules = (client, prepared, server)
+    modules = (client, pool, prepared, server)
     if all(not (m.__file__ or "").endswith(".py") for m in modules):
         return "compiled"
     if PURE_PYTHON:

@@ -2,6 +2,7 @@
 # unchanged without them.
 import cython
 
+from pg_doorman.pool cimport Pool
 from pg_doorman.server cimport ServerConnection
 
 
@@ -24,7 +25,7 @@ cdef class ClientConnection:
     cdef public object params
     cdef public object peer
     cdef public object pid
-    cdef public object pool
+    cdef public Pool pool
     cdef public object secret
     cdef public ServerConnection server
     cdef public object sql_prepared
@@ -45,8 +46,11 @@ cdef class ClientConnection:
                    terminate=bint, flushed=bint, described=bint, server=ServerConnection, out=list)
     cpdef _forward_tracked(self, bytes data)
 
-    @cython.locals(server=ServerConnection)
+    @cython.locals(server=ServerConnection, pool=Pool)
     cpdef _start_transaction(self, bytes data)
+
+    @cython.locals(server=ServerConnection)
+    cpdef release_server(self)
 
     cpdef _attach(self, ServerConnection server)
     cpdef write(self, data)

@@ -62,3 +62,7 @@ cdef class ServerConnection:
 
     cpdef write(self, data)
     cpdef bint copy_in_ignores_sync(self)
+    cpdef attach(self, client, str sync_sql)
+    cpdef release(self)
+    cpdef _on_command_complete(self, bytes data, int at)
+    cpdef _on_parameter_status(self, bytes body)

@@ -1,0 +1,35 @@
+# Cython declarations for pool/__init__.py (used only by the optional compiled build, see setup.py); the .py
+# file runs unchanged without them.
+import cython
+
+from pg_doorman.server cimport ServerConnection
+
+
+cdef class Pool:
+    cdef public object settings
+    cdef public object name
+    cdef public bint transaction_mode
+    cdef public bint round_robin
+    cdef public object idle
+    cdef public object waiters
+    cdef public set servers
+    cdef public Py_ssize_t opening
+    cdef public bint retired
+    cdef public object registry
+    cdef public object default_params
+    cdef public object scram_client_key
+    cdef public object _params_future
+    cdef public dict _param_tokens
+    cdef public object _last_connect_error
+    cdef public Py_ssize_t stats_checkouts
+    cdef public Py_ssize_t stats_waits
+    cdef public Py_ssize_t stats_wait_timeouts
+    cdef public Py_ssize_t stats_servers_opened
+    cdef public Py_ssize_t stats_connect_errors
+    cdef public Py_ssize_t stats_server_statement_evictions
+
+    @cython.locals(server=ServerConnection, now=double)
+    cpdef ServerConnection checkout_nowait(self)
+
+    @cython.locals(client=object)
+    cpdef checkin(self, ServerConnection server)

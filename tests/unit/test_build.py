@@ -1,0 +1,51 @@
+"""Which implementation of the hot path runs: compiled (Cython) or the pure-Python source of the same files.
+
+scripts/test.sh runs the suite twice and tells each run what to expect (PG_DOORMAN_EXPECT_HOT_PATH), so a
+failed compile cannot make CI silently test pure Python twice.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pg_doorman
+from pg_doorman import client, pool, prepared, server
+
+SRC = Path(pg_doorman.__file__).resolve().parent
+
+
+def test_implementation_matches_what_the_run_expects() -> None:
+    """Outside scripts/test.sh: compiled when the extensions are there (and not stale), else pure Python."""
+    built = any(SRC.glob("client.cpython-*.so")) and os.environ.get("PG_DOORMAN_PURE_PYTHON") != "1"
+    expected = os.environ.get("PG_DOORMAN_EXPECT_HOT_PATH", "compiled" if built else "pure Python")
+    got = pg_doorman.implementation()
+    assert got.startswith(expected), got
+
+
+def test_hot_modules_come_from_one_kind_of_file() -> None:
+    """The compiled modules share C types: a mix of compiled and source modules must never be imported."""
+    kinds = {m.__name__: (m.__file__ or "").endswith(".py") for m in (client, pool, prepared, server)}
+    assert len(set(kinds.values())) == 1, kinds
+
+
+def test_pure_python_switch_imports_sources() -> None:
+    code = "import pg_doorman, pg_doorman.client as c; print(pg_doorman.implementation()); print(c.__file__)"
+    env = dict(os.environ, PG_DOORMAN_PURE_PYTHON="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    lines = out.stdout.splitlines()
+    assert lines[0] == "pure Python (PG_DOORMAN_PURE_PYTHON=1)"
+    assert lines[1].endswith("client.py")
+
+
+def test_pxd_declarations_cover_every_slot() -> None:
+    """A compiled class has exactly the attributes its .pxd declares: every __slots__ name must be there."""
+    for module, cls in ((client, "ClientConnection"), (server, "ServerConnection")):
+        pxd = (SRC / (module.__name__.rsplit(".", 1)[1] + ".pxd")).read_text()
+        slots = getattr(getattr(module, cls), "__slots__", None)
+        if slots is None:  # compiled: the class has no __slots__, its attributes are C fields
+            continue
+        for name in slots:
+            assert f" {name}\n" in pxd, f"{cls}.{name} missing from the .pxd"
