@@ -330,4 +330,15 @@ class PgDoorman(_Process):
             ).stdout.strip()
         except OSError:
             rev = ""
-        return f"pg_doorman {rev or '(no git)'} on Python {sys.version.split()[0]}"
+        env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+        try:
+            hot_path = subprocess.run(
+                [sys.executable, "-c", "import pg_doorman; print(pg_doorman.implementation())"],
+                capture_output=True,
+                text=True,
+                check=False,
+                env=env,
+            ).stdout.strip()
+        except OSError:
+            hot_path = ""
+        return f"pg_doorman {rev or '(no git)'} on Python {sys.version.split()[0]}, hot path {hot_path or '?'}"

@@ -53,4 +53,5 @@ cdef class ClientConnection:
     cpdef release_server(self)
 
     cpdef _attach(self, ServerConnection server)
+    cpdef attach_server(self, ServerConnection server)
     cpdef write(self, data)

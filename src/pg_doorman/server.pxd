@@ -1,6 +1,9 @@
 # Cython declarations for server.py (used only by the optional compiled build, see setup.py). The .py file is
 # the implementation and runs unchanged without them; here its attributes get C types, so the forwarding loops
 # read and write them as struct fields instead of through the interpreter.
+#
+# cimports only go one way (client -> pool -> server): a cycle would let a compiled module's body run while
+# another one it imports from is only half initialized. So `client` and `pool` stay untyped here.
 import cython
 
 

@@ -15,8 +15,8 @@ import asyncio
 import logging
 import random
 import struct
-import time
 from collections import deque
+from time import monotonic
 from typing import TYPE_CHECKING
 
 from pg_doorman import sockets
@@ -173,7 +173,7 @@ class ServerConnection:
         self._login: ServerLogin | None = None
         self._login_buf = MessageBuffer()
         self._login_waiter: asyncio.Future[None] | None = None
-        now = time.monotonic()
+        now = monotonic()
         self.created_at = now
         self.last_used = now
         settings = pool.settings
@@ -358,9 +358,7 @@ class ServerConnection:
             start = n
         client = self.client
         if client is not None and start < n:
-            transport = client.transport
-            if transport is not None:
-                transport.write(data[start:n] if start or n != len(data) else data)
+            client.write(data[start:n] if start or n != len(data) else data)
         if release and client is not None:
             client.release_server()
 
@@ -734,7 +732,7 @@ class ServerConnection:
     def release(self) -> None:
         """The client is done with this server (transaction over): clean it if needed, back to the pool."""
         self.client = None
-        self.last_used = time.monotonic()
+        self.last_used = monotonic()
         if self._read_paused:
             self._read_paused = False
             if self.transport is not None:

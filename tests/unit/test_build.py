@@ -49,3 +49,13 @@ def test_pxd_declarations_cover_every_slot() -> None:
             continue
         for name in slots:
             assert f" {name}\n" in pxd, f"{cls}.{name} missing from the .pxd"
+
+
+def test_each_hot_module_imports_first() -> None:
+    """Compiled modules import each other's C types at load time: any of them may be the first one imported."""
+    expected = pg_doorman.implementation()
+    for name in ("server", "pool", "client", "prepared"):
+        code = f"import pg_doorman.{name}, pg_doorman; print(pg_doorman.implementation())"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+        assert out.returncode == 0, (name, out.stderr)
+        assert out.stdout.strip() == expected, name

@@ -31,5 +31,4 @@ cdef class Pool:
     @cython.locals(server=ServerConnection, now=double)
     cpdef ServerConnection checkout_nowait(self)
 
-    @cython.locals(client=object)
     cpdef checkin(self, ServerConnection server)

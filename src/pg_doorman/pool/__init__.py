@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import time
 from collections import deque
+from time import monotonic
 from typing import TYPE_CHECKING, cast
 
 from pg_doorman.auth.backend import ServerCredentials
@@ -93,7 +93,7 @@ class Pool:
             if server.state != IDLE:
                 continue
             if not now:
-                now = time.monotonic()
+                now = monotonic()
             if now >= server.expires_at:
                 server.close()  # past server_lifetime while idle: never lent again
                 continue
@@ -134,7 +134,7 @@ class Pool:
         """Take a clean, idle server back: hand it to the oldest waiting client or park it."""
         if server.state == CLOSED:
             return
-        if self.retired or time.monotonic() >= server.expires_at:
+        if self.retired or monotonic() >= server.expires_at:
             server.close()
             return
         server.state = IDLE
