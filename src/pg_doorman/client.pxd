@@ -3,6 +3,7 @@
 import cython
 
 from pg_doorman.pool cimport Pool
+from pg_doorman.prepared cimport ClientStatements, Expect, Statement
 from pg_doorman.server cimport ServerConnection
 
 
@@ -16,7 +17,7 @@ cdef class ClientConnection:
     cdef public object _rx_waiter
     cdef public Py_ssize_t _skip
     cdef public dict _unnamed_cache
-    cdef public object _unnamed_parse_complete
+    cdef public Expect _unnamed_parse_complete
     cdef public object app
     cdef public object application_name
     cdef public object database
@@ -30,7 +31,7 @@ cdef class ClientConnection:
     cdef public ServerConnection server
     cdef public object sql_prepared
     cdef public int state
-    cdef public object statements
+    cdef public ClientStatements statements
     cdef public bint transaction_mode
     cdef public object transport
     cdef public object user
@@ -43,8 +44,13 @@ cdef class ClientConnection:
 
     @cython.locals(n=Py_ssize_t, pos=Py_ssize_t, end=Py_ssize_t, length=Py_ssize_t, limit=Py_ssize_t, kind=int,
                    seg=Py_ssize_t, z=Py_ssize_t, binds=Py_ssize_t, replay_from=Py_ssize_t, unsynced=bint,
-                   terminate=bint, flushed=bint, described=bint, server=ServerConnection, out=list)
+                   terminate=bint, flushed=bint, described=bint, server=ServerConnection, out=list,
+                   statements=ClientStatements)
     cpdef _forward_tracked(self, bytes data)
+
+    @cython.locals(statements=ClientStatements, stmt=Statement, bound=Statement, described=Statement,
+                   synthetic=Expect, body=bytes, name=bytes, start=Py_ssize_t, end=Py_ssize_t)
+    cpdef _rewrite(self, int kind, bytes raw, ServerConnection server, list out)
 
     @cython.locals(server=ServerConnection, pool=Pool)
     cpdef _start_transaction(self, bytes data)
@@ -55,3 +61,6 @@ cdef class ClientConnection:
     cpdef _attach(self, ServerConnection server)
     cpdef attach_server(self, ServerConnection server)
     cpdef write(self, data)
+
+
+cpdef bint only_synthetic(object expect)

@@ -173,7 +173,10 @@ _SQL_PREPARE_FIRST = frozenset(b"pPeEdD")
 
 def only_synthetic(expect: deque[Expect]) -> bool:
     """Whether every answer still owed is one the pooler makes up itself (none is waiting for the server)."""
-    return all(entry.code == SYNTHETIC for entry in expect)
+    for entry in expect:  # noqa: SIM110 - a plain loop: compiled, it needs no generator object
+        if entry.code != SYNTHETIC:
+            return False
+    return True
 
 
 def _quote_name(name: bytes) -> bytes:

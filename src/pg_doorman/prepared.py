@@ -51,6 +51,9 @@ COMPLETES: dict[int, int] = {
     ord("Z"): SYNC,
 }
 
+# The same as a 256-entry table indexed by the message type byte (0: completes nothing), for the forwarding loop.
+COMPLETES_TABLE = bytes(COMPLETES.get(kind, 0) for kind in range(256))
+
 _counter = itertools.count(1)
 
 

@@ -6,6 +6,8 @@
 # another one it imports from is only half initialized. So `client` and `pool` stay untyped here.
 import cython
 
+from pg_doorman.prepared cimport Expect, ServerStatements
+
 
 cdef class ServerConnection:
     cdef public bytes _carry
@@ -46,7 +48,7 @@ cdef class ServerConnection:
     cdef public Py_ssize_t sql_prepare_pending
     cdef public object sql_prepared
     cdef public int state
-    cdef public object statements
+    cdef public ServerStatements statements
     cdef public Py_ssize_t syncs_after_execute
     cdef public object to_close
     cdef public bint tracked
@@ -60,7 +62,7 @@ cdef class ServerConnection:
     cpdef _forward(self, bytes data)
 
     @cython.locals(n=Py_ssize_t, pos=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t, kind=int, release=bint,
-                   watched=bytes, code=int)
+                   watched=bytes, completes=bytes, code=int, head=Expect)
     cpdef _forward_tracked(self, bytes data)
 
     cpdef write(self, data)

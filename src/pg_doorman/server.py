@@ -23,7 +23,7 @@ from pg_doorman import sockets
 from pg_doorman.auth.backend import ServerCredentials, ServerLogin
 from pg_doorman.prepared import (
     BIND,
-    COMPLETES,
+    COMPLETES_TABLE,
     HIDDEN_QUERY,
     QUERY,
     SYNC,
@@ -392,7 +392,7 @@ class ServerConnection:
             while expect and expect[0].code == SYNTHETIC:
                 out.append(expect.popleft().data)
         watched = WATCHED_TRACKED
-        completes = COMPLETES
+        completes = COMPLETES_TABLE
         release = False
         while True:
             if n - pos < 5:
@@ -447,7 +447,7 @@ class ServerConnection:
                 start = end
                 pos = end
                 continue
-            code = completes.get(kind, 0)
+            code = completes[kind]
             if code and expect:
                 head = expect[0]
                 if head.code == code or (head.code == QUERY and kind == 90):
