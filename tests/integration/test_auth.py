@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import socket
 import struct
 import subprocess
 import time
@@ -22,6 +21,7 @@ from typing import Any
 import asyncpg
 import psycopg
 import pytest
+from wire_client import RawWire
 
 from pg_doorman.devcluster import TempPostgres
 
@@ -61,58 +61,14 @@ def error_fields(body: bytes) -> dict[str, str]:
     return fields
 
 
-class Wire:
+class Wire(RawWire):
     """A blocking socket speaking the PostgreSQL wire protocol, for asserting exact bytes."""
 
     def __init__(self, port: int, timeout: float = IO_TIMEOUT) -> None:
-        self.sock = socket.create_connection((HOST, port), timeout=timeout)
-        self.buf = b""
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def _fill(self, n: int) -> None:
-        while len(self.buf) < n:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError(f"connection closed with {len(self.buf)} of {n} bytes buffered")
-            self.buf += chunk
-
-    def read_message(self) -> tuple[bytes, bytes]:
-        self._fill(5)
-        length = struct.unpack("!i", self.buf[1:5])[0]
-        self._fill(1 + length)
-        kind, body = self.buf[:1], self.buf[5 : 1 + length]
-        self.buf = self.buf[1 + length :]
-        return kind, body
-
-    def read_until(self, kind: bytes) -> list[tuple[bytes, bytes]]:
-        out = []
-        while True:
-            msg = self.read_message()
-            out.append(msg)
-            if msg[0] == kind:
-                return out
+        super().__init__(port, timeout, HOST)
 
     def closed_by_peer(self, timeout: float = IO_TIMEOUT) -> bool:
-        """True if the peer closes (EOF or reset) within ``timeout`` and sends nothing more."""
-        self.sock.settimeout(timeout)
-        try:
-            data = self.sock.recv(1)
-        except ConnectionResetError:
-            return True
-        except TimeoutError:
-            return False
-        return data == b"" and not self.buf
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> Wire:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        return super().closed_by_peer(timeout)
 
 
 def auth_request_code(port: int, user: str, database: str = "appdb") -> tuple[int, Wire]:

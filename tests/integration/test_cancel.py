@@ -23,6 +23,7 @@ import asyncpg
 import psycopg
 import pytest
 from psycopg import errors
+from wire_client import RawWire
 
 from pg_doorman.devcluster import TempPostgres
 
@@ -53,40 +54,20 @@ def error_fields(body: bytes) -> dict[str, str]:
     return {chr(p[0]): p[1:].decode("utf-8", "replace") for p in body.split(b"\0") if p}
 
 
-class RawClient:
+class RawClient(RawWire):
     """A trusted raw-protocol client that remembers the BackendKeyData pg_doorman gave it."""
 
     def __init__(self, port: int, user: str = "app") -> None:
+        super().__init__(port, IO_TIMEOUT, HOST)
         self.port = port
-        self.sock = socket.create_connection((HOST, port), timeout=IO_TIMEOUT)
-        self.buf = b""
-        self.sock.sendall(startup_packet({"user": user, "database": "appdb"}))
+        self.send(startup_packet({"user": user, "database": "appdb"}))
         msgs = self.read_until(b"Z")
         keys = [body for kind, body in msgs if kind == b"K"]
         assert len(keys) == 1, msgs
         self.pid, self.secret = struct.unpack("!ii", keys[0])
 
-    def read_message(self) -> tuple[bytes, bytes]:
-        while len(self.buf) < 5 or len(self.buf) < 1 + struct.unpack("!i", self.buf[1:5])[0]:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError("pg_doorman closed the connection")
-            self.buf += chunk
-        length = struct.unpack("!i", self.buf[1:5])[0]
-        kind, body = self.buf[:1], self.buf[5 : 1 + length]
-        self.buf = self.buf[1 + length :]
-        return kind, body
-
-    def read_until(self, kind: bytes) -> list[tuple[bytes, bytes]]:
-        out = []
-        while True:
-            msg = self.read_message()
-            out.append(msg)
-            if msg[0] == kind:
-                return out
-
     def send_query(self, sql: str) -> None:
-        self.sock.sendall(query(sql))
+        self.send(query(sql))
 
     def result(self) -> tuple[str | None, list[tuple[bytes, bytes]]]:
         """Read up to ReadyForQuery; (SQLSTATE of an ErrorResponse or None, messages)."""
@@ -99,9 +80,6 @@ class RawClient:
     def run(self, sql: str) -> tuple[str | None, list[tuple[bytes, bytes]]]:
         self.send_query(sql)
         return self.result()
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def send_cancel(port: int, pid: int, secret: int) -> None:

@@ -10,7 +10,6 @@ an impossible or oversized declared length are refused with 08P01 / 53200 and on
 from __future__ import annotations
 
 import os
-import socket
 import struct
 import subprocess
 import threading
@@ -20,6 +19,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from wire_client import RawWire
 
 from pg_doorman.devcluster import TempPostgres
 
@@ -63,56 +63,14 @@ def parameter_status(body: bytes) -> tuple[str, str]:
     return name.decode(), value.decode()
 
 
-class Wire:
+class Wire(RawWire):
     """A blocking socket speaking the PostgreSQL wire protocol, for asserting exact bytes."""
 
     def __init__(self, port: int, timeout: float = IO_TIMEOUT) -> None:
-        self.sock = socket.create_connection((HOST, port), timeout=timeout)
-        self.buf = b""
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def _fill(self, n: int) -> None:
-        while len(self.buf) < n:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError(f"connection closed with {len(self.buf)} of {n} bytes buffered")
-            self.buf += chunk
-
-    def read_bytes(self, n: int) -> bytes:
-        self._fill(n)
-        data, self.buf = self.buf[:n], self.buf[n:]
-        return data
-
-    def read_message(self) -> tuple[bytes, bytes]:
-        self._fill(5)
-        length = struct.unpack("!i", self.buf[1:5])[0]
-        self._fill(1 + length)
-        kind, body = self.buf[:1], self.buf[5 : 1 + length]
-        self.buf = self.buf[1 + length :]
-        return kind, body
-
-    def read_until(self, kind: bytes) -> list[tuple[bytes, bytes]]:
-        out = []
-        while True:
-            msg = self.read_message()
-            out.append(msg)
-            if msg[0] == kind:
-                return out
+        super().__init__(port, timeout, HOST)
 
     def closed_by_peer(self, timeout: float = IO_TIMEOUT) -> bool:
-        """True if the peer closes (EOF or reset) within ``timeout`` without sending anything more."""
-        if self.buf:
-            return False
-        self.sock.settimeout(timeout)
-        try:
-            data = self.sock.recv(1)
-        except ConnectionResetError:
-            return True
-        except TimeoutError:
-            return False
-        return data == b""
+        return super().closed_by_peer(timeout)
 
     def login(self, params: dict[str, str]) -> list[tuple[bytes, bytes]]:
         """StartupMessage for a trusted user; returns everything up to and including ReadyForQuery."""
@@ -122,15 +80,6 @@ class Wire:
     def simple_query(self, sql: str) -> list[tuple[bytes, bytes]]:
         self.send(query(sql))
         return self.read_until(b"Z")
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> Wire:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def data_rows(msgs: list[tuple[bytes, bytes]]) -> list[list[str | None]]:

@@ -264,6 +264,68 @@ def describe_message(msg: Msg) -> str:
 # ---------------------------------------------------------------- the client
 
 
+class RawWire:
+    """A plain blocking socket for tests that assert exact bytes, malformed input included: send anything, read
+    whole (type, body) messages. `WireClient` below is the richer client of the fidelity harness."""
+
+    def __init__(self, port: int, timeout: float, host: str = "127.0.0.1") -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self, n: int) -> None:
+        while len(self.buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise EOFError(f"connection closed with {len(self.buf)} of {n} bytes buffered")
+            self.buf += chunk
+
+    def read_bytes(self, n: int) -> bytes:
+        self._fill(n)
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def read_message(self) -> tuple[bytes, bytes]:
+        self._fill(5)
+        length = struct.unpack("!i", self.buf[1:5])[0]
+        self._fill(1 + length)
+        kind, body = self.buf[:1], self.buf[5 : 1 + length]
+        self.buf = self.buf[1 + length :]
+        return kind, body
+
+    def read_until(self, kind: bytes) -> list[tuple[bytes, bytes]]:
+        out = []
+        while True:
+            msg = self.read_message()
+            out.append(msg)
+            if msg[0] == kind:
+                return out
+
+    def closed_by_peer(self, timeout: float) -> bool:
+        """True if the peer closes (EOF or reset) within ``timeout`` without sending anything more."""
+        if self.buf:
+            return False
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(1)
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+        return data == b""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> RawWire:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class WireClient:
     """A blocking socket that speaks the PostgreSQL protocol message by message."""
 
