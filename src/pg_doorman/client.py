@@ -489,7 +489,8 @@ class ClientConnection:
                     data = data[:pos]
                 break
             kind = data[pos]
-            length = (data[pos + 1] << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4]
+            length = data[pos + 1]  # big-endian int32; shifted as a wide int (compiled: no 32-bit overflow)
+            length = (length << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4]
             if length < 4 or length > limit:
                 server.pending_z += z
                 self._reject_message(kind, length)
@@ -567,7 +568,8 @@ class ClientConnection:
                     n = pos
                 break
             kind = data[pos]
-            length = (data[pos + 1] << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4]
+            length = data[pos + 1]  # big-endian int32; shifted as a wide int (compiled: no 32-bit overflow)
+            length = (length << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4]
             if length < 4 or length > limit:
                 server.pending_z += z
                 self._reject_message(kind, length)
@@ -909,6 +911,8 @@ class ClientConnection:
         self._forward_tracked(source)
 
     def _reject_message(self, kind: int, length: int) -> None:
+        if length >= 1 << 31:
+            length -= 1 << 32  # PostgreSQL reads the length as a signed int32: this one is negative
         if length < 4:
             self.fail(ProtocolViolation(f"invalid message length {length} for message type {kind:#04x}"))
         else:

@@ -303,7 +303,8 @@ class ServerConnection:
                     n = pos
                 break
             kind = data[pos]
-            end = pos + 1 + ((data[pos + 1] << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4])
+            end = data[pos + 1]  # big-endian int32 length; shifted as a wide int (compiled: no 32-bit overflow)
+            end = pos + 1 + ((end << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4])
             if not watched[kind]:
                 if end > n:
                     self._skip = end - n
@@ -401,7 +402,8 @@ class ServerConnection:
                     n = pos
                 break
             kind = data[pos]
-            end = pos + 1 + ((data[pos + 1] << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4])
+            end = data[pos + 1]  # big-endian int32 length; shifted as a wide int (compiled: no 32-bit overflow)
+            end = pos + 1 + ((end << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4])
             if not watched[kind]:
                 if end > n:
                     self._skip = end - n

@@ -223,3 +223,36 @@ def test_stale_plan_error_reaches_the_client_when_replay_is_unsafe(tmp_path: Pat
         assert bytes(server.transport.data)[:1] == b"P"  # type: ignore[union-attr]
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("tracked", [True, False])
+@pytest.mark.parametrize("length", [0x80000005, 0xFFFFFFFF, 3])
+def test_client_length_outside_int32_range_is_rejected(tmp_path: Path, tracked: bool, length: int) -> None:
+    """A length with the top bit set (negative as PostgreSQL's int32) or below 4: ErrorResponse 08P01, closed.
+    The compiled loop must not wrap it around into a small or negative number."""
+
+    async def run() -> None:
+        client, server, _pool = make_pair(tmp_path, tracked)
+        feed(client, messages.query("select 1"), 4096)  # a transaction is open: the client holds the server
+        feed(client, b"Q" + length.to_bytes(4, "big") + b"select 1\x00", 4096)
+        reply = bytes(client.transport.data)  # type: ignore[union-attr]
+        assert b"08P01" in reply
+        assert client.transport.closed  # type: ignore[union-attr]
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("tracked", [True, False])
+def test_server_length_above_int32_range_does_not_loop(tmp_path: Path, tracked: bool) -> None:
+    """A (broken) server announcing a message of 2 GiB or more: its bytes pass through as the body of one huge
+    message, the forwarder neither loops nor reads backwards, and the server is never released."""
+
+    async def run() -> None:
+        client, server, pool = make_pair(tmp_path, tracked)
+        feed(client, messages.query("select 1"), 4096)
+        huge = b"D" + (0x80000010).to_bytes(4, "big") + b"x" * 32
+        feed(server, huge + messages.READY_IDLE, 4096)
+        assert bytes(client.transport.data) == huge + messages.READY_IDLE  # type: ignore[union-attr]
+        assert client.server is server and not pool.idle
+
+    asyncio.run(run())
