@@ -234,6 +234,7 @@ def test_client_length_outside_int32_range_is_rejected(tmp_path: Path, tracked: 
     async def run() -> None:
         client, server, _pool = make_pair(tmp_path, tracked)
         feed(client, messages.query("select 1"), 4096)  # a transaction is open: the client holds the server
+        assert client.server is server
         feed(client, b"Q" + length.to_bytes(4, "big") + b"select 1\x00", 4096)
         reply = bytes(client.transport.data)  # type: ignore[union-attr]
         assert b"08P01" in reply
