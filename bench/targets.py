@@ -41,6 +41,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _output(argv: list[str], env: dict[str, str] | None = None) -> str:
+    """A command's stripped stdout, or "" when it cannot run."""
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, check=False, env=env).stdout.strip()
+    except OSError:
+        return ""
+
+
 def _tail(path: Path, lines: int = 20) -> str:
     try:
         text = path.read_text(errors="replace").strip().splitlines()
@@ -321,24 +329,9 @@ class PgDoorman(_Process):
         return self.proc.pid if self.proc is not None else None
 
     def version(self) -> str:
-        try:
-            rev = subprocess.run(
-                ["git", "-C", str(REPO), "describe", "--always", "--dirty"],
-                capture_output=True,
-                text=True,
-                check=False,
-            ).stdout.strip()
-        except OSError:
-            rev = ""
-        env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
-        try:
-            hot_path = subprocess.run(
-                [sys.executable, "-c", "import pg_doorman; print(pg_doorman.implementation())"],
-                capture_output=True,
-                text=True,
-                check=False,
-                env=env,
-            ).stdout.strip()
-        except OSError:
-            hot_path = ""
+        rev = _output(["git", "-C", str(REPO), "describe", "--always", "--dirty"])
+        hot_path = _output(
+            [sys.executable, "-c", "import pg_doorman; print(pg_doorman.implementation())"],
+            env=dict(os.environ, PYTHONPATH=str(REPO / "src")),
+        )
         return f"pg_doorman {rev or '(no git)'} on Python {sys.version.split()[0]}, hot path {hot_path or '?'}"
