@@ -64,3 +64,4 @@ cdef class ClientConnection:
 
 
 cpdef bint only_synthetic(object expect)
+cpdef ensure_prepared(Statement stmt, ServerConnection server, list out)

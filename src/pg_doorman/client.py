@@ -179,6 +179,15 @@ def only_synthetic(expect: deque[Expect]) -> bool:
     return True
 
 
+def ensure_prepared(stmt: Statement, server: ServerConnection, out: list[bytes]) -> None:
+    """Put a hidden Parse in front when ``server`` lacks the statement."""
+    if stmt.name in server.statements or server.revive(stmt.name):
+        return
+    out.append(stmt.parse_message)
+    server.add_statement(stmt.name)
+    server.expect.append(Expect(PARSE, hide=True, parsed=stmt.name))
+
+
 def _quote_name(name: bytes) -> bytes:
     return b'"' + name.replace(b'"', b'""') + b'"'
 
@@ -743,9 +752,9 @@ class ClientConnection:
             else:
                 if bound.stale:
                     bound = self._fresh_statement(name, bound, server)
-                self._ensure_prepared(bound, server, out)
+                ensure_prepared(bound, server, out)
                 out.append(rebuild_with_name(b"B", body, start, end, bound.name))
-                expect.append(Expect(BIND, stmt=bound))
+                expect.append(bound.bind_expect)
         elif kind == 68:  # 'D' Describe
             described = statements.lookup(body[1:-1]) if body[:1] == b"S" else None
             if described is None:
@@ -754,9 +763,9 @@ class ClientConnection:
             else:
                 if described.stale:
                     described = self._fresh_statement(body[1:-1], described, server)
-                self._ensure_prepared(described, server, out)
+                ensure_prepared(described, server, out)
                 out.append(messages.message(b"D", b"S" + described.name + b"\x00"))
-                expect.append(Expect(DESCRIBE, stmt=described))
+                expect.append(described.describe_expect)
         else:  # 'C' Close
             if body[:1] == b"S":
                 name = body[1:-1]
@@ -864,15 +873,6 @@ class ClientConnection:
         else:
             statements.unnamed = fresh
         return fresh
-
-    @staticmethod
-    def _ensure_prepared(stmt: Statement, server: ServerConnection, out: list[bytes]) -> None:
-        """Put a hidden Parse in front when this server lacks the statement."""
-        if stmt.name in server.statements or server.revive(stmt.name):
-            return
-        out.append(stmt.parse_message)
-        server.add_statement(stmt.name)
-        server.expect.append(Expect(PARSE, hide=True, parsed=stmt.name))
 
     def unmask_statement_names(self, message: bytes) -> bytes:
         """An ErrorResponse/NoticeResponse naming a pool-wide statement, with the client's own name instead."""

@@ -1,7 +1,12 @@
 # Cython declarations for prepared.py (used only by the optional compiled build, see setup.py); the .py file
 # runs unchanged without them.
 
+cdef class Expect
+
+
 cdef class Statement:
+    cdef public Expect bind_expect
+    cdef public Expect describe_expect
     cdef public bytes name
     cdef public bytes parse_message
     cdef public bytes query

@@ -60,7 +60,7 @@ _counter = itertools.count(1)
 class Statement:
     """One distinct (query, parameter types) of a pool and its server-side name."""
 
-    __slots__ = ("name", "parse_message", "query", "stale", "types")
+    __slots__ = ("bind_expect", "describe_expect", "name", "parse_message", "query", "stale", "types")
 
     def __init__(self, name: bytes, query: bytes, types: bytes) -> None:
         self.name = name
@@ -70,6 +70,10 @@ class Statement:
         # next Bind/Describe/Parse of the same text gets a fresh statement (see client.py, server.py).
         self.stale = False
         self.parse_message = messages.message(b"P", name + b"\x00" + query + b"\x00" + types)
+        # What a Bind or a Describe of this statement owes. Such entries are never modified once queued, so one
+        # of each per statement serves every request (no allocation per Bind).
+        self.bind_expect = Expect(BIND, stmt=self)
+        self.describe_expect = Expect(DESCRIBE, stmt=self)
 
 
 class Expect:
@@ -210,10 +214,13 @@ def name_after_first_cstring(body: bytes) -> tuple[int, int]:
     return start, body.index(b"\x00", start)
 
 
+_pack_header = struct.Struct("!cI").pack
+
+
 def rebuild_with_name(kind: bytes, body: bytes, start: int, end: int, name: bytes) -> bytes:
     """``body`` with bytes [start, end) replaced by ``name``, framed as a ``kind`` message."""
     new_body = body[:start] + name + body[end:]
-    return struct.pack("!cI", kind, len(new_body) + 4) + new_body
+    return _pack_header(kind, len(new_body) + 4) + new_body
 
 
 _IDENT = rb'("(?:[^"]|"")+"|[A-Za-z_\x80-\xff][A-Za-z0-9_$\x80-\xff]*)'
