@@ -13,7 +13,6 @@ from types import ModuleType
 __version__ = "0.1.0"
 
 PURE_PYTHON = os.environ.get("PG_DOORMAN_PURE_PYTHON") == "1"
-_stale: list[str] = []
 
 
 def _newest_source_mtime(source: str) -> float:
@@ -30,28 +29,43 @@ _COMPILED_TOGETHER = ("client", "prepared", "server", "pool/__init__")
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _compiled_ok: bool | None = None
+_unusable_reason = ""
+
+
+def compiled_build_problem(package_dir: str) -> str:
+    """Why the compiled modules in ``package_dir`` must not be used ("" when they can be, or when there are none):
+    some are older than their .py/.pxd, or only some of them were built (they share C types)."""
+    stale: list[str] = []
+    missing: list[str] = []
+    for name in _COMPILED_TOGETHER:
+        base = os.path.join(package_dir, *name.split("/"))
+        module = "pg_doorman." + name.removesuffix("/__init__").replace("/", ".")
+        built = [base + suffix for suffix in importlib.machinery.EXTENSION_SUFFIXES if os.path.exists(base + suffix)]
+        if not built:
+            missing.append(module)
+        elif os.path.exists(base + ".py") and _newest_source_mtime(base + ".py") > os.path.getmtime(built[0]):
+            stale.append(module)
+    if stale:
+        return "compiled extensions older than their source: " + ", ".join(stale)
+    if missing and len(missing) < len(_COMPILED_TOGETHER):
+        return "compiled build incomplete, missing: " + ", ".join(missing)
+    return ""
 
 
 def _compiled_usable() -> bool:
-    """Whether every compiled module is present and at least as new as its .py and .pxd."""
-    global _compiled_ok
+    """Whether the compiled modules may be imported (decided once, for all of them together)."""
+    global _compiled_ok, _unusable_reason
     if _compiled_ok is None:
-        _compiled_ok = not PURE_PYTHON
-        for name in _COMPILED_TOGETHER:
-            base = os.path.join(_PACKAGE_DIR, *name.split("/"))
-            source = base + ".py"
-            suffixes = importlib.machinery.EXTENSION_SUFFIXES
-            built = [base + suffix for suffix in suffixes if os.path.exists(base + suffix)]
-            if built and os.path.exists(source) and _newest_source_mtime(source) > os.path.getmtime(built[0]):
-                _stale.append("pg_doorman." + name.removesuffix("/__init__").replace("/", "."))
-                _compiled_ok = False
+        _unusable_reason = compiled_build_problem(_PACKAGE_DIR)
+        _compiled_ok = not PURE_PYTHON and not _unusable_reason
     return _compiled_ok
 
 
 class _SourceFirstFinder:
     """Imports pg_doorman modules from their .py files instead of the compiled extensions next to them when
-    PG_DOORMAN_PURE_PYTHON=1 (CI runs the suite both ways), or when a source is newer than its extension: an
-    edited file never runs as stale compiled code (scripts/setup.sh rebuilds it)."""
+    PG_DOORMAN_PURE_PYTHON=1 (CI runs the suite both ways), when a source is newer than its extension (an
+    edited file never runs as stale compiled code; scripts/setup.sh rebuilds it), or when only some of the
+    modules were compiled."""
 
     @classmethod
     def find_spec(
@@ -83,6 +97,6 @@ def implementation() -> str:
         return "compiled"
     if PURE_PYTHON:
         return "pure Python (PG_DOORMAN_PURE_PYTHON=1)"
-    if _stale:
-        return "pure Python (compiled extensions older than their source: " + ", ".join(_stale) + ")"
+    if _unusable_reason:
+        return f"pure Python ({_unusable_reason})"
     return "pure Python"

@@ -6,6 +6,7 @@ failed compile cannot make CI silently test pure Python twice.
 
 from __future__ import annotations
 
+import importlib.machinery
 import os
 import subprocess
 import sys
@@ -59,3 +60,36 @@ def test_each_hot_module_imports_first() -> None:
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
         assert out.returncode == 0, (name, out.stderr)
         assert out.stdout.strip() == expected, name
+
+
+def _fake_package(root: Path, *, built: tuple[str, ...], stale: tuple[str, ...] = ()) -> str:
+    """Sources (and .pxd files) of the compiled modules, with an 'extension' file for those in ``built``;
+    the ones in ``stale`` get a source newer than their extension."""
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    (root / "pool").mkdir()
+    for name in ("client", "prepared", "server", "pool/__init__"):
+        base = root / name
+        for ext in (".py", ".pxd"):
+            Path(str(base) + ext).write_text("")
+            os.utime(str(base) + ext, (1000, 1000))
+        if name in built:
+            ext_file = Path(str(base) + suffix)
+            ext_file.write_text("")
+            os.utime(ext_file, (2000, 2000))
+        if name in stale:
+            os.utime(str(base) + ".pxd", (3000, 3000))
+    return str(root)
+
+
+def test_compiled_build_problem(tmp_path: Path) -> None:
+    every = ("client", "prepared", "server", "pool/__init__")
+    (tmp_path / "all").mkdir()
+    assert pg_doorman.compiled_build_problem(_fake_package(tmp_path / "all", built=every)) == ""
+    (tmp_path / "none").mkdir()
+    assert pg_doorman.compiled_build_problem(_fake_package(tmp_path / "none", built=())) == ""
+    (tmp_path / "some").mkdir()
+    problem = pg_doorman.compiled_build_problem(_fake_package(tmp_path / "some", built=("client", "server")))
+    assert problem == "compiled build incomplete, missing: pg_doorman.prepared, pg_doorman.pool"
+    (tmp_path / "stale").mkdir()
+    problem = pg_doorman.compiled_build_problem(_fake_package(tmp_path / "stale", built=every, stale=("server",)))
+    assert problem == "compiled extensions older than their source: pg_doorman.server"
