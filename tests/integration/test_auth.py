@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 import psycopg
 import pytest
-from wire_client import RawWire
+from wire_client import RawWire, error_map, frame, startup_packet
 
 from pg_doorman.devcluster import TempPostgres
 
@@ -41,24 +41,6 @@ def md5_hex(data: bytes) -> str:
 
 def md5_verifier(password: str, user: str) -> str:
     return "md5" + md5_hex(password.encode() + user.encode())
-
-
-def startup_packet(params: dict[str, str], version: int = 196608) -> bytes:
-    body = struct.pack("!i", version) + b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items())
-    body += b"\0"
-    return struct.pack("!i", len(body) + 4) + body
-
-
-def typed(kind: bytes, body: bytes) -> bytes:
-    return kind + struct.pack("!i", len(body) + 4) + body
-
-
-def error_fields(body: bytes) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    for part in body.split(b"\0"):
-        if part:
-            fields[chr(part[0])] = part[1:].decode("utf-8", "replace")
-    return fields
 
 
 class Wire(RawWire):
@@ -86,7 +68,7 @@ def first_error(port: int, params: dict[str, str]) -> dict[str, str]:
         wire.send(startup_packet(params))
         kind, body = wire.read_message()
         assert kind == b"E", f"expected ErrorResponse, got {kind!r}: {body!r}"
-        fields = error_fields(body)
+        fields = error_map(body)
         assert wire.closed_by_peer(), "the connection must be closed after a FATAL error"
         return fields
 
@@ -208,13 +190,13 @@ def test_auth_request_code_follows_configured_password(client_auth_doorman: Any,
             assert len(body) == 8
             salt = body[4:8]
             answer = "md5" + md5_hex(md5_hex(password.encode() + user.encode()).encode() + salt)
-            wire.send(typed(b"p", answer.encode() + b"\0"))
+            wire.send(frame(b"p", answer.encode() + b"\0"))
             kind_, body = wire.read_message()
             assert (kind_, body) == (b"R", struct.pack("!i", 0))
         msgs = wire.read_until(b"Z")
         assert msgs[-1] == (b"Z", b"I")
         assert any(k == b"K" for k, _ in msgs)
-        wire.send(typed(b"Q", b"select current_user\0"))
+        wire.send(frame(b"Q", b"select current_user\0"))
         msgs = wire.read_until(b"Z")
         rows = [body for k, body in msgs if k == b"D"]
         assert rows and rows[0].endswith(b"app")
@@ -309,15 +291,15 @@ def test_bad_auth_message_during_login_is_rejected(client_auth_doorman: Any) -> 
         wire.send(b"p\x00\x00\x00\x02")
         kind, body = wire.read_message()
         assert kind == b"E"
-        assert error_fields(body)["C"] == "08P01"
+        assert error_map(body)["C"] == "08P01"
         assert wire.closed_by_peer()
     # Non-'p' message instead of the password → 28P01, connection closed.
     code, wire = auth_request_code(client_auth_doorman.port, "u_md5")
     with wire:
-        wire.send(typed(b"Q", b"select 1\0"))
+        wire.send(frame(b"Q", b"select 1\0"))
         kind, body = wire.read_message()
         assert kind == b"E"
-        assert error_fields(body)["C"] == "28P01"
+        assert error_map(body)["C"] == "28P01"
         assert wire.closed_by_peer()
     assert who(client_auth_doorman, "u_md5", "md5_secret") == ("app", "app")
 
@@ -333,7 +315,7 @@ def test_oversized_auth_message_is_refused_before_login(client_auth_doorman: Any
         wire.send(b"p" + struct.pack("!i", 64 * 1024 * 1024) + b"x" * 1000)
         kind_, body = wire.read_message()
         assert kind_ == b"E"
-        assert error_fields(body)["C"] in ("53200", "08P01")
+        assert error_map(body)["C"] in ("53200", "08P01")
         assert wire.closed_by_peer()
         assert time.monotonic() - started < 5
     assert who(client_auth_doorman, "u_md5", "md5_secret") == ("app", "app")
@@ -515,15 +497,15 @@ def test_admin_login_md5_by_hand(admin_doorman: Any) -> None:
         _kind, body = wire.read_message()
         salt = body[4:8]
         answer = "md5" + md5_hex(md5_hex(b"admin_pass" + b"admin").encode() + salt)
-        wire.send(typed(b"p", answer.encode() + b"\0"))
+        wire.send(frame(b"p", answer.encode() + b"\0"))
         msgs = wire.read_until(b"Z")
         assert msgs[0] == (b"R", struct.pack("!i", 0))
-        wire.send(typed(b"Q", b"SHOW POOLS\0"))
+        wire.send(frame(b"Q", b"SHOW POOLS\0"))
         msgs = wire.read_until(b"Z")
         assert msgs[-1] == (b"Z", b"I")
         kinds = [k for k, _ in msgs]
         assert b"E" in kinds or b"C" in kinds
-        wire.send(typed(b"X", b""))
+        wire.send(frame(b"X", b""))
         assert wire.closed_by_peer()
 
 

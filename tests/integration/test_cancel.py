@@ -23,7 +23,7 @@ import asyncpg
 import psycopg
 import pytest
 from psycopg import errors
-from wire_client import RawWire
+from wire_client import RawWire, error_map, query, startup_packet
 
 from pg_doorman.devcluster import TempPostgres
 
@@ -37,21 +37,6 @@ QUICK = 5.0  # a canceled pg_sleep(30) must end well within this
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def startup_packet(params: dict[str, str]) -> bytes:
-    body = struct.pack("!i", 196608) + b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items())
-    body += b"\0"
-    return struct.pack("!i", len(body) + 4) + body
-
-
-def query(sql: str) -> bytes:
-    body = sql.encode() + b"\0"
-    return b"Q" + struct.pack("!i", len(body) + 4) + body
-
-
-def error_fields(body: bytes) -> dict[str, str]:
-    return {chr(p[0]): p[1:].decode("utf-8", "replace") for p in body.split(b"\0") if p}
 
 
 class RawClient(RawWire):
@@ -74,7 +59,7 @@ class RawClient(RawWire):
         msgs = self.read_until(b"Z")
         for kind, body in msgs:
             if kind == b"E":
-                return error_fields(body).get("C"), msgs
+                return error_map(body).get("C"), msgs
         return None, msgs
 
     def run(self, sql: str) -> tuple[str | None, list[tuple[bytes, bytes]]]:

@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
+from psycopg_helpers import close_quietly, connect, scalar
 
 from pg_doorman.devcluster import TempPostgres, find_free_port
 
@@ -30,26 +31,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------- helpers
-
-
-def connect(proc: Any, **kwargs: Any) -> psycopg.Connection[Any]:
-    kwargs.setdefault("autocommit", True)
-    kwargs.setdefault("prepare_threshold", None)
-    conn: psycopg.Connection[Any] = proc.connect(**kwargs)
-    return conn
-
-
-def scalar(conn: psycopg.Connection[Any], sql: str, params: Any = None) -> Any:
-    row = conn.execute(sql, params).fetchone()
-    assert row is not None
-    return row[0]
-
-
-def close_quietly(conn: psycopg.Connection[Any]) -> None:
-    try:
-        conn.close()
-    except Exception:
-        pass
 
 
 def refuses_connections(host: str, port: int) -> bool:

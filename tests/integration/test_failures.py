@@ -6,7 +6,6 @@ Every test that stops or kills PostgreSQL uses a private cluster from ``pg_facto
 from __future__ import annotations
 
 import hashlib
-import os
 import select
 import socket
 import struct
@@ -18,6 +17,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg_helpers import close_quietly, connect, drop_socket, scalar
+from wire_client import error_map
 
 from pg_doorman.devcluster import TempPostgres
 
@@ -31,47 +32,12 @@ DEFAULT_SEARCH_PATH = '"$user", public'
 # ---------------------------------------- helpers
 
 
-def connect(proc: Any, **kwargs: Any) -> psycopg.Connection[Any]:
-    kwargs.setdefault("autocommit", True)
-    kwargs.setdefault("prepare_threshold", None)
-    kwargs.setdefault("connect_timeout", 10)
-    conn: psycopg.Connection[Any] = proc.connect(**kwargs)
-    return conn
-
-
-def scalar(conn: psycopg.Connection[Any], sql: str, params: Any = None) -> Any:
-    row = conn.execute(sql, params).fetchone()
-    assert row is not None
-    return row[0]
-
-
-def close_quietly(conn: psycopg.Connection[Any]) -> None:
-    try:
-        conn.close()
-    except Exception:
-        pass
-
-
-def drop_socket(conn: psycopg.Connection[Any]) -> None:
-    """Cut the client's TCP connection without a Terminate message, as a crashed client would."""
-    with socket.socket(fileno=os.dup(conn.fileno())) as sock:
-        sock.shutdown(socket.SHUT_RDWR)
-
-
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
-
-
-def parse_error(body: bytes) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    for part in body.split(b"\0"):
-        if part:
-            fields[chr(part[0])] = part[1:].decode("utf-8", "replace")
-    return fields
 
 
 class RawLogin:
@@ -181,7 +147,7 @@ def test_postgres_down_at_startup_then_up(
         finally:
             raw.close()
         elapsed = time.monotonic() - t0
-        errors = [parse_error(body) for kind, body in messages if kind == "E"]
+        errors = [error_map(body) for kind, body in messages if kind == "E"]
         assert errors, f"expected an ErrorResponse, got {[k for k, _ in messages]}"
         code = errors[0]["C"]
         assert code.startswith("08") or code.startswith("57P0"), errors[0]

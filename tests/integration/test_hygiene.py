@@ -6,9 +6,7 @@ comparing ``pg_backend_pid()``); whatever session state leaked would then be vis
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -19,6 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg_helpers import close_quietly, connect, drop_socket, scalar
 
 from pg_doorman.devcluster import TempPostgres
 
@@ -29,33 +28,6 @@ DEFAULT_SEARCH_PATH = '"$user", public'
 
 
 # ---------------------------------------- helpers
-
-
-def connect(proc: Any, **kwargs: Any) -> psycopg.Connection[Any]:
-    """A psycopg connection through the pooler; autocommit, no server-side prepared statements."""
-    kwargs.setdefault("autocommit", True)
-    kwargs.setdefault("prepare_threshold", None)
-    conn: psycopg.Connection[Any] = proc.connect(**kwargs)
-    return conn
-
-
-def scalar(conn: psycopg.Connection[Any], sql: str, params: Any = None) -> Any:
-    row = conn.execute(sql, params).fetchone()
-    assert row is not None
-    return row[0]
-
-
-def drop_socket(conn: psycopg.Connection[Any]) -> None:
-    """Cut the client's TCP connection (FIN, no Terminate message), as a crashed client would."""
-    with socket.socket(fileno=os.dup(conn.fileno())) as sock:
-        sock.shutdown(socket.SHUT_RDWR)
-
-
-def close_quietly(conn: psycopg.Connection[Any]) -> None:
-    try:
-        conn.close()
-    except Exception:
-        pass
 
 
 def direct(cluster: TempPostgres) -> psycopg.Connection[Any]:

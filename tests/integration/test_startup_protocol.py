@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from wire_client import RawWire
+from wire_client import PROTOCOL_3_0, RawWire, error_map, query, startup_packet
 
 from pg_doorman.devcluster import TempPostgres
 
@@ -28,34 +28,11 @@ PoolConfig = Callable[..., dict[str, Any]]
 
 HOST = "127.0.0.1"
 IO_TIMEOUT = 5.0
-PROTOCOL_3_0 = 196608
 SSL_REQUEST = struct.pack("!ii", 8, 80877103)
 GSSENC_REQUEST = struct.pack("!ii", 8, 80877104)
 
 
 # ---------------------------------------------------------------- raw wire helpers
-
-
-def startup_packet(params: dict[str, str], version: int = PROTOCOL_3_0) -> bytes:
-    body = struct.pack("!i", version) + b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in params.items())
-    body += b"\0"
-    return struct.pack("!i", len(body) + 4) + body
-
-
-def typed(kind: bytes, body: bytes) -> bytes:
-    return kind + struct.pack("!i", len(body) + 4) + body
-
-
-def query(sql: str) -> bytes:
-    return typed(b"Q", sql.encode() + b"\0")
-
-
-def error_fields(body: bytes) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    for part in body.split(b"\0"):
-        if part:
-            fields[chr(part[0])] = part[1:].decode("utf-8", "replace")
-    return fields
 
 
 def parameter_status(body: bytes) -> tuple[str, str]:
@@ -105,7 +82,7 @@ def expect_fatal(wire: Wire, sqlstate: str | None = None) -> dict[str, str]:
     """The next message is an ErrorResponse (with ``sqlstate`` if given) and the pooler closes the socket."""
     kind, body = wire.read_message()
     assert kind == b"E", f"expected ErrorResponse, got {kind!r}: {body[:200]!r}"
-    fields = error_fields(body)
+    fields = error_map(body)
     if sqlstate is not None:
         assert fields.get("C") == sqlstate, fields
     assert fields.get("S") == "FATAL", fields
@@ -431,7 +408,7 @@ def test_bogus_length_inside_a_transaction(trusted: Any, bystander: Any) -> None
         while True:
             kind, body = wire.read_message()
             if kind == b"E":
-                assert error_fields(body)["C"] == "08P01"
+                assert error_map(body)["C"] == "08P01"
                 break
         assert wire.closed_by_peer()
     check_bystander(bystander)

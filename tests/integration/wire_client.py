@@ -189,6 +189,11 @@ def error_fields(body: bytes) -> list[tuple[str, str]]:
     return fields
 
 
+def error_map(body: bytes) -> dict[str, str]:
+    """The fields of an ErrorResponse/NoticeResponse body by code (``C`` SQLSTATE, ``M`` message, ...)."""
+    return dict(error_fields(body))
+
+
 def build_error_body(fields: Iterable[tuple[str, str]]) -> bytes:
     return b"".join(code.encode() + value.encode() + b"\0" for code, value in fields) + b"\0"
 
