@@ -12,7 +12,6 @@ import asyncio
 import logging
 import re
 import secrets
-import struct
 import time
 from collections import deque
 from typing import TYPE_CHECKING
@@ -70,7 +69,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pg_doorman.client")
 
-_unpack_len = struct.Struct("!I").unpack_from
 
 # Client message types the forwarder must look at: Query, Sync, FunctionCall, Terminate and the extended-protocol
 # messages that open a pipeline (after them the server cannot be released before the next Sync).

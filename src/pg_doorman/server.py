@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import struct
 from collections import deque
 from time import monotonic
 from typing import TYPE_CHECKING
@@ -41,12 +40,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pg_doorman.server")
 
-_unpack_len = struct.Struct("!I").unpack_from
 
 # Message types from the server whose body the forwarder must look at.
 WATCHED = type_table({"ZSCEGHWAc": 1})
 # With prepared statements every response that completes a request is watched too (prepared.COMPLETES).
-WATCHED_TRACKED = type_table({"ZSCEGHWAc123TnIs": 1})
+WATCHED_TRACKED = bytes(
+    1 if watched or completes else 0 for watched, completes in zip(WATCHED, COMPLETES_TABLE, strict=True)
+)
 
 # First letters of the CommandComplete tags that change what cleanup a session needs (SET, RESET, DECLARE
 # CURSOR, DISCARD ALL, DEALLOCATE ALL, PREPARE, LISTEN, CLOSE CURSOR ALL); other tags skip the call.
