@@ -9,18 +9,16 @@ import secrets
 import signal
 import socket
 import time
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from pg_doorman import __version__, implementation, sockets
 from pg_doorman.auth.scram import make_scram_verifier
+from pg_doorman.client import ClientConnection, pool_removed
 from pg_doorman.config import Config, ConfigError, load_config
 from pg_doorman.pool import Pool
 from pg_doorman.protocol import messages
-from pg_doorman.protocol.errors import CONNECTION_FAILURE, POOLER_SHUTDOWN, PoolerError
+from pg_doorman.protocol.errors import POOLER_SHUTDOWN
 from pg_doorman.tasks import spawn
-
-if TYPE_CHECKING:
-    from pg_doorman.client import ClientConnection
 
 log = logging.getLogger("pg_doorman")
 
@@ -91,12 +89,9 @@ class Application:
             if not client.waiting:
                 continue
             if successor is None:
-                client.checkout_failed(
-                    PoolerError(CONNECTION_FAILURE, "this pool was removed by a configuration reload")
-                )
+                client.checkout_failed(pool_removed())
                 continue
-            client.pool = successor
-            client.param_token = successor.intern_params(client.params)
+            client.move_to_pool(successor)
             successor.enqueue(client)
 
     def find_pool(self, database: str, user: str) -> Pool | None:
@@ -173,8 +168,6 @@ class Application:
     # -------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        from pg_doorman.client import ClientConnection
-
         loop = asyncio.get_running_loop()
         general = self.config.general
         backlog = general.backlog or min(general.max_connections, 4096)

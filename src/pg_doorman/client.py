@@ -12,8 +12,8 @@ import asyncio
 import logging
 import re
 import secrets
-import time
 from collections import deque
+from time import monotonic
 from typing import TYPE_CHECKING
 
 from pg_doorman import sockets
@@ -167,6 +167,11 @@ _EXPECT_CLOSE = Expect(CLOSE)
 
 
 _SQL_PREPARE_FIRST = frozenset(b"pPeEdD")
+
+
+def pool_removed() -> PoolerError:
+    """What a client of a pool that a configuration reload removed gets."""
+    return PoolerError(CONNECTION_FAILURE, "this pool was removed by a configuration reload")
 
 
 def only_synthetic(expect: deque[Expect]) -> bool:
@@ -396,10 +401,10 @@ class ClientConnection:
             # A reload replaced this client's pool: a retired pool opens no servers, so move to its successor.
             successor = self.app.find_pool(self.database, self.user)
             if successor is None:
-                self.fail(PoolerError(CONNECTION_FAILURE, "this pool was removed by a configuration reload"))
+                self.fail(pool_removed())
                 return
-            self.pool = pool = successor
-            self.param_token = pool.intern_params(self.params)
+            self.move_to_pool(successor)
+            pool = successor
         if (
             data[0] == 0x51
             and self.transaction_mode
@@ -422,7 +427,7 @@ class ClientConnection:
         self._queued_bytes = len(data)
         timeout = pool.settings.query_wait_timeout
         # No timer per wait: the pool checks its oldest waiter's deadline (Pool.expire_waiters, every 100 ms).
-        self.wait_deadline = time.monotonic() + timeout if timeout > 0 else 0.0
+        self.wait_deadline = monotonic() + timeout if timeout > 0 else 0.0
         pool.enqueue(self)
 
     def attach_server(self, server: ServerConnection) -> None:
@@ -448,6 +453,11 @@ class ClientConnection:
         if self._deferred_begin is not None:
             server.inject_message(self._deferred_begin)
             self._deferred_begin = None
+
+    def move_to_pool(self, pool: Pool) -> None:
+        """A reload replaced this client's pool: go on with its successor (a retired pool opens no servers)."""
+        self.pool = pool
+        self.param_token = pool.intern_params(self.params)
 
     def _parameter_sync_sql(self, server: ServerConnection) -> str | None:
         """SET/RESET statements that make the server's tracked parameters equal to this client's."""

@@ -250,9 +250,12 @@ def test_sighup_reload_adds_user_and_resizes_pool(
         close_quietly(old)
 
 
-def test_sighup_client_waiting_for_a_server_is_served_by_the_new_pool(
-    doorman: StartDoorman, pool_config: MakePoolConfig, pg_trust: TempPostgres
+@pytest.mark.parametrize("reload", ["pool_resized", "pool_removed"])
+def test_sighup_client_waiting_for_a_server_moves_to_the_new_pool(
+    doorman: StartDoorman, pool_config: MakePoolConfig, pg_trust: TempPostgres, reload: str
 ) -> None:
+    """A client waiting on a pool that a reload replaced is served by its successor; when the reload removed
+    the pool, the waiter is told so at once instead of waiting for query_wait_timeout."""
     proc = doorman(pool_config(pg_trust, users=["app"], pool_size=1, general={"query_wait_timeout": "10s"}))
     holder = connect(proc, autocommit=False)
     waiter = connect(proc)
@@ -272,19 +275,28 @@ def test_sighup_client_waiting_for_a_server_is_served_by_the_new_pool(
         assert thread.is_alive(), "the second client should be waiting for the pool's only server"
 
         new_config = copy.deepcopy(proc.config)
-        new_config["pools"] = pool_config(pg_trust, users=["app"], pool_size=2)["pools"]
+        users = ["app"] if reload == "pool_resized" else ["app2"]
+        new_config["pools"] = pool_config(pg_trust, users=users, pool_size=2)["pools"]
         rewrite_config(proc, new_config)
         offset = len(proc.log_text())
         proc.send_signal(signal.SIGHUP)
         proc.wait_for_log("configuration reloaded", after=offset, timeout=5)
         thread.join(3)  # well before query_wait_timeout
-        assert not thread.is_alive(), "a client waiting on the replaced pool was never served"
-        assert "error" not in result, result
-        assert result["pid"] != pid
+        assert not thread.is_alive(), "a client waiting on the replaced pool got no answer"
+        if reload == "pool_resized":
+            assert "error" not in result, result
+            assert result["pid"] != pid
+        else:
+            assert "pid" not in result, result
+            assert "this pool was removed by a configuration reload" in str(result["error"])
         # The transaction that spanned the reload finishes normally.
         assert scalar(holder, "select pg_backend_pid()") == pid
         holder.commit()
-        assert scalar(holder, "select 1") == 1
+        if reload == "pool_resized":
+            assert scalar(holder, "select 1") == 1
+        else:  # its next transaction has no pool to run in
+            with pytest.raises(psycopg.OperationalError, match="this pool was removed by a configuration reload"):
+                holder.execute("select 1")
     finally:
         close_quietly(holder)
         close_quietly(waiter)
