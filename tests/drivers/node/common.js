@@ -88,4 +88,31 @@ function finish(summary) {
   process.exitCode = failures.length || unexpected.length ? 1 : 0
 }
 
-module.exports = { config, check, finish, serverErrors }
+// Runs `runClient(index)` for cfg.clients clients at once; each returns { pids, committedRows, committedSum,
+// rollbacks }. Prints the summary the Python side checks (division by zero, 22012, is the expected error).
+function runClients(cfg, runClient) {
+  const expectedErrorCodes = ['22012']
+  const main = async () => {
+    const results = await Promise.all([...Array(cfg.clients).keys()].map(runClient))
+    const allPids = new Set()
+    let rows = 0
+    let sum = 0
+    let rollbacks = 0
+    let multiServerClients = 0
+    for (const r of results) {
+      r.pids.forEach((p) => allPids.add(p))
+      rows += r.committedRows
+      sum += r.committedSum
+      rollbacks += r.rollbacks
+      if (r.pids.length > 1) multiServerClients += 1
+    }
+    finish({ rows, sum, rollbacks, pids: [...allPids], multiServerClients, expectedErrorCodes })
+  }
+  main().catch((err) => {
+    process.stderr.write(`fatal: ${err && err.stack ? err.stack : err}\n`)
+    finish({ fatal: String(err && err.message), expectedErrorCodes })
+    process.exitCode = 1
+  })
+}
+
+module.exports = { config, check, finish, runClients, serverErrors }

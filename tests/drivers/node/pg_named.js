@@ -8,7 +8,7 @@
 // division by zero inside a transaction is followed by ROLLBACK and further use of the same statement.
 // Every returned value is checked; the summary lets the Python side verify the table contents.
 
-const { config, check, finish } = require('./common')
+const { config, check, runClients } = require('./common')
 const { Client } = require('pg')
 
 const cfg = config()
@@ -112,25 +112,4 @@ async function runClient(c) {
   return { pids: [...pids], committedRows, committedSum, rollbacks }
 }
 
-async function main() {
-  const results = await Promise.all([...Array(cfg.clients).keys()].map(runClient))
-  const allPids = new Set()
-  let rows = 0
-  let sum = 0
-  let rollbacks = 0
-  let multiServerClients = 0
-  for (const r of results) {
-    r.pids.forEach((p) => allPids.add(p))
-    rows += r.committedRows
-    sum += r.committedSum
-    rollbacks += r.rollbacks
-    if (r.pids.length > 1) multiServerClients += 1
-  }
-  finish({ rows, sum, rollbacks, pids: [...allPids], multiServerClients, expectedErrorCodes: ['22012'] })
-}
-
-main().catch((err) => {
-  process.stderr.write(`fatal: ${err && err.stack ? err.stack : err}\n`)
-  finish({ fatal: String(err && err.message), expectedErrorCodes: ['22012'] })
-  process.exitCode = 1
-})
+runClients(cfg, runClient)
