@@ -1,4 +1,5 @@
-"""The compiled hot path: client.py, server.py, prepared.py and pool/__init__.py built by Cython.
+"""The compiled hot path: connection.py, client.py, server.py, prepared.py and pool/__init__.py built by Cython
+(pg_doorman.COMPILED_MODULES; tests/unit/test_build.py checks the two lists agree).
 
 Those files are the pure-Python implementation too; the `.pxd` files next to them only give their classes and
 forwarding loops C types. When Cython or a C compiler is missing, or PG_DOORMAN_PURE_PYTHON=1 is set at build
@@ -14,6 +15,7 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 HOT_MODULES = [
+    "src/pg_doorman/connection.py",
     "src/pg_doorman/server.py",
     "src/pg_doorman/client.py",
     "src/pg_doorman/prepared.py",
@@ -49,6 +51,9 @@ def extensions() -> list[object]:
             HOT_MODULES,
             compiler_directives={"language_level": "3", "binding": False, "annotation_typing": False},
             quiet=True,
+            # All of them, always: they share C types, and pg_doorman treats every extension older than any
+            # .pxd of the package as stale (pg_doorman/__init__.py).
+            force=True,
         )
     )
 

@@ -84,12 +84,12 @@ async def main() -> None:
         app = Application(load_config(path))
     pool = app.pools[("db", "u")]
     server = ServerConnection(pool)
-    server.transport = FakeTransport()  # type: ignore[assignment]
+    server.set_transport(FakeTransport())  # type: ignore[arg-type]
     server.state = SERVER_IDLE
     pool.servers.add(server)
     pool.idle.append(server)
     client = ClientConnection(app)
-    client.transport = FakeTransport()  # type: ignore[assignment]
+    client.set_transport(FakeTransport())  # type: ignore[arg-type]
     client.pool = pool
     client.state = CLIENT_IDLE
     client.transaction_mode = True

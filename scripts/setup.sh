@@ -181,18 +181,16 @@ fi
 
 # ---------------------------------------------------------------- compiled hot path
 
-# client.py, server.py, prepared.py and pool/__init__.py compiled by Cython next to their sources (setup.py). Rebuilt when a
-# source or .pxd is newer than its extension; pg_doorman itself never runs a stale extension (it falls back to
+# The hot path (pg_doorman.COMPILED_MODULES) compiled by Cython next to its sources (setup.py). Rebuilt when a
+# source or a .pxd is newer than an extension; pg_doorman itself never runs a stale extension (it falls back to
 # the .py files, see src/pg_doorman/__init__.py). PG_DOORMAN_PURE_PYTHON=1 skips the build.
 hot_path_built() {
     "$VENV/bin/python" - <<'EOF' 2>/dev/null
-import glob, os, sys
-for name in ("client", "prepared", "server", "pool/__init__"):
-    base = os.path.join("src", "pg_doorman", *name.split("/"))
-    built = glob.glob(base + ".cpython-*.so")
-    newest = max(os.path.getmtime(base + ext) for ext in (".py", ".pxd"))
-    if not built or os.path.getmtime(built[0]) < newest:
-        sys.exit(1)
+import glob, sys
+sys.path.insert(0, "src")
+import pg_doorman
+built = glob.glob("src/pg_doorman/client.cpython-*.so")
+sys.exit(1 if not built or pg_doorman.compiled_build_problem("src/pg_doorman") else 0)
 EOF
 }
 if [ "${PG_DOORMAN_PURE_PYTHON:-0}" != 1 ] && ! hot_path_built; then

@@ -15,17 +15,21 @@ __version__ = "0.1.0"
 PURE_PYTHON = os.environ.get("PG_DOORMAN_PURE_PYTHON") == "1"
 
 
-def _newest_source_mtime(source: str) -> float:
-    """The module's .py and its .pxd (C type declarations) both shape the extension built from them."""
-    pxd = source[:-3] + ".pxd"
-    mtime = os.path.getmtime(source)
-    if os.path.exists(pxd):
-        mtime = max(mtime, os.path.getmtime(pxd))
+COMPILED_MODULES = ("connection", "client", "prepared", "server", "pool/__init__")
+"""The hot path, compiled by Cython when it can be (setup.py). They share C types (client.pxd cimports
+server.pxd, ...), so they are used all together or not at all."""
+
+
+def _newest_pxd_mtime(package_dir: str) -> float:
+    """An extension is built from its .py and from .pxd files: its own and those it cimports (any of the
+    package's, to keep it simple)."""
+    mtime = 0.0
+    for folder, _, files in os.walk(package_dir):
+        for name in files:
+            if name.endswith(".pxd"):
+                mtime = max(mtime, os.path.getmtime(os.path.join(folder, name)))
     return mtime
 
-
-_COMPILED_TOGETHER = ("client", "prepared", "server", "pool/__init__")
-"""Extensions that share C types (client.pxd cimports server.pxd): used all together or not at all."""
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _compiled_ok: bool | None = None
@@ -34,20 +38,23 @@ _unusable_reason = ""
 
 def compiled_build_problem(package_dir: str) -> str:
     """Why the compiled modules in ``package_dir`` must not be used ("" when they can be, or when there are none):
-    some are older than their .py/.pxd, or only some of them were built (they share C types)."""
+    some are older than their .py or a .pxd, or only some of them were built (they share C types)."""
     stale: list[str] = []
     missing: list[str] = []
-    for name in _COMPILED_TOGETHER:
+    newest_pxd = _newest_pxd_mtime(package_dir)
+    for name in COMPILED_MODULES:
         base = os.path.join(package_dir, *name.split("/"))
         module = "pg_doorman." + name.removesuffix("/__init__").replace("/", ".")
         built = [base + suffix for suffix in importlib.machinery.EXTENSION_SUFFIXES if os.path.exists(base + suffix)]
         if not built:
             missing.append(module)
-        elif os.path.exists(base + ".py") and _newest_source_mtime(base + ".py") > os.path.getmtime(built[0]):
+        elif os.path.exists(base + ".py") and max(os.path.getmtime(base + ".py"), newest_pxd) > os.path.getmtime(
+            built[0]
+        ):
             stale.append(module)
     if stale:
         return "compiled extensions older than their source: " + ", ".join(stale)
-    if missing and len(missing) < len(_COMPILED_TOGETHER):
+    if missing and len(missing) < len(COMPILED_MODULES):
         return "compiled build incomplete, missing: " + ", ".join(missing)
     return ""
 
@@ -90,9 +97,7 @@ sys.meta_path.insert(0, _SourceFirstFinder)
 
 def implementation() -> str:
     """How the hot path runs: "compiled" (all Cython extensions in use) or "pure Python" (with the reason)."""
-    from pg_doorman import client, pool, prepared, server
-
-    modules = (client, pool, prepared, server)
+    modules = [importlib.import_module("pg_doorman." + name.removesuffix("/__init__")) for name in COMPILED_MODULES]
     if all(not (m.__file__ or "").endswith(".py") for m in modules):
         return "compiled"
     if PURE_PYTHON:

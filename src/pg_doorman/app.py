@@ -201,16 +201,15 @@ class Application:
         for pool in self.pools.values():
             pool.maintain(time.monotonic())
         self._janitor = loop.create_task(self._maintenance())
-        self._wait_ticker = loop.create_task(self._expire_waits())
+        self._wait_ticker = loop.create_task(self._tick_pools())
 
-    async def _expire_waits(self) -> None:
-        """query_wait_timeout for clients waiting for a server, checked every 100 ms (no timer per wait)."""
+    async def _tick_pools(self) -> None:
+        """Every 100 ms: the pools' clocks, and query_wait_timeout for waiting clients (no timer per wait)."""
         while True:
             await asyncio.sleep(WAIT_CHECK_INTERVAL)
             now = time.monotonic()
             for pool in list(self.pools.values()):
-                if pool.waiters:
-                    pool.expire_waiters(now)
+                pool.tick(now)
 
     async def _maintenance(self) -> None:
         while True:
@@ -294,7 +293,7 @@ class Application:
             self._wait_ticker.cancel()
         for client in list(self.clients):
             if client.transport is not None:
-                client.transport.write(messages.error_response(POOLER_SHUTDOWN, "pooler is shut down now"))
+                client.write(messages.error_response(POOLER_SHUTDOWN, "pooler is shut down now"))
             client.close()
         for pool in self.pools.values():
             pool.close_all()

@@ -4,10 +4,16 @@ import cython
 
 from pg_doorman.pool cimport Pool
 from pg_doorman.prepared cimport ClientStatements, Expect, Statement
-from pg_doorman.server cimport ServerConnection
+from pg_doorman.server cimport Borrower, ServerConnection
 
 
-cdef class ClientConnection:
+cdef bytes _NAMED_KINDS
+cdef bytes _COPY_FROM_CLIENT
+cdef bytes _SQL_PREPARE_FIRST
+cdef bytes _MAYBE_BEGIN
+
+
+cdef class ClientConnection(Borrower):
     cdef public bytes _carry
     cdef public object _deferred_begin
     cdef public list _queued
@@ -32,8 +38,6 @@ cdef class ClientConnection:
     cdef public object sql_prepared
     cdef public int state
     cdef public ClientStatements statements
-    cdef public bint transaction_mode
-    cdef public object transport
     cdef public object user
     cdef public double wait_deadline
 
@@ -60,8 +64,8 @@ cdef class ClientConnection:
 
     cpdef _attach(self, ServerConnection server)
     cpdef attach_server(self, ServerConnection server)
-    cpdef write(self, data)
 
 
 cpdef bint only_synthetic(object expect)
+cpdef bint is_lone_begin(bytes data)
 cpdef ensure_prepared(Statement stmt, ServerConnection server, list out)

@@ -60,7 +60,7 @@ from pg_doorman.protocol.startup import (
     StartupMessage,
     parse_first_packet,
 )
-from pg_doorman.server import SYNCABLE_REPORTED, ServerConnection
+from pg_doorman.server import SYNCABLE_REPORTED, Borrower, ServerConnection
 from pg_doorman.tasks import spawn
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ NOT_SETTABLE = frozenset(
 
 STARTUP, IDLE, WAITING, ACTIVE, CLOSED = range(5)
 
-_NAMED_KINDS = frozenset(b"PBDC")
+_NAMED_KINDS = type_table({"PBDC": 1})
 _MAX_QUEUED_WHILE_WAITING = 256 * 1024
 # First bytes of a Query text that may be a lone BEGIN / START TRANSACTION ("b", "s", white space): a cheap
 # filter before is_lone_begin; SELECT passes it and is turned away there by its third letter.
@@ -125,14 +125,14 @@ _LONE_BEGIN = re.compile(
 )
 
 
-_COPY_FROM_CLIENT = frozenset(b"dcf")
+_COPY_FROM_CLIENT = type_table({"dcf": 1})
 _SERVER_STATEMENT_NAME = re.compile(rb'"(DOORMAN_\d+)"')
 
 
 def _drop_copy_messages(data: bytes) -> bytes:
     """``data`` without its leading complete CopyData/CopyDone/CopyFail messages."""
     pos = 0
-    while len(data) - pos >= 5 and data[pos] in _COPY_FROM_CLIENT:
+    while len(data) - pos >= 5 and _COPY_FROM_CLIENT[data[pos]]:
         end = pos + 1 + int.from_bytes(data[pos + 1 : pos + 5], "big")
         if end > len(data):
             break
@@ -166,7 +166,7 @@ _EXPECT_DESCRIBE = Expect(DESCRIBE)
 _EXPECT_CLOSE = Expect(CLOSE)
 
 
-_SQL_PREPARE_FIRST = frozenset(b"pPeEdD")
+_SQL_PREPARE_FIRST = type_table({"pPeEdD": 1})
 
 
 def pool_removed() -> PoolerError:
@@ -236,7 +236,7 @@ class _Undo:
 ADMIN_DATABASES = frozenset({"pgdoorman", "pgbouncer"})
 
 
-class ClientConnection:
+class ClientConnection(Borrower):
     __slots__ = (
         "_carry",
         "_deferred_begin",
@@ -262,15 +262,13 @@ class ClientConnection:
         "sql_prepared",
         "state",
         "statements",
-        "transaction_mode",
-        "transport",
         "user",
         "wait_deadline",
     )
 
     def __init__(self, app: Application) -> None:
         self.app = app
-        self.transport: asyncio.Transport | None = None
+        self.set_transport(None)
         self.state = STARTUP
         self.pool: Pool | None = None
         self.server: ServerConnection | None = None
@@ -302,7 +300,7 @@ class ClientConnection:
     # ------------------------------------------------------------- asyncio API
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.set_transport(transport)  # type: ignore[arg-type]
         sockets.configure(transport.get_extra_info("socket"))
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
@@ -329,11 +327,13 @@ class ClientConnection:
     def eof_received(self) -> bool | None:
         # Like PostgreSQL, EOF from the client ends the session. Abort rather than close: a close would wait to
         # flush replies to a peer that may never read them, holding this client's server (and pool slot).
+        self.forget_socket()
         if self.transport is not None:
             self.transport.abort()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.forget_socket()
         waiter = self._rx_waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(ConnectionResetError("client closed the connection"))
@@ -351,11 +351,6 @@ class ClientConnection:
 
     # ---------------------------------------------------------------- helpers
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        transport = self.transport
-        if transport is not None:
-            transport.write(data)
-
     def pause_reading(self) -> None:
         if not self._read_paused and self.transport is not None:
             self._read_paused = True
@@ -369,9 +364,8 @@ class ClientConnection:
     def fail(self, err: PoolerError) -> None:
         """Send an ErrorResponse and close the connection."""
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(
-                messages.error_response(err.sqlstate, err.message, severity="FATAL", detail=err.detail)
-            )
+            self.write(messages.error_response(err.sqlstate, err.message, severity="FATAL", detail=err.detail))
+            self.forget_socket()
             self.transport.close()
         self._teardown()
 
@@ -388,7 +382,7 @@ class ClientConnection:
         if data[0] == 0x58:  # Terminate between transactions: no server needed
             self.close()
             return
-        if data[0] in _COPY_FROM_CLIENT:
+        if _COPY_FROM_CLIENT[data[0]]:
             # CopyData/CopyDone/CopyFail after the COPY already ended (e.g. with an error): PostgreSQL ignores
             # them, so no server is needed for them.
             data = _drop_copy_messages(data)
@@ -595,7 +589,7 @@ class ClientConnection:
             if server.skipping and kind != 83:
                 # PostgreSQL skips everything up to the next Sync after an error: pass through, change nothing.
                 pass
-            elif kind in _NAMED_KINDS:
+            elif _NAMED_KINDS[kind]:
                 unsynced = True
                 if kind == 68:
                     described = True  # the client learns the row shape in this batch (replay is safe)
@@ -649,7 +643,7 @@ class ClientConnection:
                 replay_from = -1
                 if kind == 81:
                     statements.unnamed = None  # PostgreSQL drops the unnamed statement at every simple Query
-                if kind == 81 and length < 65536 and (end > n or data[pos + 5] in _SQL_PREPARE_FIRST):
+                if kind == 81 and length < 65536 and (end > n or _SQL_PREPARE_FIRST[data[pos + 5]]):
                     # Maybe PREPARE/EXECUTE/DEALLOCATE, which the pooler tracks per client: needs the whole text
                     # (a short Query split across reads waits for its end).
                     if end > n:
@@ -1004,6 +998,7 @@ class ClientConnection:
         )
 
     def close(self) -> None:
+        self.forget_socket()
         if self.transport is not None:
             self.transport.close()
         self._teardown()

@@ -3,13 +3,32 @@
 # read and write them as struct fields instead of through the interpreter.
 #
 # cimports only go one way (client -> pool -> server): a cycle would let a compiled module's body run while
-# another one it imports from is only half initialized. So `client` and `pool` stay untyped here.
+# another one it imports from is only half initialized. So a server knows its client and its pool by the base
+# classes declared here (Borrower, Lender), which ClientConnection and Pool extend.
 import cython
 
+from pg_doorman.connection cimport Connection
 from pg_doorman.prepared cimport Expect, ServerStatements
 
 
-cdef class ServerConnection:
+cdef bytes _TAG_FIRST
+
+cdef class ServerConnection
+
+
+cdef class Borrower(Connection):
+    cdef public bint transaction_mode
+
+    cpdef release_server(self)
+
+
+cdef class Lender:
+    cdef public double now
+
+    cpdef checkin(self, ServerConnection server)
+
+
+cdef class ServerConnection(Connection):
     cdef public bytes _carry
     cdef public object _cleanup_buf
     cdef public bint _cleanup_deallocates
@@ -24,7 +43,7 @@ cdef class ServerConnection:
     cdef public Py_ssize_t _skip
     cdef public Py_ssize_t _swallow
     cdef public bint cancel_sent
-    cdef public object client
+    cdef public Borrower client
     cdef public bint copy_done_sent
     cdef public double created_at
     cdef public object expect
@@ -41,7 +60,7 @@ cdef class ServerConnection:
     cdef public object params
     cdef public Py_ssize_t pending_z
     cdef public object pid
-    cdef public object pool
+    cdef public Lender pool
     cdef public object replay_source
     cdef public object secret
     cdef public bint skipping
@@ -52,7 +71,6 @@ cdef class ServerConnection:
     cdef public Py_ssize_t syncs_after_execute
     cdef public object to_close
     cdef public bint tracked
-    cdef public object transport
     cdef public int tx_status
     cdef public bint unsynced
     cdef public bint used
@@ -65,9 +83,8 @@ cdef class ServerConnection:
                    watched=bytes, completes=bytes, code=int, head=Expect)
     cpdef _forward_tracked(self, bytes data)
 
-    cpdef write(self, data)
     cpdef bint copy_in_ignores_sync(self)
-    cpdef attach(self, client, str sync_sql)
+    cpdef attach(self, Borrower client, str sync_sql)
     cpdef release(self)
     cpdef _on_command_complete(self, bytes data, int at)
     cpdef _on_parameter_status(self, bytes body)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from pg_doorman import sockets
 from pg_doorman.auth.backend import ServerCredentials, ServerLogin
+from pg_doorman.connection import Connection
 from pg_doorman.prepared import (
     BIND,
     COMPLETES_TABLE,
@@ -50,7 +51,7 @@ WATCHED_TRACKED = bytes(
 
 # First letters of the CommandComplete tags that change what cleanup a session needs (SET, RESET, DECLARE
 # CURSOR, DISCARD ALL, DEALLOCATE ALL, PREPARE, LISTEN, CLOSE CURSOR ALL); other tags skip the call.
-_TAG_FIRST = frozenset(b"SRDPLC")
+_TAG_FIRST = type_table({"SRDPLC": 1})
 
 # Parameters PostgreSQL reports with ParameterStatus and a client may change with SET.
 SYNCABLE_REPORTED = frozenset(
@@ -71,7 +72,38 @@ CONNECTING, IDLE, ACTIVE, CLEANUP, CLOSED = range(5)
 _RETRY_SYNC = Expect(SYNC, hide=True)
 
 
-class ServerConnection:
+class Borrower(Connection):
+    """What a server calls on the client connection it is lent to (`client.ClientConnection`).
+
+    A base class here rather than an import of the client module: the compiled build then reaches these through
+    C calls and C fields, while cimports stay one-way (client -> pool -> server).
+    """
+
+    __slots__ = ("transaction_mode",)
+
+    transaction_mode: bool
+
+    def release_server(self) -> None:
+        """The transaction is over (ReadyForQuery 'I'): give the server back."""
+        raise NotImplementedError
+
+
+class Lender:
+    """What a server calls on the pool that owns it (`pool.Pool`); a base class for the same reason as
+    `Borrower`."""
+
+    __slots__ = ("now",)
+
+    # monotonic() as of the pool's last tick (every WAIT_CHECK_INTERVAL): server lifetimes and idle times need
+    # no clock read per transaction.
+    now: float
+
+    def checkin(self, server: ServerConnection) -> None:
+        """Take a clean, idle server back."""
+        raise NotImplementedError
+
+
+class ServerConnection(Connection):
     """A PostgreSQL backend owned by a `Pool`, lent to one client at a time."""
 
     __slots__ = (
@@ -117,7 +149,6 @@ class ServerConnection:
         "syncs_after_execute",
         "to_close",
         "tracked",
-        "transport",
         "tx_status",
         "unsynced",
         "used",
@@ -125,7 +156,7 @@ class ServerConnection:
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
-        self.transport: asyncio.Transport | None = None
+        self.set_transport(None)
         self.state = CONNECTING
         self.client: ClientConnection | None = None
         self.params: dict[str, str] = {}
@@ -190,7 +221,7 @@ class ServerConnection:
         loop = asyncio.get_running_loop()
         self._login = ServerLogin(creds, database, startup_params)
         self._login_waiter = loop.create_future()
-        self.transport.write(self._login.start())
+        self.write(self._login.start())
         try:
             await self._login_waiter
         finally:
@@ -212,7 +243,7 @@ class ServerConnection:
             for kind, body in self._login_buf.messages():
                 reply = login.feed(kind, body)
                 if reply and self.transport is not None:
-                    self.transport.write(reply)
+                    self.write(reply)
                 if login.done:
                     waiter.set_result(None)
                     return
@@ -230,7 +261,7 @@ class ServerConnection:
     # ------------------------------------------------------------- asyncio API
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.set_transport(transport)  # type: ignore[arg-type]
         sockets.configure(transport.get_extra_info("socket"))
 
     def data_received(self, data: bytes) -> None:
@@ -253,6 +284,7 @@ class ServerConnection:
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.forget_socket()
         previous = self.state
         self.state = CLOSED
         waiter = self._login_waiter
@@ -342,7 +374,7 @@ class ServerConnection:
                 self._on_parameter_status(data[pos + 5 : end])
             elif kind == 67:  # 'C' CommandComplete
                 self.in_copy = False
-                if not self._swallow and data[pos + 5] in _TAG_FIRST:
+                if not self._swallow and _TAG_FIRST[data[pos + 5]]:
                     self._on_command_complete(data, pos + 5)
             elif kind == 69:  # 'E' ErrorResponse
                 self.in_copy = False
@@ -525,7 +557,7 @@ class ServerConnection:
                 self._on_parameter_status(data[pos + 5 : end])
             elif kind == 67:
                 self.in_copy = False
-                if data[pos + 5] in _TAG_FIRST:
+                if _TAG_FIRST[data[pos + 5]]:
                     self._on_command_complete(data, pos + 5)
             elif kind in (71, 72, 87):
                 self.in_copy = True
@@ -680,7 +712,7 @@ class ServerConnection:
         """Send a complete Query message whose reply (up to its ReadyForQuery) is hidden from the client."""
         assert self.transport is not None
         self._swallow += 1
-        self.transport.write(query_message)
+        self.write(query_message)
 
     def _close_evicted(self) -> None:
         """Close statements evicted from this server's cache; done at checkout, when no portal can use them."""
@@ -688,7 +720,7 @@ class ServerConnection:
         closes = [messages.message(b"C", b"S" + name + b"\x00") for name in self.to_close]
         self.to_close.clear()
         self._swallow += 1
-        self.transport.write(b"".join(closes) + messages.SYNC)
+        self.write(b"".join(closes) + messages.SYNC)
 
     def copy_in_ignores_sync(self) -> bool:
         """A Sync sent now reaches PostgreSQL inside COPY IN, which ignores it (no ReadyForQuery for it)."""
@@ -734,7 +766,7 @@ class ServerConnection:
     def release(self) -> None:
         """The client is done with this server (transaction over): clean it if needed, back to the pool."""
         self.client = None
-        self.last_used = monotonic()
+        self.last_used = self.pool.now
         if self._read_paused:
             self._read_paused = False
             if self.transport is not None:
@@ -787,7 +819,7 @@ class ServerConnection:
         self._cleanup_failed = False
         self._cleanup_resets = sql.endswith("RESET ALL")
         self._cleanup_deallocates = "DEALLOCATE ALL" in sql
-        self.transport.write(messages.query(sql))
+        self.write(messages.query(sql))
 
     def _on_cleanup_data(self, data: bytes) -> None:
         buf: MessageBuffer = self._cleanup_buf
@@ -831,19 +863,17 @@ class ServerConnection:
             self._read_paused = False
             self.transport.resume_reading()
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
-
     def close(self) -> None:
         if self.transport is not None and self.state != CLOSED:
             try:
-                self.transport.write(messages.TERMINATE)
+                self.write(messages.TERMINATE)
             except Exception:
                 pass
+            self.forget_socket()
             self.transport.close()
 
     def abort(self) -> None:
+        self.forget_socket()
         if self.transport is not None:
             self.transport.abort()
 

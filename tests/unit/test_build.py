@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import importlib.machinery
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pg_doorman
-from pg_doorman import client, pool, prepared, server
+from pg_doorman import client, connection, pool, prepared, server
 
 SRC = Path(pg_doorman.__file__).resolve().parent
 
@@ -28,7 +29,7 @@ def test_implementation_matches_what_the_run_expects() -> None:
 
 def test_hot_modules_come_from_one_kind_of_file() -> None:
     """The compiled modules share C types: a mix of compiled and source modules must never be imported."""
-    kinds = {m.__name__: (m.__file__ or "").endswith(".py") for m in (client, pool, prepared, server)}
+    kinds = {m.__name__: (m.__file__ or "").endswith(".py") for m in (client, connection, pool, prepared, server)}
     assert len(set(kinds.values())) == 1, kinds
 
 
@@ -43,9 +44,16 @@ def test_pure_python_switch_imports_sources() -> None:
 
 def test_pxd_declarations_cover_every_slot() -> None:
     """A compiled class has exactly the attributes its .pxd declares: every __slots__ name must be there."""
-    for module, cls in ((client, "ClientConnection"), (server, "ServerConnection")):
+    classes = (
+        (client, "ClientConnection"),
+        (server, "ServerConnection"),
+        (server, "Borrower"),
+        (server, "Lender"),
+        (connection, "Connection"),
+    )
+    for module, cls in classes:
         pxd = (SRC / (module.__name__.rsplit(".", 1)[1] + ".pxd")).read_text()
-        slots = getattr(getattr(module, cls), "__slots__", None)
+        slots = getattr(module, cls).__dict__.get("__slots__")
         if slots is None:  # compiled: the class has no __slots__, its attributes are C fields
             continue
         for name in slots:
@@ -55,19 +63,22 @@ def test_pxd_declarations_cover_every_slot() -> None:
 def test_each_hot_module_imports_first() -> None:
     """Compiled modules import each other's C types at load time: any of them may be the first one imported."""
     expected = pg_doorman.implementation()
-    for name in ("server", "pool", "client", "prepared"):
+    for name in ("connection", "server", "pool", "client", "prepared"):
         code = f"import pg_doorman.{name}, pg_doorman; print(pg_doorman.implementation())"
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
         assert out.returncode == 0, (name, out.stderr)
         assert out.stdout.strip() == expected, name
 
 
-def _fake_package(root: Path, *, built: tuple[str, ...], stale: tuple[str, ...] = ()) -> str:
-    """Sources (and .pxd files) of the compiled modules, with an 'extension' file for those in ``built``;
-    the ones in ``stale`` get a source newer than their extension."""
+def _fake_package(
+    root: Path, *, built: tuple[str, ...], stale: tuple[str, ...] = (), header_edited: bool = False
+) -> str:
+    """Sources (and .pxd files) of the compiled modules and a cimported header, with an 'extension' file for
+    those in ``built``; the ones in ``stale`` get a source newer than their extension, and ``header_edited``
+    makes the header newer than all of them."""
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
     (root / "pool").mkdir()
-    for name in ("client", "prepared", "server", "pool/__init__"):
+    for name in pg_doorman.COMPILED_MODULES:
         base = root / name
         for ext in (".py", ".pxd"):
             Path(str(base) + ext).write_text("")
@@ -77,19 +88,34 @@ def _fake_package(root: Path, *, built: tuple[str, ...], stale: tuple[str, ...] 
             ext_file.write_text("")
             os.utime(ext_file, (2000, 2000))
         if name in stale:
-            os.utime(str(base) + ".pxd", (3000, 3000))
+            os.utime(str(base) + ".py", (3000, 3000))
+    header = root / "directio.pxd"
+    header.write_text("")
+    os.utime(header, (3000, 3000) if header_edited else (1000, 1000))
     return str(root)
 
 
 def test_compiled_build_problem(tmp_path: Path) -> None:
-    every = ("client", "prepared", "server", "pool/__init__")
+    every = pg_doorman.COMPILED_MODULES
     (tmp_path / "all").mkdir()
     assert pg_doorman.compiled_build_problem(_fake_package(tmp_path / "all", built=every)) == ""
     (tmp_path / "none").mkdir()
     assert pg_doorman.compiled_build_problem(_fake_package(tmp_path / "none", built=())) == ""
     (tmp_path / "some").mkdir()
     problem = pg_doorman.compiled_build_problem(_fake_package(tmp_path / "some", built=("client", "server")))
-    assert problem == "compiled build incomplete, missing: pg_doorman.prepared, pg_doorman.pool"
+    assert problem == "compiled build incomplete, missing: pg_doorman.connection, pg_doorman.prepared, pg_doorman.pool"
     (tmp_path / "stale").mkdir()
     problem = pg_doorman.compiled_build_problem(_fake_package(tmp_path / "stale", built=every, stale=("server",)))
     assert problem == "compiled extensions older than their source: pg_doorman.server"
+    (tmp_path / "header").mkdir()
+    problem = pg_doorman.compiled_build_problem(_fake_package(tmp_path / "header", built=every, header_edited=True))
+    assert problem == "compiled extensions older than their source: " + ", ".join(
+        "pg_doorman." + name.removesuffix("/__init__") for name in every
+    )
+
+
+def test_setup_py_compiles_the_hot_path() -> None:
+    """setup.py keeps its own list (it runs before the package can be imported): it must be this one."""
+    setup_py = (SRC.parent.parent / "setup.py").read_text()
+    listed = re.findall(r'"src/pg_doorman/([\w/]+)\.py"', setup_py)
+    assert sorted(listed) == sorted(pg_doorman.COMPILED_MODULES)

@@ -53,12 +53,12 @@ def make_pair(tmp_path: Path, tracked: bool) -> tuple[ClientConnection, ServerCo
     app = Application(load_config(path))
     pool = app.pools[("db", "u")]
     server = ServerConnection(pool)
-    server.transport = RecordingTransport()  # type: ignore[assignment]
+    server.set_transport(RecordingTransport())  # type: ignore[arg-type]
     server.state = SERVER_IDLE
     pool.servers.add(server)
     pool.idle.append(server)
     client = ClientConnection(app)
-    client.transport = RecordingTransport()  # type: ignore[assignment]
+    client.set_transport(RecordingTransport())  # type: ignore[arg-type]
     client.pool = pool
     client.state = CLIENT_IDLE
     client.transaction_mode = True

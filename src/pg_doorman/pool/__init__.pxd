@@ -2,10 +2,10 @@
 # file runs unchanged without them.
 import cython
 
-from pg_doorman.server cimport ServerConnection
+from pg_doorman.server cimport Lender, ServerConnection
 
 
-cdef class Pool:
+cdef class Pool(Lender):
     cdef public object settings
     cdef public object name
     cdef public bint transaction_mode
@@ -28,7 +28,7 @@ cdef class Pool:
     cdef public Py_ssize_t stats_connect_errors
     cdef public Py_ssize_t stats_server_statement_evictions
 
-    @cython.locals(server=ServerConnection, now=double)
+    @cython.locals(server=ServerConnection)
     cpdef ServerConnection checkout_nowait(self)
 
     cpdef checkin(self, ServerConnection server)

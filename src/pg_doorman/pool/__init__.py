@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, cast
 from pg_doorman.auth.backend import ServerCredentials
 from pg_doorman.prepared import StatementRegistry
 from pg_doorman.protocol.errors import PoolerError
-from pg_doorman.server import CLOSED, IDLE, ServerConnection, login_error
+from pg_doorman.server import CLOSED, IDLE, Lender, ServerConnection, login_error
 from pg_doorman.tasks import spawn
 
 if TYPE_CHECKING:
@@ -29,10 +29,11 @@ log = logging.getLogger("pg_doorman.pool")
 _MAX_PARAM_TOKENS = 4096
 
 
-class Pool:
+class Pool(Lender):
     """At most ``pool_size`` server connections for one (database, user)."""
 
     def __init__(self, settings: PoolSettings) -> None:
+        self.now = monotonic()  # advanced by tick()
         self.settings = settings
         self.name = f"{settings.database}/{settings.username}"
         self.transaction_mode = settings.pool_mode == "transaction"
@@ -87,14 +88,11 @@ class Pool:
     def checkout_nowait(self) -> ServerConnection | None:
         """An idle server, or None (then a new one is being opened if the pool has room)."""
         idle = self.idle
-        now = 0.0
         while idle:
             server = idle.popleft() if self.round_robin else idle.pop()
             if server.state != IDLE:
                 continue
-            if not now:
-                now = monotonic()
-            if now >= server.expires_at:
+            if self.now >= server.expires_at:
                 server.close()  # past server_lifetime while idle: never lent again
                 continue
             self.stats_checkouts += 1
@@ -109,6 +107,12 @@ class Pool:
         # Every waiter beyond the connections already being opened asks for one more, up to pool_size.
         if self.opening < len(self.waiters) and self.size < self.settings.pool_size and not self.retired:
             self.open_server()
+
+    def tick(self, now: float) -> None:
+        """Every WAIT_CHECK_INTERVAL: advance the pool's clock and end waits past query_wait_timeout."""
+        self.now = now
+        if self.waiters:
+            self.expire_waiters(now)
 
     def expire_waiters(self, now: float) -> None:
         """End the waits that passed query_wait_timeout. Waiters are FIFO with one timeout per pool, so only
@@ -134,7 +138,7 @@ class Pool:
         """Take a clean, idle server back: hand it to the oldest waiting client or park it."""
         if server.state == CLOSED:
             return
-        if self.retired or monotonic() >= server.expires_at:
+        if self.retired or self.now >= server.expires_at:
             server.close()
             return
         server.state = IDLE

@@ -1,0 +1,18 @@
+# Cython declarations for connection.py (used only by the optional compiled build, see setup.py); the .py file
+# runs unchanged without them. directio is cimported: the compiled build uses the C send_nowait of directio.pxd.
+import cython
+
+from pg_doorman cimport directio
+
+
+cdef class Connection:
+    cdef public int _fd
+    cdef public bint _queued_in_transport
+    cdef public object _send
+    cdef public object transport
+
+    cpdef forget_socket(self)
+    cpdef write(self, data)
+
+    @cython.locals(sent=Py_ssize_t)
+    cdef bytes _write_direct(self, bytes data)
