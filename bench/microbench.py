@@ -12,12 +12,11 @@ import time
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
+from pg_doorman import codes
 from pg_doorman.app import Application
-from pg_doorman.client import IDLE as CLIENT_IDLE
 from pg_doorman.client import ClientConnection
 from pg_doorman.config import load_config
 from pg_doorman.protocol import messages
-from pg_doorman.server import IDLE as SERVER_IDLE
 from pg_doorman.server import ServerConnection
 
 
@@ -85,13 +84,13 @@ async def main() -> None:
     pool = app.pools[("db", "u")]
     server = ServerConnection(pool)
     server.set_transport(FakeTransport())  # type: ignore[arg-type]
-    server.state = SERVER_IDLE
+    server.state = codes.SERVER_IDLE
     pool.servers.add(server)
     pool.idle.append(server)
     client = ClientConnection(app)
     client.set_transport(FakeTransport())  # type: ignore[arg-type]
     client.pool = pool
-    client.state = CLIENT_IDLE
+    client.state = codes.CLIENT_IDLE
     client.transaction_mode = True
     if pool.settings.prepared_statements:
         client.track_statements()

@@ -2,6 +2,7 @@
 # unchanged without them.
 import cython
 
+from pg_doorman cimport codes
 from pg_doorman.pool cimport Pool
 from pg_doorman.prepared cimport ClientStatements, Expect, Statement
 from pg_doorman.server cimport Borrower, ServerConnection

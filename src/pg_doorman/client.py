@@ -16,19 +16,10 @@ from collections import deque
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from pg_doorman import sockets
+from pg_doorman import codes, sockets
 from pg_doorman.auth.md5 import md5_verifier, verify_md5_response
 from pg_doorman.auth.scram import AuthError, ScramServer, parse_scram_verifier
 from pg_doorman.prepared import (
-    BIND,
-    CLOSE,
-    DESCRIBE,
-    EXECUTE,
-    HIDDEN_QUERY,
-    PARSE,
-    QUERY,
-    SYNC,
-    SYNTHETIC,
     ClientStatements,
     Expect,
     Statement,
@@ -108,8 +99,6 @@ NOT_SETTABLE = frozenset(
     }
 )
 
-STARTUP, IDLE, WAITING, ACTIVE, CLOSED = range(5)
-
 _NAMED_KINDS = type_table({"PBDC": 1})
 _MAX_QUEUED_WHILE_WAITING = 256 * 1024
 # First bytes of a Query text that may be a lone BEGIN / START TRANSACTION ("b", "s", white space): a cheap
@@ -158,12 +147,12 @@ def is_lone_begin(data: bytes) -> bool:
     if int.from_bytes(data[1:5], "big") != len(data) - 1:
         return False
     return _LONE_BEGIN.fullmatch(data, 5) is not None
-_EXPECT_EXECUTE = Expect(EXECUTE)
-_EXPECT_SYNC = Expect(SYNC)
-_EXPECT_QUERY = Expect(QUERY)
-_EXPECT_BIND = Expect(BIND)
-_EXPECT_DESCRIBE = Expect(DESCRIBE)
-_EXPECT_CLOSE = Expect(CLOSE)
+_EXPECT_EXECUTE = Expect(codes.EXECUTE)
+_EXPECT_SYNC = Expect(codes.SYNC)
+_EXPECT_QUERY = Expect(codes.QUERY)
+_EXPECT_BIND = Expect(codes.BIND)
+_EXPECT_DESCRIBE = Expect(codes.DESCRIBE)
+_EXPECT_CLOSE = Expect(codes.CLOSE)
 
 
 _SQL_PREPARE_FIRST = type_table({"pPeEdD": 1})
@@ -177,7 +166,7 @@ def pool_removed() -> PoolerError:
 def only_synthetic(expect: deque[Expect]) -> bool:
     """Whether every answer still owed is one the pooler makes up itself (none is waiting for the server)."""
     for entry in expect:  # noqa: SIM110 - a plain loop: compiled, it needs no generator object
-        if entry.code != SYNTHETIC:
+        if entry.code != codes.SYNTHETIC:
             return False
     return True
 
@@ -188,7 +177,7 @@ def ensure_prepared(stmt: Statement, server: ServerConnection, out: list[bytes])
         return
     out.append(stmt.parse_message)
     server.add_statement(stmt.name)
-    server.expect.append(Expect(PARSE, hide=True, parsed=stmt.name))
+    server.expect.append(Expect(codes.PARSE, hide=True, parsed=stmt.name))
 
 
 def _quote_name(name: bytes) -> bytes:
@@ -269,7 +258,7 @@ class ClientConnection(Borrower):
     def __init__(self, app: Application) -> None:
         self.app = app
         self.set_transport(None)
-        self.state = STARTUP
+        self.state = codes.CLIENT_STARTUP
         self.pool: Pool | None = None
         self.server: ServerConnection | None = None
         self.statements: ClientStatements | None = None
@@ -309,16 +298,16 @@ class ClientConnection(Borrower):
 
     def data_received(self, data: bytes) -> None:
         state = self.state
-        if state == ACTIVE:
+        if state == codes.CLIENT_ACTIVE:
             self._forward(data)
-        elif state == IDLE:
+        elif state == codes.CLIENT_IDLE:
             self._start_transaction(data)
-        elif state == WAITING:
+        elif state == codes.CLIENT_WAITING:
             self._queued.append(data)
             self._queued_bytes += len(data)
             if self._queued_bytes > _MAX_QUEUED_WHILE_WAITING:
                 self.pause_reading()  # a client that keeps sending while it waits: hold it back
-        elif state == STARTUP:
+        elif state == codes.CLIENT_STARTUP:
             self._rx.feed(data)
             waiter = self._rx_waiter
             if waiter is not None and not waiter.done():
@@ -371,7 +360,7 @@ class ClientConnection(Borrower):
 
     @property
     def waiting(self) -> bool:
-        return self.state == WAITING
+        return self.state == codes.CLIENT_WAITING
 
     # -------------------------------------------------------------- forwarding
 
@@ -416,7 +405,7 @@ class ClientConnection(Borrower):
             self._attach(server)
             self._forward(data)
             return
-        self.state = WAITING
+        self.state = codes.CLIENT_WAITING
         self._queued.append(data)
         self._queued_bytes = len(data)
         timeout = pool.settings.query_wait_timeout
@@ -431,7 +420,7 @@ class ClientConnection(Borrower):
         self._queued = []
         self.resume_reading()
         for data in queued:
-            if self.state != ACTIVE:
+            if self.state != codes.CLIENT_ACTIVE:
                 # The queued bytes finished a transaction and released the server already.
                 self._start_transaction(data)
             else:
@@ -439,7 +428,7 @@ class ClientConnection(Borrower):
 
     def _attach(self, server: ServerConnection) -> None:
         self.server = server
-        self.state = ACTIVE
+        self.state = codes.CLIENT_ACTIVE
         sync_sql = None
         if server.param_token is not self.param_token and server.pool.settings.sync_server_parameters:
             sync_sql = self._parameter_sync_sql(server)
@@ -712,13 +701,13 @@ class ClientConnection(Borrower):
                 # in flight: a pipelined ROLLBACK ahead of this Parse may end that transaction first; and not for
                 # COMMIT/ROLLBACK, which PostgreSQL accepts there.)
                 out.append(stmt.parse_message)
-                expect.append(Expect(PARSE, undo=synthetic.undo))
+                expect.append(Expect(codes.PARSE, undo=synthetic.undo))
             elif stmt.name in server.statements or server.revive(stmt.name):
                 expect.append(synthetic)
             else:
                 out.append(stmt.parse_message)
                 server.add_statement(stmt.name)
-                expect.append(Expect(PARSE, parsed=stmt.name, undo=synthetic.undo))
+                expect.append(Expect(codes.PARSE, parsed=stmt.name, undo=synthetic.undo))
             return
         body = raw[5:]
         if kind == 80:  # 'P' Parse
@@ -737,13 +726,13 @@ class ClientConnection(Borrower):
             undo = _Undo(statements, name, None)
             if server.tx_status == 69 and not expect and not is_transaction_exit(stmt.query):
                 out.append(stmt.parse_message)  # failed transaction, nothing in flight: PostgreSQL answers 25P02
-                expect.append(Expect(PARSE, undo=undo))
+                expect.append(Expect(codes.PARSE, undo=undo))
             elif stmt.name in server.statements or server.revive(stmt.name):
-                expect.append(Expect(SYNTHETIC, data=messages.PARSE_COMPLETE, undo=undo))
+                expect.append(Expect(codes.SYNTHETIC, data=messages.PARSE_COMPLETE, undo=undo))
             else:
                 out.append(stmt.parse_message)
                 server.add_statement(stmt.name)
-                expect.append(Expect(PARSE, parsed=stmt.name, undo=undo))
+                expect.append(Expect(codes.PARSE, parsed=stmt.name, undo=undo))
         elif kind == 66:  # 'B' Bind
             start, end = name_after_first_cstring(body)
             name = body[start:end]
@@ -776,7 +765,7 @@ class ClientConnection(Borrower):
                     statements.unnamed = None
                 # The server statement stays: other clients share it. Only the client's name goes away.
                 reopen = _Undo(statements, name, closed) if closed is not None else None
-                expect.append(Expect(SYNTHETIC, data=messages.CLOSE_COMPLETE, undo=reopen))
+                expect.append(Expect(codes.SYNTHETIC, data=messages.CLOSE_COMPLETE, undo=reopen))
             else:
                 out.append(raw)
                 expect.append(_EXPECT_CLOSE)
@@ -814,7 +803,7 @@ class ClientConnection(Borrower):
             on_server[name] = message
             server.sql_prepare_pending += 1
             out.append(message)
-            expect.append(Expect(QUERY, undo=_SqlPrepareUndo(self, server, name, message)))
+            expect.append(Expect(codes.QUERY, undo=_SqlPrepareUndo(self, server, name, message)))
             return
         wanted = mine.get(name)
         if wanted is None and verb == "deallocate" and self.statements is not None and name in self.statements.named:
@@ -842,7 +831,7 @@ class ClientConnection(Borrower):
     @staticmethod
     def _hidden_query(server: ServerConnection, out: list[bytes], sql: bytes, *, raw: bool = False) -> None:
         out.append(sql if raw else messages.message(b"Q", sql + b"\x00"))
-        server.expect.append(Expect(HIDDEN_QUERY))
+        server.expect.append(Expect(codes.HIDDEN_QUERY))
 
     @staticmethod
     def _duplicate_statement(name: bytes, server: ServerConnection, out: list[bytes]) -> None:
@@ -861,9 +850,9 @@ class ClientConnection(Borrower):
         out.append(messages.message(b"B", b"\x00\x00\x00\x00\x00\x00\x00\x00"))
         out.append(messages.message(b"E", b"\x00\x00\x00\x00\x00"))
         expect = server.expect
-        expect.append(Expect(PARSE, hide=True))
-        expect.append(Expect(BIND, hide=True))
-        expect.append(Expect(EXECUTE, hide=True))
+        expect.append(Expect(codes.PARSE, hide=True))
+        expect.append(Expect(codes.BIND, hide=True))
+        expect.append(Expect(codes.EXECUTE, hide=True))
 
     def _fresh_statement(self, name: bytes, stale: Statement, server: ServerConnection) -> Statement:
         """The client's statement went stale (its result type changed): map its name to a fresh one."""
@@ -898,7 +887,7 @@ class ClientConnection(Borrower):
         """Transaction mode with prepared statements: remap this client's statements (see prepared.py)."""
         self.statements = ClientStatements()
         self._unnamed_parse_complete = Expect(
-            SYNTHETIC, data=messages.PARSE_COMPLETE, undo=_Undo(self.statements, b"", None)
+            codes.SYNTHETIC, data=messages.PARSE_COMPLETE, undo=_Undo(self.statements, b"", None)
         )
 
     def forget_statements(self) -> None:
@@ -931,7 +920,7 @@ class ClientConnection(Borrower):
         if server is None:
             return
         self.server = None
-        self.state = IDLE
+        self.state = codes.CLIENT_IDLE
         server.release()
         if self.app.shutting_down:
             self.fail_shutdown()
@@ -962,7 +951,7 @@ class ClientConnection(Borrower):
         The client gets what PostgreSQL would send for a query canceled at its start (57014, then
         ReadyForQuery). Extended-protocol batches keep waiting: their earlier replies would have to be invented.
         """
-        if self.state != WAITING or self._deferred_begin is not None:
+        if self.state != codes.CLIENT_WAITING or self._deferred_begin is not None:
             return False
         data = b"".join(self._queued)
         if len(data) < 6 or data[0] != 0x51 or int.from_bytes(data[1:5], "big") != len(data) - 1:
@@ -970,7 +959,7 @@ class ClientConnection(Borrower):
         if self.pool is not None:
             self.pool.remove_waiter(self)
         self._queued = []
-        self.state = IDLE
+        self.state = codes.CLIENT_IDLE
         self.write(
             messages.error_response(QUERY_CANCELED, "canceling statement due to user request", severity="ERROR")
             + messages.READY_IDLE
@@ -983,7 +972,7 @@ class ClientConnection(Borrower):
 
     def wait_timed_out(self) -> None:
         """Called by the pool (already removed from its waiters) when query_wait_timeout has passed."""
-        if self.state != WAITING:
+        if self.state != codes.CLIENT_WAITING:
             return
         pool = self.pool
         if pool is not None:
@@ -1004,11 +993,11 @@ class ClientConnection(Borrower):
         self._teardown()
 
     def _teardown(self) -> None:
-        if self.state == CLOSED:
+        if self.state == codes.CLIENT_CLOSED:
             return
         previous = self.state
-        self.state = CLOSED
-        if previous == WAITING and self.pool is not None:
+        self.state = codes.CLIENT_CLOSED
+        if previous == codes.CLIENT_WAITING and self.pool is not None:
             self.pool.remove_waiter(self)
         server = self.server
         if server is not None:
@@ -1126,7 +1115,7 @@ class ClientConnection(Borrower):
         out.append(messages.READY_IDLE)
         self.write(b"".join(out))
         leftover = self._rx.take_all()
-        self.state = IDLE
+        self.state = codes.CLIENT_IDLE
         if leftover:
             self.data_received(leftover)
 

@@ -1,6 +1,9 @@
 # Cython declarations for prepared.py (used only by the optional compiled build, see setup.py); the .py file
 # runs unchanged without them.
 
+from pg_doorman cimport codes
+
+
 cdef class Expect
 
 

@@ -14,7 +14,7 @@ synthetic ParseComplete is produced), Bind/Describe get the server name and a hi
 server lacks it, Close of a statement only forgets the client's name.
 
 The server's answers are matched to what was sent with a queue of `Expect` entries (see server.py). Entry codes
-name the message that completes each request:
+(codes.py) name the message that completes each request.
 """
 
 from __future__ import annotations
@@ -26,29 +26,20 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pg_doorman import codes
 from pg_doorman.protocol import messages
 
 # What completes an expected response (codes used by the response queue in server.py).
-PARSE = 1  # '1' ParseComplete
-BIND = 2  # '2' BindComplete
-DESCRIBE = 3  # 'T' RowDescription or 'n' NoData (after 't' for a statement)
-EXECUTE = 4  # 'C' CommandComplete, 'I' EmptyQueryResponse, 's' PortalSuspended
-CLOSE = 5  # '3' CloseComplete
-SYNC = 6  # 'Z' ReadyForQuery; stops the skip-after-error
-QUERY = 7  # 'Z' ReadyForQuery of a simple Query / FunctionCall; errors inside do not complete it
-SYNTHETIC = 8  # produced by the pooler: `data` is written when the entry reaches the head of the queue
-HIDDEN_QUERY = 9  # a simple Query the pooler inserted: its whole reply, up to ReadyForQuery, is dropped
-
 COMPLETES: dict[int, int] = {
-    ord("1"): PARSE,
-    ord("2"): BIND,
-    ord("T"): DESCRIBE,
-    ord("n"): DESCRIBE,
-    ord("C"): EXECUTE,
-    ord("I"): EXECUTE,
-    ord("s"): EXECUTE,
-    ord("3"): CLOSE,
-    ord("Z"): SYNC,
+    ord("1"): codes.PARSE,
+    ord("2"): codes.BIND,
+    ord("T"): codes.DESCRIBE,
+    ord("n"): codes.DESCRIBE,
+    ord("C"): codes.EXECUTE,
+    ord("I"): codes.EXECUTE,
+    ord("s"): codes.EXECUTE,
+    ord("3"): codes.CLOSE,
+    ord("Z"): codes.SYNC,
 }
 
 # The same as a 256-entry table indexed by the message type byte (0: completes nothing), for the forwarding loop.
@@ -72,8 +63,8 @@ class Statement:
         self.parse_message = messages.message(b"P", name + b"\x00" + query + b"\x00" + types)
         # What a Bind or a Describe of this statement owes. Such entries are never modified once queued, so one
         # of each per statement serves every request (no allocation per Bind).
-        self.bind_expect = Expect(BIND, stmt=self)
-        self.describe_expect = Expect(DESCRIBE, stmt=self)
+        self.bind_expect = Expect(codes.BIND, stmt=self)
+        self.describe_expect = Expect(codes.DESCRIBE, stmt=self)
 
 
 class Expect:

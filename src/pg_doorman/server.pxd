@@ -7,6 +7,7 @@
 # classes declared here (Borrower, Lender), which ClientConnection and Pool extend.
 import cython
 
+from pg_doorman cimport codes
 from pg_doorman.connection cimport Connection
 from pg_doorman.prepared cimport Expect, ServerStatements
 
@@ -48,7 +49,7 @@ cdef class ServerConnection(Connection):
     cdef public double created_at
     cdef public object expect
     cdef public double expires_at
-    cdef public object extra_keys
+    cdef public set extra_keys
     cdef public double idle_expires_after
     cdef public bint in_copy
     cdef public double last_used
@@ -57,7 +58,7 @@ cdef class ServerConnection(Connection):
     cdef public bint need_reset_all
     cdef public bint need_unlisten
     cdef public object param_token
-    cdef public object params
+    cdef public dict params
     cdef public Py_ssize_t pending_z
     cdef public object pid
     cdef public Lender pool
@@ -65,11 +66,11 @@ cdef class ServerConnection(Connection):
     cdef public object secret
     cdef public bint skipping
     cdef public Py_ssize_t sql_prepare_pending
-    cdef public object sql_prepared
+    cdef public dict sql_prepared
     cdef public int state
     cdef public ServerStatements statements
     cdef public Py_ssize_t syncs_after_execute
-    cdef public object to_close
+    cdef public dict to_close
     cdef public bint tracked
     cdef public int tx_status
     cdef public bint unsynced

@@ -18,19 +18,10 @@ from collections import deque
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from pg_doorman import sockets
+from pg_doorman import codes, sockets
 from pg_doorman.auth.backend import ServerCredentials, ServerLogin
 from pg_doorman.connection import Connection
-from pg_doorman.prepared import (
-    BIND,
-    COMPLETES_TABLE,
-    HIDDEN_QUERY,
-    QUERY,
-    SYNC,
-    SYNTHETIC,
-    Expect,
-    ServerStatements,
-)
+from pg_doorman.prepared import COMPLETES_TABLE, Expect, ServerStatements
 from pg_doorman.protocol import messages
 from pg_doorman.protocol.errors import CONNECTION_FAILURE, PoolerError, ServerError
 from pg_doorman.protocol.framing import MessageBuffer, type_table
@@ -66,10 +57,8 @@ SYNCABLE_REPORTED = frozenset(
     }
 )
 
-CONNECTING, IDLE, ACTIVE, CLEANUP, CLOSED = range(5)
-
 # The ReadyForQuery that ends a batch being retried (hidden).
-_RETRY_SYNC = Expect(SYNC, hide=True)
+_RETRY_SYNC = Expect(codes.SYNC, hide=True)
 
 
 class Borrower(Connection):
@@ -157,7 +146,7 @@ class ServerConnection(Connection):
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
         self.set_transport(None)
-        self.state = CONNECTING
+        self.state = codes.SERVER_CONNECTING
         self.client: ClientConnection | None = None
         self.params: dict[str, str] = {}
         self.param_token: tuple[tuple[str, str], ...] = ()
@@ -231,7 +220,7 @@ class ServerConnection(Connection):
         self.pid, self.secret = login.pid, login.secret
         self.params = login.params
         self.refresh_param_token()
-        self.state = IDLE
+        self.state = codes.SERVER_IDLE
 
     def _on_login_data(self, data: bytes) -> None:
         login = self._login
@@ -266,14 +255,14 @@ class ServerConnection(Connection):
 
     def data_received(self, data: bytes) -> None:
         state = self.state
-        if state == ACTIVE:
+        if state == codes.SERVER_ACTIVE:
             if self.tracked:
                 self._forward_tracked(data)
             else:
                 self._forward(data)
-        elif state == CONNECTING:
+        elif state == codes.SERVER_CONNECTING:
             self._on_login_data(data)
-        elif state == CLEANUP:
+        elif state == codes.SERVER_CLEANUP:
             self._on_cleanup_data(data)
         else:
             # An idle server must not talk: it is a FATAL error before termination, or garbage.
@@ -286,7 +275,7 @@ class ServerConnection(Connection):
     def connection_lost(self, exc: Exception | None) -> None:
         self.forget_socket()
         previous = self.state
-        self.state = CLOSED
+        self.state = codes.SERVER_CLOSED
         waiter = self._login_waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(
@@ -400,10 +389,12 @@ class ServerConnection(Connection):
         inserts answers for requests it did not send (synthetic ParseComplete/CloseComplete) at their position,
         and after an ErrorResponse drops what PostgreSQL skips up to the next Sync."""
         expect = self.expect
-        if len(expect) == 1 and expect[0].code == QUERY and expect[0].undo is None:
-            # A lone simple Query (the common case): nothing to match but its ReadyForQuery.
-            self._forward(data)
-            return
+        if len(expect) == 1:
+            head = expect[0]
+            if head.code == codes.QUERY and head.undo is None:
+                # A lone simple Query (the common case): nothing to match but its ReadyForQuery.
+                self._forward(data)
+                return
         if self._carry:
             data = self._carry + data
             self._carry = b""
@@ -411,7 +402,7 @@ class ServerConnection(Connection):
         pos = self._skip
         if pos >= n:
             self._skip = pos - n
-            if not self._swallow and not (expect and expect[0].code == HIDDEN_QUERY):
+            if not self._swallow and not (expect and expect[0].code == codes.HIDDEN_QUERY):
                 client = self.client
                 if client is not None:
                     client.write(data)
@@ -419,10 +410,10 @@ class ServerConnection(Connection):
         self._skip = 0
         start = 0
         out: list[bytes] | None = None
-        if expect and expect[0].code == SYNTHETIC:
+        if expect and expect[0].code == codes.SYNTHETIC:
             # Answers the pooler owes for requests it did not send come before anything the server says now.
             out = []
-            while expect and expect[0].code == SYNTHETIC:
+            while expect and expect[0].code == codes.SYNTHETIC:
                 out.append(expect.popleft().data)
         watched = WATCHED_TRACKED
         completes = COMPLETES_TABLE
@@ -461,15 +452,15 @@ class ServerConnection(Connection):
                 start = end
                 pos = end
                 continue
-            if expect and expect[0].code == HIDDEN_QUERY:
+            if expect and expect[0].code == codes.HIDDEN_QUERY:
                 # The reply to a query the pooler inserted: dropped whole, up to its ReadyForQuery.
                 if kind == 90:
                     self.tx_status = data[pos + 5]
                     expect.popleft()
-                    if expect and expect[0].code == SYNTHETIC:
+                    if expect and expect[0].code == codes.SYNTHETIC:
                         if out is None:
                             out = []
-                        while expect and expect[0].code == SYNTHETIC:
+                        while expect and expect[0].code == codes.SYNTHETIC:
                             out.append(expect.popleft().data)
                 elif kind == 83:
                     self._on_parameter_status(data[pos + 5 : end])
@@ -484,19 +475,19 @@ class ServerConnection(Connection):
             code = completes[kind]
             if code and expect:
                 head = expect[0]
-                if head.code == code or (head.code == QUERY and kind == 90):
+                if head.code == code or (head.code == codes.QUERY and kind == 90):
                     expect.popleft()
                     if head.hide:
                         if out is None:
                             out = []
                         out.append(data[start:pos])
                         start = end
-                    if expect and (expect[0].code == SYNTHETIC or expect[0].code == HIDDEN_QUERY):
+                    if expect and (expect[0].code == codes.SYNTHETIC or expect[0].code == codes.HIDDEN_QUERY):
                         if out is None:
                             out = []
                         out.append(data[start:end])
                         start = end
-                        while expect and expect[0].code == SYNTHETIC:
+                        while expect and expect[0].code == codes.SYNTHETIC:
                             out.append(expect.popleft().data)
             if kind == 90:  # 'Z' ReadyForQuery
                 self.tx_status = data[pos + 5]
@@ -531,7 +522,7 @@ class ServerConnection(Connection):
                     stmt = expect[0].stmt
                     assert stmt is not None
                     self.pool.registry.forget(stmt)
-                if stale and self.replay_source is not None and expect[0].code == BIND:
+                if stale and self.replay_source is not None and expect[0].code == codes.BIND:
                     # The statement's result type changed under it (DDL): re-prepare and run the batch again,
                     # once, instead of failing the client. Its error and the ReadyForQuery that ends the failed
                     # batch are hidden.
@@ -540,16 +531,16 @@ class ServerConnection(Connection):
                         out = []
                     out.append(data[start:pos])
                     start = end
-                    while expect and expect[0].code != SYNC:
+                    while expect and expect[0].code != codes.SYNC:
                         self._fail_request(expect.popleft())
                     if expect:
                         expect[0] = _RETRY_SYNC
                 elif expect:
-                    if expect[0].code == QUERY:
+                    if expect[0].code == codes.QUERY:
                         self._fail_request(expect[0])
                     else:
                         self._fail_request(expect.popleft())
-                        while expect and expect[0].code != SYNC:
+                        while expect and expect[0].code != codes.SYNC:
                             self._fail_request(expect.popleft())
                         if not expect:
                             self.skipping = True
@@ -564,7 +555,7 @@ class ServerConnection(Connection):
                 if kind == 71:
                     self._copy_in_started()
             pos = end
-        if self._swallow or (expect and expect[0].code == HIDDEN_QUERY):
+        if self._swallow or (expect and expect[0].code == codes.HIDDEN_QUERY):
             start = n
         client = self.client
         if client is not None:
@@ -622,7 +613,7 @@ class ServerConnection(Connection):
             self.statements.discard(entry.parsed)
         undo = entry.undo
         if undo is not None:
-            if entry.code == QUERY or entry.code == HIDDEN_QUERY:
+            if entry.code == codes.QUERY or entry.code == codes.HIDDEN_QUERY:
                 entry.undo = None  # a Query reports at most one error that matters here
             undo()
 
@@ -695,7 +686,7 @@ class ServerConnection(Connection):
     def attach(self, client: ClientConnection, sync_sql: str | None) -> None:
         """Lend this server to ``client``; ``sync_sql`` (if any) is sent first and its reply swallowed."""
         self.client = client
-        self.state = ACTIVE
+        self.state = codes.SERVER_ACTIVE
         self.used = True
         self.pending_z = 0
         self.unsynced = False
@@ -737,7 +728,7 @@ class ServerConnection(Connection):
         if expect:
             kept: deque[Expect] = deque()
             for entry in expect:
-                if ignored and entry.code == SYNC and kept:
+                if ignored and entry.code == codes.SYNC and kept:
                     ignored -= 1
                     continue
                 kept.append(entry)
@@ -774,7 +765,7 @@ class ServerConnection(Connection):
         pool = self.pool
         if (
             self.cancel_sent  # a cancel may still be in flight toward this backend: never lend it again
-            or self.state != ACTIVE
+            or self.state != codes.SERVER_ACTIVE
             or self.pending_z > 0  # the client left in the middle of a request or a COPY: close, do not drain
             or self.unsynced
             or self.in_copy
@@ -813,7 +804,7 @@ class ServerConnection(Connection):
     def start_cleanup(self, sql: str) -> None:
         """Run ``sql`` and return to the pool when its ReadyForQuery says the session is idle."""
         assert self.transport is not None
-        self.state = CLEANUP
+        self.state = codes.SERVER_CLEANUP
         self._carry = b""
         self._cleanup_buf = MessageBuffer()
         self._cleanup_failed = False
@@ -847,7 +838,7 @@ class ServerConnection(Connection):
                     self._forget_extra_params()
                 if self._cleanup_deallocates:
                     self.forget_statements()
-                self.state = IDLE
+                self.state = codes.SERVER_IDLE
                 self.pool.checkin(self)
                 return
 
@@ -864,7 +855,7 @@ class ServerConnection(Connection):
             self.transport.resume_reading()
 
     def close(self) -> None:
-        if self.transport is not None and self.state != CLOSED:
+        if self.transport is not None and self.state != codes.SERVER_CLOSED:
             try:
                 self.write(messages.TERMINATE)
             except Exception:

@@ -119,3 +119,12 @@ def test_setup_py_compiles_the_hot_path() -> None:
     setup_py = (SRC.parent.parent / "setup.py").read_text()
     listed = re.findall(r'"src/pg_doorman/([\w/]+)\.py"', setup_py)
     assert sorted(listed) == sorted(pg_doorman.COMPILED_MODULES)
+
+
+def test_codes_pxd_matches_codes_py() -> None:
+    """The compiled modules compare against codes.pxd's C constants, the pure-Python ones against codes.py."""
+    from pg_doorman import codes
+
+    declared = dict(re.findall(r"^\s+([A-Z_]+) = (\d+)$", (SRC / "codes.pxd").read_text(), re.M))
+    defined = {name: str(value) for name, value in vars(codes).items() if name.isupper()}
+    assert declared == defined

@@ -9,13 +9,12 @@ from typing import Any
 
 import pytest
 
+from pg_doorman import codes
 from pg_doorman.app import Application
-from pg_doorman.client import IDLE as CLIENT_IDLE
 from pg_doorman.client import ClientConnection
 from pg_doorman.config import load_config
 from pg_doorman.protocol import messages
 from pg_doorman.protocol.framing import MessageBuffer
-from pg_doorman.server import IDLE as SERVER_IDLE
 from pg_doorman.server import ServerConnection
 
 
@@ -54,13 +53,13 @@ def make_pair(tmp_path: Path, tracked: bool) -> tuple[ClientConnection, ServerCo
     pool = app.pools[("db", "u")]
     server = ServerConnection(pool)
     server.set_transport(RecordingTransport())  # type: ignore[arg-type]
-    server.state = SERVER_IDLE
+    server.state = codes.SERVER_IDLE
     pool.servers.add(server)
     pool.idle.append(server)
     client = ClientConnection(app)
     client.set_transport(RecordingTransport())  # type: ignore[arg-type]
     client.pool = pool
-    client.state = CLIENT_IDLE
+    client.state = codes.CLIENT_IDLE
     client.transaction_mode = True
     if tracked:
         client.track_statements()

@@ -2,6 +2,7 @@
 # file runs unchanged without them.
 import cython
 
+from pg_doorman cimport codes
 from pg_doorman.server cimport Lender, ServerConnection
 
 

@@ -14,10 +14,11 @@ from collections import deque
 from time import monotonic
 from typing import TYPE_CHECKING, cast
 
+from pg_doorman import codes
 from pg_doorman.auth.backend import ServerCredentials
 from pg_doorman.prepared import StatementRegistry
 from pg_doorman.protocol.errors import PoolerError
-from pg_doorman.server import CLOSED, IDLE, Lender, ServerConnection, login_error
+from pg_doorman.server import Lender, ServerConnection, login_error
 from pg_doorman.tasks import spawn
 
 if TYPE_CHECKING:
@@ -90,7 +91,7 @@ class Pool(Lender):
         idle = self.idle
         while idle:
             server = idle.popleft() if self.round_robin else idle.pop()
-            if server.state != IDLE:
+            if server.state != codes.SERVER_IDLE:
                 continue
             if self.now >= server.expires_at:
                 server.close()  # past server_lifetime while idle: never lent again
@@ -136,12 +137,12 @@ class Pool(Lender):
 
     def checkin(self, server: ServerConnection) -> None:
         """Take a clean, idle server back: hand it to the oldest waiting client or park it."""
-        if server.state == CLOSED:
+        if server.state == codes.SERVER_CLOSED:
             return
         if self.retired or self.now >= server.expires_at:
             server.close()
             return
-        server.state = IDLE
+        server.state = codes.SERVER_IDLE
         waiters = self.waiters
         while waiters:
             client = waiters.popleft()
@@ -157,7 +158,7 @@ class Pool(Lender):
             return
         self.servers.discard(server)
         self.stats_server_statement_evictions += server.statements.evictions
-        if previous_state == IDLE:
+        if previous_state == codes.SERVER_IDLE:
             try:
                 self.idle.remove(server)
             except ValueError:
