@@ -29,8 +29,7 @@ cdef class ClientConnection(Borrower):
     cdef public object application_name
     cdef public object database
     cdef public bint is_admin
-    cdef public object param_token
-    cdef public object params
+    cdef public tuple param_token
     cdef public object peer
     cdef public object pid
     cdef public Pool pool

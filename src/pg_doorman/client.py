@@ -242,7 +242,6 @@ class ClientConnection(Borrower):
         "database",
         "is_admin",
         "param_token",
-        "params",
         "peer",
         "pid",
         "pool",
@@ -267,7 +266,8 @@ class ClientConnection(Borrower):
         self._unnamed_cache: dict[bytes, Statement] = {}
         self._unnamed_parse_complete: Expect | None = None  # set by track_statements()
         self.transaction_mode = True
-        self.params: dict[str, str] = {}
+        # The session parameters the client set (startup packet, options, SET reported back), as the pool's shared
+        # interned tuple: clients with the same settings hold one object (see `params`).
         self.param_token: tuple[tuple[str, str], ...] = ()
         self.pid = 0
         self.secret = 0
@@ -442,16 +442,21 @@ class ClientConnection(Borrower):
         self.pool = pool
         self.param_token = pool.intern_params(self.params)
 
+    @property
+    def params(self) -> dict[str, str]:
+        """The client's session parameters (a new dict; they are kept as `param_token`)."""
+        return dict(self.param_token)
+
     def _parameter_sync_sql(self, server: ServerConnection) -> str | None:
         """SET/RESET statements that make the server's tracked parameters equal to this client's."""
-        mine = self.params
+        mine = self.param_token
         theirs = server.params
         parts = []
-        for name, value in mine.items():
+        for name, value in mine:
             if theirs.get(name) != value:
                 parts.append(f"SET {messages.quote_ident(name)} TO {messages.quote_literal(value)}")
                 theirs[name] = value
-        extras = {name for name in mine if name not in SYNCABLE_REPORTED}
+        extras = {name for name, _ in mine if name not in SYNCABLE_REPORTED}
         for name in server.extra_keys - extras:
             parts.append(f"RESET {messages.quote_ident(name)}")
             theirs.pop(name, None)
@@ -941,9 +946,12 @@ class ClientConnection(Borrower):
             )
 
     def on_parameter_status(self, name: str, value: str) -> None:
-        self.params[name] = value
+        params = self.params
+        params[name] = value
         if self.pool is not None:
-            self.param_token = self.pool.intern_params(self.params)
+            self.param_token = self.pool.intern_params(params)
+        else:
+            self.param_token = tuple(sorted(params.items()))
 
     def cancel_waiting(self) -> bool:
         """A CancelRequest for a simple query that still waits for a server: cancel it before it runs.
@@ -1102,7 +1110,6 @@ class ClientConnection(Borrower):
             if name not in NOT_SETTABLE and not name.startswith("_pq_."):
                 tracked[name] = value
         tracked.update(parse_options(startup.get("options", "")))
-        self.params = tracked
         self.param_token = pool.intern_params(tracked)
         self.pid, self.secret = self.app.register_cancel_key(self)
         out = [messages.AUTH_OK]
