@@ -36,7 +36,6 @@ cdef class ClientConnection(Borrower):
     cdef public object secret
     cdef public ServerConnection server
     cdef public object sql_prepared
-    cdef public int state
     cdef public ClientStatements statements
     cdef public object user
     cdef public double wait_deadline

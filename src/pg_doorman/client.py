@@ -248,7 +248,6 @@ class ClientConnection(Borrower):
         "secret",
         "server",
         "sql_prepared",
-        "state",
         "statements",
         "user",
         "wait_deadline",
@@ -357,10 +356,6 @@ class ClientConnection(Borrower):
             self.forget_socket()
             self.transport.close()
         self._teardown()
-
-    @property
-    def waiting(self) -> bool:
-        return self.state == codes.CLIENT_WAITING
 
     # -------------------------------------------------------------- forwarding
 

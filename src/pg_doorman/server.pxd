@@ -18,8 +18,10 @@ cdef class ServerConnection
 
 
 cdef class Borrower(Connection):
+    cdef public int state
     cdef public bint transaction_mode
 
+    cpdef attach_server(self, ServerConnection server)
     cpdef release_server(self)
 
 

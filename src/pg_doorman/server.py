@@ -68,9 +68,19 @@ class Borrower(Connection):
     C calls and C fields, while cimports stay one-way (client -> pool -> server).
     """
 
-    __slots__ = ("transaction_mode",)
+    __slots__ = ("state", "transaction_mode")
 
+    state: int  # codes.CLIENT_*
     transaction_mode: bool
+
+    @property
+    def waiting(self) -> bool:
+        """Queued in its pool for a server."""
+        return self.state == codes.CLIENT_WAITING
+
+    def attach_server(self, server: ServerConnection) -> None:
+        """The pool hands a server to this waiting client."""
+        raise NotImplementedError
 
     def release_server(self) -> None:
         """The transaction is over (ReadyForQuery 'I'): give the server back."""

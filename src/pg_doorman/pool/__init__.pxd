@@ -3,7 +3,7 @@
 import cython
 
 from pg_doorman cimport codes
-from pg_doorman.server cimport Lender, ServerConnection
+from pg_doorman.server cimport Borrower, Lender, ServerConnection
 
 
 cdef class Pool(Lender):
@@ -11,7 +11,7 @@ cdef class Pool(Lender):
     cdef public object name
     cdef public bint transaction_mode
     cdef public bint round_robin
-    cdef public object idle
+    cdef public list idle
     cdef public object waiters
     cdef public set servers
     cdef public Py_ssize_t opening
@@ -29,7 +29,8 @@ cdef class Pool(Lender):
     cdef public Py_ssize_t stats_connect_errors
     cdef public Py_ssize_t stats_server_statement_evictions
 
-    @cython.locals(server=ServerConnection)
+    @cython.locals(server=ServerConnection, idle=list)
     cpdef ServerConnection checkout_nowait(self)
 
+    @cython.locals(client=Borrower)
     cpdef checkin(self, ServerConnection server)
