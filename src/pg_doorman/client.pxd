@@ -19,7 +19,6 @@ cdef class ClientConnection(Borrower):
     cdef public object _deferred_begin
     cdef public list _queued
     cdef public Py_ssize_t _queued_bytes
-    cdef public bint _read_paused
     cdef public object _rx
     cdef public object _rx_waiter
     cdef public Py_ssize_t _skip

@@ -231,7 +231,6 @@ class ClientConnection(Borrower):
         "_deferred_begin",
         "_queued",
         "_queued_bytes",
-        "_read_paused",
         "_rx",
         "_rx_waiter",
         "_skip",
@@ -281,7 +280,6 @@ class ClientConnection(Borrower):
         self._skip = 0
         self._carry = b""
         self._deferred_begin: bytes | None = None
-        self._read_paused = False
         self._queued_bytes = 0
         self.wait_deadline = 0.0  # monotonic time when waiting for a server ends in 53300; 0: no limit
 
@@ -338,16 +336,6 @@ class ClientConnection(Borrower):
             server.resume_reading()
 
     # ---------------------------------------------------------------- helpers
-
-    def pause_reading(self) -> None:
-        if not self._read_paused and self.transport is not None:
-            self._read_paused = True
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self._read_paused and self.transport is not None:
-            self._read_paused = False
-            self.transport.resume_reading()
 
     def fail(self, err: PoolerError) -> None:
         """Send an ErrorResponse and close the connection."""

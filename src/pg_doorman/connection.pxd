@@ -8,9 +8,12 @@ from pg_doorman cimport directio
 cdef class Connection:
     cdef public int _fd
     cdef public bint _queued_in_transport
+    cdef public bint _read_paused
     cdef public object _send
     cdef public object transport
 
+    cpdef pause_reading(self)
+    cpdef resume_reading(self)
     cpdef forget_socket(self)
     cpdef write(self, data)
 

@@ -23,22 +23,34 @@ if TYPE_CHECKING:
 
 
 class Connection:
-    __slots__ = ("_fd", "_queued_in_transport", "_send", "transport")
+    __slots__ = ("_fd", "_queued_in_transport", "_read_paused", "_send", "transport")
 
     transport: asyncio.Transport | None
     _send: Callable[[Any], object] | None  # the transport's bound write
     _fd: int  # the socket for direct writes, or -1
     _queued_in_transport: bool  # transport.write was used: it may still hold bytes
+    _read_paused: bool  # pause_reading() is in effect (flow control from the other side)
 
     def set_transport(self, transport: asyncio.Transport | None) -> None:
         self.transport = transport
         self._send = transport.write if transport is not None else None
         self._queued_in_transport = False
+        self._read_paused = False
         self._fd = -1
         if transport is not None and transport.get_extra_info("sslcontext") is None:
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 self._fd = sock.fileno()
+
+    def pause_reading(self) -> None:
+        if not self._read_paused and self.transport is not None:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._read_paused and self.transport is not None:
+            self._read_paused = False
+            self.transport.resume_reading()
 
     def forget_socket(self) -> None:
         """No more direct writes: the transport is closing or gone (its descriptor may be reused)."""

@@ -41,7 +41,6 @@ cdef class ServerConnection(Connection):
     cdef public object _login
     cdef public object _login_buf
     cdef public object _login_waiter
-    cdef public bint _read_paused
     cdef public object _retry
     cdef public Py_ssize_t _skip
     cdef public Py_ssize_t _swallow

@@ -115,7 +115,6 @@ class ServerConnection(Connection):
         "_login",
         "_login_buf",
         "_login_waiter",
-        "_read_paused",
         "_retry",
         "_skip",
         "_swallow",
@@ -195,7 +194,6 @@ class ServerConnection(Connection):
         self._swallow = 0
         self._inject_error: ServerError | None = None
         self._carry = b""
-        self._read_paused = False
         self._cleanup_buf = MessageBuffer()
         self._cleanup_failed = False
         self._cleanup_resets = False
@@ -768,10 +766,7 @@ class ServerConnection(Connection):
         """The client is done with this server (transaction over): clean it if needed, back to the pool."""
         self.client = None
         self.last_used = self.pool.now
-        if self._read_paused:
-            self._read_paused = False
-            if self.transport is not None:
-                self.transport.resume_reading()
+        self.resume_reading()  # the client may have left while it held this server's reads back
         pool = self.pool
         if (
             self.cancel_sent  # a cancel may still be in flight toward this backend: never lend it again
@@ -853,16 +848,6 @@ class ServerConnection(Connection):
                 return
 
     # ------------------------------------------------------------- flow control
-
-    def pause_reading(self) -> None:
-        if not self._read_paused and self.transport is not None:
-            self._read_paused = True
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self._read_paused and self.transport is not None:
-            self._read_paused = False
-            self.transport.resume_reading()
 
     def close(self) -> None:
         if self.transport is not None and self.state != codes.SERVER_CLOSED:
