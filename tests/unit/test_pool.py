@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from test_forwarding import RecordingTransport
 
 from pg_doorman import codes
 from pg_doorman.app import Application
@@ -14,14 +15,12 @@ from pg_doorman.config import load_config
 from pg_doorman.pool import Pool
 from pg_doorman.server import ServerConnection
 
-from test_forwarding import RecordingTransport
-
 
 def make_pool(tmp_path: Path, general: str = "") -> Pool:
     path = tmp_path / "c.yaml"
     path.write_text(
-        "general: {admin_username: a, admin_password: b, %s}\n"
-        "pools: {db: {users: [{username: u, password: '', pool_size: 3}]}}\n" % general
+        "general: {admin_username: a, admin_password: b, " + general + "}\n"
+        "pools: {db: {users: [{username: u, password: '', pool_size: 3}]}}\n"
     )
     return Application(load_config(path)).pools[("db", "u")]
 
