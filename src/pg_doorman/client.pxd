@@ -4,7 +4,13 @@ import cython
 
 from pg_doorman cimport codes
 from pg_doorman.pool cimport Pool
-from pg_doorman.prepared cimport ClientStatements, Expect, Statement
+from pg_doorman.prepared cimport (
+    ClientStatements,
+    Expect,
+    Statement,
+    name_after_first_cstring,
+    rebuild_with_name,
+)
 from pg_doorman.server cimport Borrower, ServerConnection
 
 

@@ -591,7 +591,15 @@ class ClientConnection(Borrower):
                         binds = 0
                     if kind == 66:
                         binds += 1
-                    self._rewrite(kind, data[pos:end], server, out)
+                    try:
+                        self._rewrite(kind, data[pos:end], server, out)
+                    except (ValueError, IndexError):
+                        # A statement or portal name without its NUL: nothing the pooler can rename. PostgreSQL
+                        # would say the same (08P01); nothing of this read reaches the server.
+                        server.pending_z += z
+                        log.info("client %s sent a malformed %r message", self.peer, chr(kind))
+                        self.fail(ProtocolViolation(f"invalid message format ({chr(kind)!r} message)"))
+                        return
                     seg = end
             elif kind == 69:  # 'E' Execute
                 expect.append(_EXPECT_EXECUTE)
@@ -735,6 +743,8 @@ class ClientConnection(Borrower):
                 out.append(rebuild_with_name(b"B", body, start, end, bound.name))
                 expect.append(bound.bind_expect)
         elif kind == 68:  # 'D' Describe
+            if body[-1:] != b"\x00":
+                raise ValueError("Describe without a terminated name")
             described = statements.lookup(body[1:-1]) if body[:1] == b"S" else None
             if described is None:
                 out.append(raw)
@@ -746,6 +756,8 @@ class ClientConnection(Borrower):
                 out.append(messages.message(b"D", b"S" + described.name + b"\x00"))
                 expect.append(described.describe_expect)
         else:  # 'C' Close
+            if body[-1:] != b"\x00":
+                raise ValueError("Close without a terminated name")
             if body[:1] == b"S":
                 name = body[1:-1]
                 closed = statements.named.pop(name, None) if name else statements.unnamed

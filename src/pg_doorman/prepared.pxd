@@ -47,3 +47,7 @@ cdef class ClientStatements:
     cdef public Statement unnamed
 
     cpdef Statement lookup(self, bytes name)
+
+
+cpdef (Py_ssize_t, Py_ssize_t) name_after_first_cstring(bytes body)
+cpdef bytes rebuild_with_name(bytes kind, bytes body, Py_ssize_t start, Py_ssize_t end, bytes name)

@@ -201,7 +201,7 @@ def parse_parse(body: bytes | memoryview) -> ParsedParse:
 
 def name_after_first_cstring(body: bytes) -> tuple[int, int]:
     """Offsets [start, end) of the second NUL-terminated string (Bind: statement name after the portal name)."""
-    start = body.index(b"\x00") + 1
+    start = 1 if body[0] == 0 else body.index(b"\x00") + 1  # the portal name is nearly always empty
     return start, body.index(b"\x00", start)
 
 

@@ -398,6 +398,28 @@ def test_message_with_bogus_length_after_login(trusted: Any, bystander: Any, kin
     assert_serves(trusted)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b"P" + b"s1", id="parse-name-unterminated"),
+        pytest.param(b"P" + b"s1\x00select 1", id="parse-query-unterminated"),
+        pytest.param(b"B" + b"", id="bind-empty"),
+        pytest.param(b"B" + b"\x00s1", id="bind-statement-unterminated"),
+        pytest.param(b"D" + b"Ss1", id="describe-unterminated"),
+        pytest.param(b"C" + b"Ss1", id="close-unterminated"),
+    ],
+)
+def test_malformed_extended_message_after_login(trusted: Any, bystander: Any, body: bytes) -> None:
+    """Parse/Bind/Describe/Close whose strings are not NUL-terminated: the pooler reads their statement names
+    (prepared statements in transaction mode), so it must refuse them itself, and only that client."""
+    with Wire(trusted.port) as wire:
+        wire.login(LOGIN)
+        wire.send(body[:1] + struct.pack("!i", len(body) + 3) + body[1:] + b"S\x00\x00\x00\x04")
+        expect_fatal(wire, "08P01")
+    check_bystander(bystander)
+    assert_serves(trusted)
+
+
 def test_bogus_length_inside_a_transaction(trusted: Any, bystander: Any) -> None:
     with Wire(trusted.port) as wire:
         wire.login(LOGIN)
