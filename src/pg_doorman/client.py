@@ -33,6 +33,7 @@ from pg_doorman.protocol.errors import (
     ADMIN_SHUTDOWN,
     CONNECTION_FAILURE,
     FEATURE_NOT_SUPPORTED,
+    INTERNAL_ERROR,
     INVALID_AUTHORIZATION,
     INVALID_CATALOG_NAME,
     INVALID_PASSWORD,
@@ -294,21 +295,27 @@ class ClientConnection(Borrower):
         spawn(self._login(too_many))
 
     def data_received(self, data: bytes) -> None:
-        state = self.state
-        if state == codes.CLIENT_ACTIVE:
-            self._forward(data)
-        elif state == codes.CLIENT_IDLE:
-            self._start_transaction(data)
-        elif state == codes.CLIENT_WAITING:
-            self._queued.append(data)
-            self._queued_bytes += len(data)
-            if self._queued_bytes > _MAX_QUEUED_WHILE_WAITING:
-                self.pause_reading()  # a client that keeps sending while it waits: hold it back
-        elif state == codes.CLIENT_STARTUP:
-            self._rx.feed(data)
-            waiter = self._rx_waiter
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+        try:
+            state = self.state
+            if state == codes.CLIENT_ACTIVE:
+                self._forward(data)
+            elif state == codes.CLIENT_IDLE:
+                self._start_transaction(data)
+            elif state == codes.CLIENT_WAITING:
+                self._queued.append(data)
+                self._queued_bytes += len(data)
+                if self._queued_bytes > _MAX_QUEUED_WHILE_WAITING:
+                    self.pause_reading()  # a client that keeps sending while it waits: hold it back
+            elif state == codes.CLIENT_STARTUP:
+                self._rx.feed(data)
+                waiter = self._rx_waiter
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+        except Exception:
+            # A bug met on this client's bytes: it loses its connection (with an ErrorResponse, and its server is
+            # cleaned or closed as after any disconnect); everyone else goes on.
+            log.exception("client %s: internal error", self.peer)
+            self.fail(PoolerError(INTERNAL_ERROR, "internal error in pg_doorman (see its log)"))
 
     def eof_received(self) -> bool | None:
         # Like PostgreSQL, EOF from the client ends the session. Abort rather than close: a close would wait to

@@ -23,7 +23,7 @@ from pg_doorman.auth.backend import ServerCredentials, ServerLogin
 from pg_doorman.connection import Connection
 from pg_doorman.prepared import COMPLETES_TABLE, Expect, ServerStatements
 from pg_doorman.protocol import messages
-from pg_doorman.protocol.errors import CONNECTION_FAILURE, PoolerError, ServerError
+from pg_doorman.protocol.errors import CONNECTION_FAILURE, INTERNAL_ERROR, PoolerError, ServerError
 from pg_doorman.protocol.framing import MessageBuffer, type_table
 
 if TYPE_CHECKING:
@@ -262,20 +262,29 @@ class ServerConnection(Connection):
         sockets.configure(transport.get_extra_info("socket"))
 
     def data_received(self, data: bytes) -> None:
-        state = self.state
-        if state == codes.SERVER_ACTIVE:
-            if self.tracked:
-                self._forward_tracked(data)
+        try:
+            state = self.state
+            if state == codes.SERVER_ACTIVE:
+                if self.tracked:
+                    self._forward_tracked(data)
+                else:
+                    self._forward(data)
+            elif state == codes.SERVER_CONNECTING:
+                self._on_login_data(data)
+            elif state == codes.SERVER_CLEANUP:
+                self._on_cleanup_data(data)
             else:
-                self._forward(data)
-        elif state == codes.SERVER_CONNECTING:
-            self._on_login_data(data)
-        elif state == codes.SERVER_CLEANUP:
-            self._on_cleanup_data(data)
-        else:
-            # An idle server must not talk: it is a FATAL error before termination, or garbage.
-            log.info("server pid=%s sent data while idle; closing it", self.pid)
-            self.close()
+                # An idle server must not talk: it is a FATAL error before termination, or garbage.
+                log.info("server pid=%s sent data while idle; closing it", self.pid)
+                self.close()
+        except Exception:
+            # A bug met on this server's bytes: its client loses its connection and the server is dropped (its
+            # session state is unknown now); everyone else goes on.
+            log.exception("server pid=%s: internal error", self.pid)
+            client = self.client
+            if client is not None:
+                client.fail(PoolerError(INTERNAL_ERROR, "internal error in pg_doorman (see its log)"))
+            self.abort()
 
     def eof_received(self) -> bool | None:
         return None

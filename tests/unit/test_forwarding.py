@@ -43,7 +43,9 @@ class RecordingTransport:
         self.closed = True
 
 
-def make_pair(tmp_path: Path, tracked: bool) -> tuple[ClientConnection, ServerConnection, Any]:
+def make_pair(
+    tmp_path: Path, tracked: bool, client_class: type[ClientConnection] = ClientConnection
+) -> tuple[ClientConnection, ServerConnection, Any]:
     path = tmp_path / "c.yaml"
     path.write_text(
         "general: {admin_username: a, admin_password: b, prepared_statements: %s}\n"
@@ -56,7 +58,7 @@ def make_pair(tmp_path: Path, tracked: bool) -> tuple[ClientConnection, ServerCo
     server.state = codes.SERVER_IDLE
     pool.servers.add(server)
     pool.idle.append(server)
-    client = ClientConnection(app)
+    client = client_class(app)
     client.set_transport(RecordingTransport())  # type: ignore[arg-type]
     client.pool = pool
     client.state = codes.CLIENT_IDLE
@@ -254,5 +256,43 @@ def test_server_length_above_int32_range_does_not_loop(tmp_path: Path, tracked: 
         feed(server, huge + messages.READY_IDLE, 4096)
         assert bytes(client.transport.data) == huge + messages.READY_IDLE  # type: ignore[union-attr]
         assert client.server is server and not pool.idle
+
+    asyncio.run(run())
+
+
+class _BuggyClient(ClientConnection):
+    """Stands in for a bug in the client's forwarding code (a Python override of the compiled method too)."""
+
+    def _forward(self, data: bytes) -> None:
+        raise RuntimeError("simulated bug")
+
+
+def test_a_bug_costs_only_that_client_its_connection(tmp_path: Path) -> None:
+    """An exception out of the forwarding code: that client gets an ErrorResponse (XX000) and is closed, and its
+    server goes back to the pool untouched (nothing reached it) for the next client."""
+
+    async def run() -> None:
+        client, server, pool = make_pair(tmp_path, True, _BuggyClient)
+        client.data_received(messages.query("select 1"))
+        reply = bytes(client.transport.data)  # type: ignore[union-attr]
+        assert reply[:1] == b"E" and b"XX000" in reply and b"FATAL" in reply
+        assert client.transport.closed  # type: ignore[union-attr]
+        assert client.server is None and pool.idle == [server]
+        assert bytes(server.transport.data) == b""  # type: ignore[union-attr]
+
+    asyncio.run(run())
+
+
+def test_a_bug_on_the_server_side_closes_that_server_and_fails_its_client(tmp_path: Path) -> None:
+    async def run() -> None:
+        client, server, pool = make_pair(tmp_path, True)
+        feed(client, messages.query("select 1"), 4096)
+        assert client.server is server
+        server.expect.append(None)  # type: ignore[arg-type]  # a corrupt queue: what a bug could leave behind
+        server.data_received(messages.command_complete("SELECT 1") + messages.READY_IDLE)
+        reply = bytes(client.transport.data)  # type: ignore[union-attr]
+        assert b"XX000" in reply and client.transport.closed  # type: ignore[union-attr]
+        assert server.transport.closed  # type: ignore[union-attr]
+        assert not pool.idle
 
     asyncio.run(run())

@@ -26,6 +26,8 @@ CANNOT_CONNECT_NOW = "57P03"
 # Class 58 — system error
 SYSTEM_ERROR = "58000"
 POOLER_SHUTDOWN = "58006"
+# Class XX — internal error
+INTERNAL_ERROR = "XX000"
 
 
 class PoolerError(Exception):
