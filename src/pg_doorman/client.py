@@ -320,9 +320,7 @@ class ClientConnection(Borrower):
     def eof_received(self) -> bool | None:
         # Like PostgreSQL, EOF from the client ends the session. Abort rather than close: a close would wait to
         # flush replies to a peer that may never read them, holding this client's server (and pool slot).
-        self.forget_socket()
-        if self.transport is not None:
-            self.transport.abort()
+        self.abort_transport()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -348,8 +346,7 @@ class ClientConnection(Borrower):
         """Send an ErrorResponse and close the connection."""
         if self.transport is not None and not self.transport.is_closing():
             self.write(messages.error_response(err.sqlstate, err.message, severity="FATAL", detail=err.detail))
-            self.forget_socket()
-            self.transport.close()
+            self.close_transport()
         self._teardown()
 
     # -------------------------------------------------------------- forwarding
@@ -948,12 +945,11 @@ class ClientConnection(Borrower):
             )
 
     def on_parameter_status(self, name: str, value: str) -> None:
+        pool = self.pool
+        assert pool is not None  # only a logged-in client, which has its pool, is lent a server
         params = self.params
         params[name] = value
-        if self.pool is not None:
-            self.param_token = self.pool.intern_params(params)
-        else:
-            self.param_token = tuple(sorted(params.items()))
+        self.param_token = pool.intern_params(params)
 
     def cancel_waiting(self) -> bool:
         """A CancelRequest for a simple query that still waits for a server: cancel it before it runs.
@@ -997,9 +993,7 @@ class ClientConnection(Borrower):
         )
 
     def close(self) -> None:
-        self.forget_socket()
-        if self.transport is not None:
-            self.transport.close()
+        self.close_transport()
         self._teardown()
 
     def _teardown(self) -> None:

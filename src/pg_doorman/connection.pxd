@@ -15,6 +15,8 @@ cdef class Connection:
     cpdef pause_reading(self)
     cpdef resume_reading(self)
     cpdef forget_socket(self)
+    cpdef close_transport(self)
+    cpdef abort_transport(self)
     cpdef write(self, data)
 
     @cython.locals(sent=Py_ssize_t)

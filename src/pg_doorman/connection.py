@@ -56,6 +56,18 @@ class Connection:
         """No more direct writes: the transport is closing or gone (its descriptor may be reused)."""
         self._fd = -1
 
+    def close_transport(self) -> None:
+        """Close once the transport's queued bytes are out; nothing is written directly from here on."""
+        self._fd = -1
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort_transport(self) -> None:
+        """Close at once, dropping what the transport still holds; nothing is written directly from here on."""
+        self._fd = -1
+        if self.transport is not None:
+            self.transport.abort()
+
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._fd >= 0 and type(data) is bytes:
             data = self._write_direct(data)

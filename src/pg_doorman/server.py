@@ -864,13 +864,10 @@ class ServerConnection(Connection):
                 self.write(messages.TERMINATE)
             except Exception:
                 pass
-            self.forget_socket()
-            self.transport.close()
+            self.close_transport()
 
     def abort(self) -> None:
-        self.forget_socket()
-        if self.transport is not None:
-            self.transport.abort()
+        self.abort_transport()
 
     # ----------------------------------------------------------------- cancel
 
