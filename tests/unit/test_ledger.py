@@ -11,7 +11,7 @@ from pg_doorman import codes
 from pg_doorman.ledger import ServerLedger
 from pg_doorman.prepared import Expect
 
-I, T, E = codes.TX_IDLE, codes.TX_IN_BLOCK, codes.TX_FAILED
+IDLE, IN_BLOCK, FAILED = codes.TX_IDLE, codes.TX_IN_BLOCK, codes.TX_FAILED
 
 
 def test_new_ledger_is_clean_and_idle() -> None:
@@ -24,26 +24,26 @@ def test_simple_query_released_on_its_ready_for_query() -> None:
     ledger = ServerLedger()
     ledger.sent_query()
     assert not ledger.idle() and not ledger.is_clean()
-    assert ledger.ready(I) is True
+    assert ledger.ready(IDLE) is True
     assert ledger.is_clean()
 
 
 def test_transaction_block_keeps_the_server() -> None:
     ledger = ServerLedger()
     ledger.sent_query()
-    assert ledger.ready(T) is False  # BEGIN: inside a transaction
+    assert ledger.ready(IN_BLOCK) is False  # BEGIN: inside a transaction
     ledger.sent_query()
-    assert ledger.ready(E) is False  # failed transaction
+    assert ledger.ready(FAILED) is False  # failed transaction
     ledger.sent_query()
-    assert ledger.ready(I) is True  # ROLLBACK
+    assert ledger.ready(IDLE) is True  # ROLLBACK
 
 
 def test_pipelined_queries_release_after_the_last() -> None:
     ledger = ServerLedger()
     ledger.sent_query()
     ledger.sent_query()
-    assert ledger.ready(I) is False
-    assert ledger.ready(I) is True
+    assert ledger.ready(IDLE) is False
+    assert ledger.ready(IDLE) is True
 
 
 def test_unsynced_pipeline_is_not_idle() -> None:
@@ -53,7 +53,7 @@ def test_unsynced_pipeline_is_not_idle() -> None:
     ledger.sent_execute()
     assert not ledger.is_clean()
     assert ledger.sent_sync() is True
-    assert ledger.ready(I) is True
+    assert ledger.ready(IDLE) is True
 
 
 def test_message_cut_in_the_middle_is_never_clean() -> None:
@@ -71,7 +71,7 @@ def test_partial_message_holds_release_even_after_ready_for_query() -> None:
     ledger = ServerLedger()
     ledger.sent_query()
     ledger.client_cut(True)  # a second message follows, cut short
-    assert ledger.ready(I) is False
+    assert ledger.ready(IDLE) is False
     ledger.client_cut(False)
     assert ledger.idle()
 
@@ -90,7 +90,7 @@ def test_copy_in_ignores_syncs_sent_before_copy_done() -> None:
     ledger.sent_copy_end()
     assert ledger.sent_sync() is True
     ledger.copy_ended()  # CommandComplete
-    assert ledger.ready(I) is True
+    assert ledger.ready(IDLE) is True
 
 
 def test_copy_out_does_not_discount_syncs() -> None:
@@ -99,7 +99,7 @@ def test_copy_out_does_not_discount_syncs() -> None:
     ledger.copy_started(ord("H"))
     assert not ledger.is_clean()
     ledger.copy_ended()
-    assert ledger.ready(I) is True
+    assert ledger.ready(IDLE) is True
 
 
 def test_client_left_during_copy_is_not_clean() -> None:
@@ -114,9 +114,9 @@ def test_injected_query_is_swallowed_first() -> None:
     ledger.inject()
     ledger.sent_query()
     assert not ledger.is_clean()
-    ledger.swallowed_ready(I)
+    ledger.swallowed_ready(IDLE)
     assert ledger.swallow == 0
-    assert ledger.ready(I) is True
+    assert ledger.ready(IDLE) is True
 
 
 def test_hidden_parse_response_is_cut_and_synthetic_answers_follow() -> None:
@@ -142,7 +142,7 @@ def test_query_entry_completes_on_ready_for_query() -> None:
     ledger.owe(Expect(codes.QUERY))
     ledger.sent_query()
     assert ledger.complete(codes.SYNC) == 0
-    assert ledger.ready(I) is True
+    assert ledger.ready(IDLE) is True
 
 
 def test_error_fails_requests_up_to_sync_and_skips() -> None:
@@ -157,7 +157,7 @@ def test_error_fails_requests_up_to_sync_and_skips() -> None:
     assert not ledger.skipping
     ledger.owe(sync)
     assert ledger.complete(codes.SYNC) == 0
-    assert ledger.ready(I) is True
+    assert ledger.ready(IDLE) is True
 
 
 def test_error_inside_a_simple_query_keeps_its_entry() -> None:
@@ -168,7 +168,7 @@ def test_error_inside_a_simple_query_keeps_its_entry() -> None:
     assert ledger.failed_requests() == [query]
     assert list(ledger.expect) == [query]  # its ReadyForQuery is still due
     assert ledger.complete(codes.SYNC) == 0
-    assert ledger.ready(I) is True
+    assert ledger.ready(IDLE) is True
 
 
 def test_flush_answers_synthetic_entries_at_once() -> None:
@@ -185,7 +185,7 @@ def test_hidden_query_reply_then_synthetic() -> None:
     ledger.owe(Expect(codes.HIDDEN_QUERY))
     ledger.owe(Expect(codes.SYNTHETIC, data=b"x"))
     assert ledger.hidden_query_first()
-    assert ledger.hidden_query_ready(I) is True
+    assert ledger.hidden_query_ready(IDLE) is True
     assert ledger.take_synthetic() == [b"x"]
     assert ledger.is_clean()
 
@@ -207,8 +207,8 @@ def test_retry_of_a_stale_plan_happens_once() -> None:
 
 def test_cleanup_ready_reports_idle() -> None:
     ledger = ServerLedger()
-    assert ledger.cleaned(I) is True
-    assert ledger.cleaned(T) is False
+    assert ledger.cleaned(IDLE) is True
+    assert ledger.cleaned(IN_BLOCK) is False
 
 
 def test_lent_starts_a_fresh_account() -> None:
