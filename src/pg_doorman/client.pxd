@@ -4,14 +4,9 @@ import cython
 
 from pg_doorman cimport codes
 from pg_doorman.pool cimport Pool
-from pg_doorman.prepared cimport (
-    ClientStatements,
-    Expect,
-    Statement,
-    name_after_first_cstring,
-    rebuild_with_name,
-)
+from pg_doorman.prepared cimport Expect
 from pg_doorman.ledger cimport ServerLedger
+from pg_doorman.rewrite cimport StatementRewriter
 from pg_doorman.server cimport Borrower, ServerConnection
 
 
@@ -29,8 +24,6 @@ cdef class ClientConnection(Borrower):
     cdef public object _rx
     cdef public object _rx_waiter
     cdef public Py_ssize_t _skip
-    cdef public dict _unnamed_cache
-    cdef public Expect _unnamed_parse_complete
     cdef public object app
     cdef public object application_name
     cdef public object database
@@ -39,10 +32,9 @@ cdef class ClientConnection(Borrower):
     cdef public object peer
     cdef public object pid
     cdef public Pool pool
+    cdef public StatementRewriter rewriter
     cdef public object secret
     cdef public ServerConnection server
-    cdef public object sql_prepared
-    cdef public ClientStatements statements
     cdef public object user
     cdef public double wait_deadline
 
@@ -55,12 +47,8 @@ cdef class ClientConnection(Borrower):
     @cython.locals(n=Py_ssize_t, pos=Py_ssize_t, end=Py_ssize_t, length=Py_ssize_t, limit=Py_ssize_t, kind=int,
                    seg=Py_ssize_t, binds=Py_ssize_t, replay_from=Py_ssize_t, replayable=bint,
                    terminate=bint, flushed=bint, described=bint, server=ServerConnection, out=list,
-                   statements=ClientStatements, ledger=ServerLedger)
+                   rewriter=StatementRewriter, ledger=ServerLedger)
     cpdef _forward_tracked(self, bytes data)
-
-    @cython.locals(statements=ClientStatements, stmt=Statement, bound=Statement, described=Statement,
-                   synthetic=Expect, body=bytes, name=bytes, start=Py_ssize_t, end=Py_ssize_t, ledger=ServerLedger)
-    cpdef _rewrite(self, int kind, bytes raw, ServerConnection server, list out)
 
     @cython.locals(server=ServerConnection, pool=Pool)
     cpdef _start_transaction(self, bytes data)
@@ -73,4 +61,3 @@ cdef class ClientConnection(Borrower):
 
 
 cpdef bint is_lone_begin(bytes data)
-cpdef ensure_prepared(Statement stmt, ServerConnection server, list out)

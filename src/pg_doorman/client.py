@@ -19,15 +19,7 @@ from pg_doorman import codes, sockets
 from pg_doorman.auth.md5 import md5_verifier, verify_md5_response
 from pg_doorman.auth.scram import AuthError, ScramServer, parse_scram_verifier
 from pg_doorman.ledger import ServerLedger
-from pg_doorman.prepared import (
-    ClientStatements,
-    Expect,
-    Statement,
-    name_after_first_cstring,
-    parse_parse,
-    parse_sql_statement_command,
-    rebuild_with_name,
-)
+from pg_doorman.prepared import Expect
 from pg_doorman.protocol import messages
 from pg_doorman.protocol.errors import (
     ADMIN_SHUTDOWN,
@@ -52,6 +44,7 @@ from pg_doorman.protocol.startup import (
     StartupMessage,
     parse_first_packet,
 )
+from pg_doorman.rewrite import StatementRewriter
 from pg_doorman.server import SYNCABLE_REPORTED, Borrower, ServerConnection
 from pg_doorman.tasks import spawn
 
@@ -116,7 +109,6 @@ _LONE_BEGIN = re.compile(
 
 
 _COPY_FROM_CLIENT = type_table({"dcf": 1})
-_SERVER_STATEMENT_NAME = re.compile(rb'"(DOORMAN_\d+)"')
 
 
 def _drop_copy_messages(data: bytes) -> bytes:
@@ -130,14 +122,6 @@ def _drop_copy_messages(data: bytes) -> bytes:
     return data[pos:]
 
 
-_TRANSACTION_EXIT = re.compile(rb"\s*(?:commit|end|rollback|abort|prepare\s+transaction)\b", re.IGNORECASE)
-
-
-def is_transaction_exit(query: bytes) -> bool:
-    """COMMIT/END/ROLLBACK/ABORT/PREPARE TRANSACTION: the statements PostgreSQL accepts in a failed transaction."""
-    return _TRANSACTION_EXIT.match(query) is not None
-
-
 def is_lone_begin(data: bytes) -> bool:
     """True for one Query message that only opens a transaction (BEGIN / START TRANSACTION with options)."""
     if len(data) > 200 or len(data) < 11 or data[7] in b"lL":  # "sel(ect)" is the common miss
@@ -148,10 +132,11 @@ def is_lone_begin(data: bytes) -> bool:
     if int.from_bytes(data[1:5], "big") != len(data) - 1:
         return False
     return _LONE_BEGIN.fullmatch(data, 5) is not None
+
+
 _EXPECT_EXECUTE = Expect(codes.EXECUTE)
 _EXPECT_SYNC = Expect(codes.SYNC)
 _EXPECT_QUERY = Expect(codes.QUERY)
-_EXPECT_BIND = Expect(codes.BIND)
 _EXPECT_DESCRIBE = Expect(codes.DESCRIBE)
 _EXPECT_CLOSE = Expect(codes.CLOSE)
 
@@ -164,57 +149,6 @@ def pool_removed() -> PoolerError:
     return PoolerError(CONNECTION_FAILURE, "this pool was removed by a configuration reload")
 
 
-def ensure_prepared(stmt: Statement, server: ServerConnection, out: list[bytes]) -> None:
-    """Put a hidden Parse in front when ``server`` lacks the statement."""
-    if stmt.name in server.statements or server.revive(stmt.name):
-        return
-    out.append(stmt.parse_message)
-    server.add_statement(stmt.name)
-    server.ledger.owe(Expect(codes.PARSE, hide=True, parsed=stmt.name))
-
-
-def _quote_name(name: bytes) -> bytes:
-    return b'"' + name.replace(b'"', b'""') + b'"'
-
-
-class _SqlPrepareUndo:
-    """A client's SQL PREPARE failed: it created nothing, on the server or for the client."""
-
-    __slots__ = ("client", "message", "name", "server")
-
-    def __init__(self, client: ClientConnection, server: ServerConnection, name: bytes, message: bytes) -> None:
-        self.client = client
-        self.server = server
-        self.name = name
-        self.message = message
-
-    def __call__(self) -> None:
-        if self.client.sql_prepared.get(self.name) == self.message:
-            del self.client.sql_prepared[self.name]
-        if self.server.sql_prepared.get(self.name) == self.message:
-            del self.server.sql_prepared[self.name]
-        if self.server.sql_prepare_pending > 0:
-            self.server.sql_prepare_pending -= 1
-
-
-class _Undo:
-    """Restores a client's statement name when PostgreSQL fails or skips the Parse/Close that changed it."""
-
-    __slots__ = ("name", "previous", "statements")
-
-    def __init__(self, statements: ClientStatements, name: bytes, previous: Statement | None) -> None:
-        self.statements = statements
-        self.name = name
-        self.previous = previous
-
-    def __call__(self) -> None:
-        statements, name, previous = self.statements, self.name, self.previous
-        if not name:
-            statements.unnamed = previous
-        elif previous is None:
-            statements.named.pop(name, None)
-        else:
-            statements.named[name] = previous
 ADMIN_DATABASES = frozenset({"pgdoorman", "pgbouncer"})
 
 
@@ -227,8 +161,6 @@ class ClientConnection(Borrower):
         "_rx",
         "_rx_waiter",
         "_skip",
-        "_unnamed_cache",
-        "_unnamed_parse_complete",
         "app",
         "application_name",
         "database",
@@ -237,10 +169,9 @@ class ClientConnection(Borrower):
         "peer",
         "pid",
         "pool",
+        "rewriter",
         "secret",
         "server",
-        "sql_prepared",
-        "statements",
         "user",
         "wait_deadline",
     )
@@ -251,11 +182,8 @@ class ClientConnection(Borrower):
         self.state = codes.CLIENT_STARTUP
         self.pool: Pool | None = None
         self.server: ServerConnection | None = None
-        self.statements: ClientStatements | None = None
-        self.sql_prepared: dict[bytes, bytes] = {}
-        # Unnamed Parse messages seen lately (raw bytes → statement), so a repeated one costs one dict lookup.
-        self._unnamed_cache: dict[bytes, Statement] = {}
-        self._unnamed_parse_complete: Expect | None = None  # set by track_statements()
+        # Transaction mode with prepared statements: maps the client's statements (set by track_statements).
+        self.rewriter: StatementRewriter | None = None
         self.transaction_mode = True
         # The session parameters the client set (startup packet, options, SET reported back), as the pool's shared
         # interned tuple: clients with the same settings hold one object (see `params`).
@@ -445,7 +373,7 @@ class ClientConnection(Borrower):
 
     def _forward(self, data: bytes) -> None:
         """Walk client message headers (reporting what the server will owe to its ledger) and pass the bytes on."""
-        if self.statements is not None:
+        if self.rewriter is not None:
             self._forward_tracked(data)
             return
         server = self.server
@@ -538,8 +466,8 @@ class ClientConnection(Borrower):
             return
         self._skip = 0
         limit = self.app.max_message_size
-        statements = self.statements
-        assert statements is not None
+        rewriter = self.rewriter
+        assert rewriter is not None
         out: list[bytes] = []
         seg = 0
         terminate = flushed = described = False
@@ -587,7 +515,7 @@ class ClientConnection(Borrower):
                     if kind == 66:
                         binds += 1
                     try:
-                        self._rewrite(kind, data[pos:end], server, out)
+                        rewriter.rewrite(kind, data[pos:end], server, out, self.param_token)
                     except (ValueError, IndexError):
                         # A statement or portal name without its NUL: nothing the pooler can rename. PostgreSQL
                         # would say the same (08P01); nothing of this read reaches the server.
@@ -596,7 +524,11 @@ class ClientConnection(Borrower):
                         return
                     seg = end
             elif kind == 69:  # 'E' Execute
-                ledger.owe(_EXPECT_EXECUTE)
+                if rewriter.next_execute is None:
+                    ledger.owe(_EXPECT_EXECUTE)
+                else:  # the Execute of a Bind of SQL PREPARE/DEALLOCATE: undone if it fails (rewrite.py)
+                    ledger.owe(rewriter.next_execute)
+                    rewriter.next_execute = None
                 ledger.sent_execute()
             elif kind == 83:  # 'S' Sync
                 # Replayable: it began with a Bind outside a transaction and it describes its result, so a client
@@ -606,6 +538,8 @@ class ClientConnection(Borrower):
                 replayable = replay_from >= 0 and described and binds == 1
                 ledger.replayable(data[replay_from : pos + 5] if replayable else None)
                 replay_from = -1
+                if rewriter.next_execute is not None:
+                    rewriter.unexecuted()
                 if ledger.sent_sync():
                     ledger.owe(_EXPECT_SYNC)
             elif kind == 99 or kind == 102:  # 'c' CopyDone, 'f' CopyFail
@@ -613,7 +547,7 @@ class ClientConnection(Borrower):
             elif kind == 81 or kind == 70:  # 'Q' Query, 'F' FunctionCall
                 replay_from = -1
                 if kind == 81:
-                    statements.unnamed = None  # PostgreSQL drops the unnamed statement at every simple Query
+                    rewriter.statements.unnamed = None  # PostgreSQL drops the unnamed statement at every Query
                 if kind == 81 and length < 65536 and (end > n or _SQL_PREPARE_FIRST[data[pos + 5]]):
                     # Maybe PREPARE/EXECUTE/DEALLOCATE, which the pooler tracks per client: needs the whole text
                     # (a short Query split across reads waits for its end).
@@ -621,12 +555,11 @@ class ClientConnection(Borrower):
                         self._carry = data[pos:]
                         n = pos
                         break
-                    command = parse_sql_statement_command(data[pos + 5 : end])
-                    if command is not None:
-                        if seg < pos:
-                            out.append(data[seg:pos])
+                    if seg < pos:
+                        out.append(data[seg:pos])
+                        seg = pos
+                    if rewriter.query(data[pos:end], server, out):
                         ledger.sent_query()
-                        self._sql_statement_command(command, data[pos:end], server, out)
                         seg = end
                         pos = end
                         continue
@@ -655,231 +588,20 @@ class ClientConnection(Borrower):
         if terminate:
             self.close()
 
-    def _rewrite(self, kind: int, raw: bytes, server: ServerConnection, out: list[bytes]) -> None:
-        """Parse/Bind/Describe/Close with client statement names → what the server gets and what it owes.
-
-        Synthetic answers are queued, never written at once: they go out with the server's next reply (there is
-        always one after a Sync), in the position PostgreSQL would have given them.
-        """
-        statements = self.statements
-        assert statements is not None
-        ledger = server.ledger
-        if kind == 80 and raw[5] == 0:  # unnamed Parse: the common case of drivers without a statement cache
-            stmt = self._unnamed_cache.get(raw)
-            if stmt is None or stmt.stale:
-                parsed = parse_parse(raw[5:])
-                stmt = server.pool.registry.get(parsed.query, parsed.types)
-                cache = self._unnamed_cache
-                cache[raw] = stmt
-                if len(cache) > server.pool.settings.client_anonymous_prepared_cache_size:
-                    del cache[next(iter(cache))]
-            statements.unnamed = stmt
-            synthetic = self._unnamed_parse_complete
-            assert synthetic is not None
-            if ledger.tx_status == codes.TX_FAILED and not ledger.expect and not is_transaction_exit(stmt.query):
-                # In a failed transaction PostgreSQL rejects the Parse (25P02): let it say so. (Only with nothing
-                # in flight: a pipelined ROLLBACK ahead of this Parse may end that transaction first; and not for
-                # COMMIT/ROLLBACK, which PostgreSQL accepts there.)
-                out.append(stmt.parse_message)
-                ledger.owe(Expect(codes.PARSE, undo=synthetic.undo))
-            elif stmt.name in server.statements or server.revive(stmt.name):
-                ledger.owe(synthetic)
-            else:
-                out.append(stmt.parse_message)
-                server.add_statement(stmt.name)
-                ledger.owe(Expect(codes.PARSE, parsed=stmt.name, undo=synthetic.undo))
-            return
-        body = raw[5:]
-        if kind == 80:  # 'P' Parse
-            parsed = parse_parse(body)
-            pool = server.pool
-            stmt = pool.registry.get(parsed.query, parsed.types)
-            name = parsed.name
-            if name and name in statements.named:
-                self._duplicate_statement(name, server, out)
-                return
-            if name:
-                statements.named[name] = stmt
-            else:
-                statements.unnamed = stmt
-            # A failed Parse leaves no statement behind: PostgreSQL drops the unnamed one before parsing.
-            undo = _Undo(statements, name, None)
-            if ledger.tx_status == codes.TX_FAILED and not ledger.expect and not is_transaction_exit(stmt.query):
-                out.append(stmt.parse_message)  # failed transaction, nothing in flight: PostgreSQL answers 25P02
-                ledger.owe(Expect(codes.PARSE, undo=undo))
-            elif stmt.name in server.statements or server.revive(stmt.name):
-                ledger.owe(Expect(codes.SYNTHETIC, data=messages.PARSE_COMPLETE, undo=undo))
-            else:
-                out.append(stmt.parse_message)
-                server.add_statement(stmt.name)
-                ledger.owe(Expect(codes.PARSE, parsed=stmt.name, undo=undo))
-        elif kind == 66:  # 'B' Bind
-            start, end = name_after_first_cstring(body)
-            name = body[start:end]
-            bound = statements.lookup(name)
-            if bound is None:
-                out.append(raw)  # PostgreSQL itself reports the unknown statement
-                ledger.owe(_EXPECT_BIND)
-            else:
-                if bound.stale:
-                    bound = self._fresh_statement(name, bound, server)
-                ensure_prepared(bound, server, out)
-                out.append(rebuild_with_name(b"B", body, start, end, bound.name))
-                ledger.owe(bound.bind_expect)
-        elif kind == 68:  # 'D' Describe
-            if body[-1:] != b"\x00":
-                raise ValueError("Describe without a terminated name")
-            described = statements.lookup(body[1:-1]) if body[:1] == b"S" else None
-            if described is None:
-                out.append(raw)
-                ledger.owe(_EXPECT_DESCRIBE)
-            else:
-                if described.stale:
-                    described = self._fresh_statement(body[1:-1], described, server)
-                ensure_prepared(described, server, out)
-                out.append(messages.message(b"D", b"S" + described.name + b"\x00"))
-                ledger.owe(described.describe_expect)
-        else:  # 'C' Close
-            if body[-1:] != b"\x00":
-                raise ValueError("Close without a terminated name")
-            if body[:1] == b"S":
-                name = body[1:-1]
-                closed = statements.named.pop(name, None) if name else statements.unnamed
-                if not name:
-                    statements.unnamed = None
-                # The server statement stays: other clients share it. Only the client's name goes away.
-                reopen = _Undo(statements, name, closed) if closed is not None else None
-                ledger.owe(Expect(codes.SYNTHETIC, data=messages.CLOSE_COMPLETE, undo=reopen))
-            else:
-                out.append(raw)
-                ledger.owe(_EXPECT_CLOSE)
-
-    def _sql_statement_command(
-        self, command: tuple[str, bytes], message: bytes, server: ServerConnection, out: list[bytes]
-    ) -> None:
-        """SQL-level PREPARE/EXECUTE/DEALLOCATE in transaction mode.
-
-        Each client's SQL-prepared statements are remembered (the PREPARE text) and re-created on whichever
-        server its EXECUTE lands on; another client's statement of the same name on that server is dropped
-        first, so names never leak between clients.
-        """
-        verb, name = command
-        mine = self.sql_prepared
-        ledger = server.ledger
-        on_server = server.sql_prepared
-        if verb == "deallocate" and not name:  # DEALLOCATE ALL: PostgreSQL's tag clears the pooler's maps
-            out.append(message)
-            ledger.owe(_EXPECT_QUERY)
-            return
-        if verb == "prepare":
-            if name in on_server:
-                self._hidden_query(server, out, b"DEALLOCATE " + _quote_name(name))
-                del on_server[name]
-            previous = mine.get(name)
-            if previous is not None:
-                # PostgreSQL must answer "already exists": re-create the client's own statement first.
-                self._hidden_query(server, out, previous, raw=True)
-                on_server[name] = previous
-                out.append(message)
-                ledger.owe(_EXPECT_QUERY)
-                return
-            mine[name] = message
-            on_server[name] = message
-            server.sql_prepare_pending += 1
-            out.append(message)
-            ledger.owe(Expect(codes.QUERY, undo=_SqlPrepareUndo(self, server, name, message)))
-            return
-        wanted = mine.get(name)
-        if wanted is None and verb == "deallocate" and self.statements is not None and name in self.statements.named:
-            # A protocol-level statement deallocated with SQL: forget the client's name and let PostgreSQL
-            # produce the reply by deallocating a stand-in of the same name.
-            del self.statements.named[name]
-            wanted = b"PREPARE " + _quote_name(name) + b" AS SELECT"
-            wanted = messages.query(wanted.decode())
-        if wanted is None:
-            # Not the client's statement: make sure PostgreSQL does not find another client's one either.
-            if name in on_server:
-                self._hidden_query(server, out, b"DEALLOCATE " + _quote_name(name))
-                del on_server[name]
-        elif on_server.get(name) != wanted:
-            if name in on_server:
-                self._hidden_query(server, out, b"DEALLOCATE " + _quote_name(name))
-            self._hidden_query(server, out, wanted, raw=True)
-            on_server[name] = wanted
-        if verb == "deallocate":
-            mine.pop(name, None)
-            on_server.pop(name, None)
-        out.append(message)
-        ledger.owe(_EXPECT_QUERY)
-
-    @staticmethod
-    def _hidden_query(server: ServerConnection, out: list[bytes], sql: bytes, *, raw: bool = False) -> None:
-        out.append(sql if raw else messages.message(b"Q", sql + b"\x00"))
-        server.ledger.owe(Expect(codes.HIDDEN_QUERY))
-
-    @staticmethod
-    def _duplicate_statement(name: bytes, server: ServerConnection, out: list[bytes]) -> None:
-        """Parse of a name the client already uses: make PostgreSQL raise 42P05 itself.
-
-        The error has to come from the server, so that it skips to the next Sync and fails an open transaction
-        block exactly as a direct connection would; a DO block raising that SQLSTATE does both.
-        """
-        text = name.decode("utf-8", "replace")
-        sql = (
-            "DO $pg_doorman$BEGIN RAISE EXCEPTION USING ERRCODE = '42P05', MESSAGE = "
-            + messages.quote_literal(f'prepared statement "{text}" already exists')
-            + "; END$pg_doorman$"
-        )
-        out.append(messages.message(b"P", b"\x00" + sql.encode() + b"\x00\x00\x00"))
-        out.append(messages.message(b"B", b"\x00\x00\x00\x00\x00\x00\x00\x00"))
-        out.append(messages.message(b"E", b"\x00\x00\x00\x00\x00"))
-        ledger = server.ledger
-        ledger.owe(Expect(codes.PARSE, hide=True))
-        ledger.owe(Expect(codes.BIND, hide=True))
-        ledger.owe(Expect(codes.EXECUTE, hide=True))
-
-    def _fresh_statement(self, name: bytes, stale: Statement, server: ServerConnection) -> Statement:
-        """The client's statement went stale (its result type changed): map its name to a fresh one."""
-        statements = self.statements
-        assert statements is not None
-        fresh = server.pool.registry.get(stale.query, stale.types)
-        if name:
-            statements.named[name] = fresh
-        else:
-            statements.unnamed = fresh
-        return fresh
-
-    def unmask_statement_names(self, message: bytes) -> bytes:
-        """An ErrorResponse/NoticeResponse naming a pool-wide statement, with the client's own name instead."""
-        statements = self.statements
-        if statements is None:
-            return message
-
-        def client_name(match: re.Match[bytes]) -> bytes:
-            server_name = match.group(1)
-            if statements.unnamed is not None and statements.unnamed.name == server_name:
-                return b'""'
-            for name, stmt in statements.named.items():
-                if stmt.name == server_name:
-                    return b'"' + name + b'"'
-            return match.group(0)
-
-        body = _SERVER_STATEMENT_NAME.sub(client_name, message[5:])
-        return messages.message(message[:1], body)
-
     def track_statements(self) -> None:
-        """Transaction mode with prepared statements: remap this client's statements (see prepared.py)."""
-        self.statements = ClientStatements()
-        self._unnamed_parse_complete = Expect(
-            codes.SYNTHETIC, data=messages.PARSE_COMPLETE, undo=_Undo(self.statements, b"", None)
-        )
+        """Transaction mode with prepared statements: map this client's statements to the pool's (rewrite.py)."""
+        self.rewriter = StatementRewriter()
 
     def forget_statements(self) -> None:
         """DEALLOCATE ALL / DISCARD ALL ran for this client."""
-        self.sql_prepared.clear()
-        if self.statements is not None:
-            self.statements.named.clear()
-            self.statements.unnamed = None
+        if self.rewriter is not None:
+            self.rewriter.forget()
+
+    def unmask_statement_names(self, message: bytes, entry: Expect | None = None) -> bytes:
+        """An ErrorResponse/NoticeResponse naming pool-wide statements, with the client's own names instead."""
+        if self.rewriter is None:
+            return message
+        return self.rewriter.unmask(message, entry)
 
     def replay(self, source: bytes) -> None:
         """Send a batch again (server.py: after a transparent re-prepare)."""

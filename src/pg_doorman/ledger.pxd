@@ -25,6 +25,7 @@ cdef class ServerLedger:
     cpdef bint copy_in_ignores_sync(self)
     @cython.locals(entry=Expect)
     cpdef bint owes_only_synthetic(self)
+    cpdef bint may_be_failed(self)
     cpdef bint hidden_query_first(self)
     cpdef bint synthetic_first(self)
     @cython.locals(head=Expect)

@@ -101,6 +101,12 @@ class ServerLedger:
                 return False
         return True
 
+    def may_be_failed(self) -> bool:
+        """PostgreSQL may be in a failed transaction when it reaches the next message: the last ReadyForQuery said
+        so, or a Query or Sync is still in flight whose outcome may leave it so. (Within one batch nothing else can:
+        an error there makes PostgreSQL skip the rest of the batch.)"""
+        return self.tx_status == codes.TX_FAILED or self.pending_z > 0
+
     def hidden_query_first(self) -> bool:
         """The reply now coming is to a query the pooler inserted in the stream (dropped whole)."""
         expect = self.expect

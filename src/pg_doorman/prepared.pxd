@@ -13,11 +13,15 @@ cdef class Statement:
     cdef public bytes name
     cdef public bytes parse_message
     cdef public bytes query
+    cdef public bytes scope
+    cdef public bytes settings
+    cdef public object sql_command
     cdef public bint stale
     cdef public bytes types
 
 
 cdef class Expect:
+    cdef public object client_name
     cdef public int code
     cdef public bytes data
     cdef public bint hide
@@ -28,18 +32,28 @@ cdef class Expect:
 
 cdef class StatementRegistry:
     cdef public object _by_key
+    cdef public dict _by_name
+    cdef public dict _generations
+    cdef public object _namer
+    cdef public dict _settings_interned
+    cdef public dict _settings_keys
     cdef public Py_ssize_t capacity
     cdef public Py_ssize_t evictions
     cdef public Py_ssize_t hits
     cdef public Py_ssize_t misses
 
-    cpdef Statement get(self, bytes query, bytes types)
+    cpdef Statement get(self, bytes query, bytes types, bytes settings=*, bytes scope=*)
 
 
 cdef class ServerStatements:
     cdef public object _names
+    cdef public bint aborted
     cdef public Py_ssize_t capacity
     cdef public Py_ssize_t evictions
+    cdef public list opened
+    cdef public dict sql
+    cdef public Py_ssize_t sql_owner
+    cdef public Py_ssize_t sql_pending
 
 
 cdef class ClientStatements:

@@ -1,25 +1,23 @@
-"""Prepared statements in transaction mode: pool-wide statement names and the bookkeeping around them.
+"""Prepared statements in transaction mode: the pool-wide statement registry and the bookkeeping around it.
 
 In transaction mode consecutive transactions of one client land on different server connections, so a statement
 a client prepared on one may be missing on the next. Every Parse (named or unnamed) is therefore keyed by its
-query text and parameter types and mapped to a pool-wide server-side name (``DOORMAN_<n>``):
+query text, its parameter types and the client's parse-relevant settings, and mapped to a server-side name derived
+from that key (``DOORMAN_`` + 16 hex digits of a BLAKE2b hash), which means the same statement in every process:
 
 * the **pool** (`StatementRegistry`) maps keys to `Statement` objects (bounded LRU);
 * each **server connection** (`ServerStatements`) remembers which names it has prepared (bounded LRU; an evicted
-  name is closed on that server);
+  name is closed on that server), which of them it prepared in the current lending (retired if their transaction
+  rolls back) and the SQL-level prepared statements of the client it last served;
 * each **client** (`ClientStatements`) maps its own statement names to `Statement` objects.
 
-Client messages are rewritten (`rewrite_*`): Parse is sent only when the server lacks the statement (otherwise a
-synthetic ParseComplete is produced), Bind/Describe get the server name and a hidden Parse in front when the
-server lacks it, Close of a statement only forgets the client's name.
-
-The server's answers are matched to what was sent with a queue of `Expect` entries (see server.py). Entry codes
-(codes.py) name the message that completes each request.
+rewrite.py turns a client's messages into what the server gets; server.py matches the server's answers to the
+`Expect` entries queued on its ledger. Entry codes (codes.py) name the message that completes each request.
 """
 
 from __future__ import annotations
 
-import itertools
+import hashlib
 import re
 import struct
 from collections import OrderedDict
@@ -45,22 +43,80 @@ COMPLETES: dict[int, int] = {
 # The same as a 256-entry table indexed by the message type byte (0: completes nothing), for the forwarding loop.
 COMPLETES_TABLE = bytes(COMPLETES.get(kind, 0) for kind in range(256))
 
-_counter = itertools.count(1)
+# Settings PostgreSQL applies while it parses and analyses a statement, so that the same text means something else
+# under other values: the encoding of the text itself, the lexer (string literals), name lookup, and the input
+# functions of constants it folds at parse time ('03:00'::timetz, '{NULL}'::text[], '$1'::money, '<a/>'::xml),
+# and `x = NULL`. A server statement is shared only by clients that agree on all of them (lower-case names).
+PARSE_SETTINGS = frozenset(
+    {
+        "array_nulls",
+        "backslash_quote",
+        "client_encoding",
+        "datestyle",
+        "intervalstyle",
+        "lc_monetary",
+        "search_path",
+        "standard_conforming_strings",
+        "timezone",
+        "timezone_abbreviations",
+        "transform_null_equals",
+        "xmloption",
+    }
+)
+
+_SETTINGS_CACHE_LIMIT = 1024  # distinct parameter tokens remembered by one registry
+
+
+def statement_name(settings: bytes, scope: bytes, types: bytes, query: bytes, salt: bytes) -> bytes:
+    """The server-side name of a statement key: the same in every process (a server connection passed to another
+    worker keeps meaning the same statements). A non-empty ``salt`` gives other names for the same key: a newer
+    generation after the old one was retired, or the next candidate after a collision."""
+    digest = hashlib.blake2b(digest_size=8, person=b"pg_doorman")
+    for part in (settings, scope, types, salt):
+        digest.update(len(part).to_bytes(4, "big"))
+        digest.update(part)
+    digest.update(query)
+    return b"DOORMAN_" + digest.hexdigest().encode()
+
+
+# A server-side statement name as it appears in PostgreSQL's messages (quoted).
+SERVER_NAME_PATTERN = re.compile(rb'"(DOORMAN_[0-9a-f]{16})"')
+
+_MAYBE_SQL_COMMAND = re.compile(rb"\s*[pPeEdD]")
 
 
 class Statement:
-    """One distinct (query, parameter types) of a pool and its server-side name."""
+    """One distinct (settings, query, parameter types) of a pool and its server-side name.
 
-    __slots__ = ("bind_expect", "describe_expect", "name", "parse_message", "query", "stale", "types")
+    ``scope`` is one more part of the key, for statements whose meaning depends on the client beyond its settings
+    (``EXECUTE name`` depends on the client's own ``PREPARE name``: the scope is that PREPARE's text).
+    ``sql_command`` is what `parse_sql_statement_command` recognises in the text (worked out once, here).
+    """
 
-    def __init__(self, name: bytes, query: bytes, types: bytes) -> None:
+    __slots__ = (
+        "bind_expect",
+        "describe_expect",
+        "name",
+        "parse_message",
+        "query",
+        "scope",
+        "settings",
+        "sql_command",
+        "stale",
+        "types",
+    )
+
+    def __init__(self, name: bytes, query: bytes, types: bytes, settings: bytes = b"", scope: bytes = b"") -> None:
         self.name = name
         self.query = query
         self.types = types
-        # PostgreSQL said its cached plan must not change result type (DDL): the name is never used again, the
-        # next Bind/Describe/Parse of the same text gets a fresh statement (see client.py, server.py).
+        self.settings = settings
+        self.scope = scope
+        # PostgreSQL said its cached plan must not change result type (DDL), or its parameter type is gone: the
+        # name is never used again, the next Bind/Describe/Parse of the same key gets a fresh statement.
         self.stale = False
         self.parse_message = messages.message(b"P", name + b"\x00" + query + b"\x00" + types)
+        self.sql_command = parse_sql_statement_command(query) if _MAYBE_SQL_COMMAND.match(query) else None
         # What a Bind or a Describe of this statement owes. Such entries are never modified once queued, so one
         # of each per statement serves every request (no allocation per Bind).
         self.bind_expect = Expect(codes.BIND, stmt=self)
@@ -70,11 +126,13 @@ class Statement:
 class Expect:
     """One request sent to (or answered for) the server whose response is still due.
 
-    ``hide``: the completing message is not forwarded (requests the pooler inserted). ``on_fail``/``on_ok``
-    carry the statement name whose presence on the server depends on the outcome.
+    ``hide``: the completing message is not forwarded (requests the pooler inserted). ``parsed``: the server-side
+    name a sent Parse creates (gone again if the Parse fails). ``undo`` reverts what the pooler assumed when
+    PostgreSQL fails or skips the request. ``client_name``: the client's statement name that PostgreSQL's error
+    for this request names by its server-side name (a Parse of a name already in use).
     """
 
-    __slots__ = ("code", "data", "hide", "parsed", "stmt", "undo")
+    __slots__ = ("client_name", "code", "data", "hide", "parsed", "stmt", "undo")
 
     def __init__(
         self,
@@ -85,22 +143,48 @@ class Expect:
         parsed: bytes = b"",
         undo: Callable[[], None] | None = None,
         stmt: Statement | None = None,
+        client_name: bytes | None = None,
     ) -> None:
         self.code = code
         self.stmt = stmt  # the pool statement a Bind/Describe uses (to retire it when its plan went stale)
         self.hide = hide
         self.data = data
-        self.parsed = parsed  # server-side name a sent Parse creates: gone again if the Parse fails
-        self.undo = undo  # reverts the client-side effect when PostgreSQL fails or skips this request
+        self.parsed = parsed
+        self.undo = undo
+        self.client_name = client_name
+
+
+StatementNamer = Callable[[bytes, bytes, bytes, bytes, bytes], bytes]
 
 
 class StatementRegistry:
-    """Pool-wide map (query, types) → Statement, least recently used first out."""
+    """Pool-wide map (settings, scope, types, query) → Statement, least recently used first out.
 
-    __slots__ = ("_by_key", "capacity", "evictions", "hits", "misses")
+    Names come from `statement_name`. Two keys the hash maps to one name (never seen in practice: 64 bits) are told
+    apart: the later one takes the next candidate name. A statement retired after a stale plan leaves a generation
+    count behind, so its key gets a new name next time (the old one may still exist, stale, on servers).
+    """
 
-    def __init__(self, capacity: int) -> None:
-        self._by_key: OrderedDict[bytes, Statement] = OrderedDict()
+    __slots__ = (
+        "_by_key",
+        "_by_name",
+        "_generations",
+        "_namer",
+        "_settings_interned",
+        "_settings_keys",
+        "capacity",
+        "evictions",
+        "hits",
+        "misses",
+    )
+
+    def __init__(self, capacity: int, namer: StatementNamer = statement_name) -> None:
+        self._by_key: OrderedDict[tuple[bytes, bytes, bytes, bytes], Statement] = OrderedDict()
+        self._by_name: dict[bytes, tuple[bytes, bytes, bytes, bytes]] = {}
+        self._generations: dict[tuple[bytes, bytes, bytes, bytes], int] = {}
+        self._settings_keys: dict[tuple[tuple[str, str], ...], bytes] = {}
+        self._settings_interned: dict[bytes, bytes] = {}
+        self._namer = namer
         self.capacity = max(1, capacity)
         self.hits = 0
         self.misses = 0
@@ -109,15 +193,38 @@ class StatementRegistry:
     def __len__(self) -> int:
         return len(self._by_key)
 
+    def settings_key(self, token: tuple[tuple[str, str], ...]) -> bytes:
+        """The parse-relevant part of a client's parameters (its interned `param_token`), as one interned bytes
+        object: clients whose settings parse a text alike get the same object (and the same statements)."""
+        keys = self._settings_keys
+        key = keys.get(token)
+        if key is None:
+            wanted = sorted((name.lower(), value) for name, value in token if name.lower() in PARSE_SETTINGS)
+            text = "".join(f"{name}={value}\x00" for name, value in wanted).encode()
+            interned = self._settings_interned
+            if len(keys) >= _SETTINGS_CACHE_LIMIT:
+                keys.clear()
+                interned.clear()
+            key = interned.setdefault(text, text)
+            keys[token] = key
+        return key
+
     def forget(self, stmt: Statement) -> None:
-        """Retire a statement whose plan went stale: the same text gets a new statement (and name) next time."""
+        """Retire a statement whose plan went stale: the same key gets a new statement (and name) next time."""
         stmt.stale = True
-        key = stmt.types + b"\x00" + stmt.query
+        key = (stmt.settings, stmt.scope, stmt.types, stmt.query)
         if self._by_key.get(key) is stmt:
             del self._by_key[key]
+            if self._by_name.get(stmt.name) == key:
+                del self._by_name[stmt.name]
+        generations = self._generations
+        if len(generations) > 4 * self.capacity:
+            # Forgetting a generation is safe: the old name comes back, meets the stale plan again and is retired.
+            generations.clear()
+        generations[key] = generations.get(key, 0) + 1
 
-    def get(self, query: bytes, types: bytes) -> Statement:
-        key = types + b"\x00" + query
+    def get(self, query: bytes, types: bytes, settings: bytes = b"", scope: bytes = b"") -> Statement:
+        key = (settings, scope, types, query)
         by_key = self._by_key
         stmt = by_key.get(key)
         if stmt is not None:
@@ -125,23 +232,51 @@ class StatementRegistry:
             self.hits += 1
             return stmt
         self.misses += 1
-        stmt = Statement(b"DOORMAN_%d" % next(_counter), query, types)
+        stmt = Statement(self._name_for(key), query, types, settings, scope)
         by_key[key] = stmt
+        self._by_name[stmt.name] = key
         if len(by_key) > self.capacity:
-            by_key.popitem(last=False)
+            _, old = by_key.popitem(last=False)
+            self._by_name.pop(old.name, None)
             self.evictions += 1
         return stmt
 
+    def _name_for(self, key: tuple[bytes, bytes, bytes, bytes]) -> bytes:
+        settings, scope, types, query = key
+        generation = self._generations.get(key, 0)
+        by_name = self._by_name
+        attempt = 0
+        while True:
+            salt = b"%d.%d" % (generation, attempt) if generation or attempt else b""
+            name = self._namer(settings, scope, types, query, salt)
+            holder = by_name.get(name)
+            if holder is None or holder == key:
+                return name
+            attempt += 1
+
 
 class ServerStatements:
-    """Names prepared on one server connection (LRU). ``add`` returns a name to close when over capacity."""
+    """What one server connection has prepared.
 
-    __slots__ = ("_names", "capacity", "evictions")
+    * names of pool statements (LRU; ``add`` returns a name to close when over capacity);
+    * ``opened``: names parsed during the current lending. If a transaction of that lending rolls back (or may
+      have: ``aborted``, an error), they may depend on objects that are gone, so they are retired;
+    * ``sql``: the SQL-level prepared statements on the session (name → PREPARE text), all of them belonging to
+      the client ``sql_owner`` (rewrite.StatementRewriter.owner): another client's are closed when it gets the
+      server. ``sql_pending``: PREPAREs the pooler knows of whose CommandComplete is still due.
+    """
+
+    __slots__ = ("_names", "aborted", "capacity", "evictions", "opened", "sql", "sql_owner", "sql_pending")
 
     def __init__(self, capacity: int) -> None:
         self._names: OrderedDict[bytes, None] = OrderedDict()
         self.capacity = capacity
         self.evictions = 0
+        self.opened: list[bytes] = []
+        self.aborted = False
+        self.sql: dict[bytes, bytes] = {}
+        self.sql_owner = 0
+        self.sql_pending = 0
 
     def __contains__(self, name: bytes) -> bool:
         names = self._names
@@ -153,10 +288,13 @@ class ServerStatements:
     def __len__(self) -> int:
         return len(self._names)
 
-    def add(self, name: bytes) -> bytes | None:
+    def add(self, name: bytes, parsed: bool = True) -> bytes | None:
+        """``name`` exists on the server (``parsed`` now, rather than taken back before its Close was sent)."""
         names = self._names
         names[name] = None
         names.move_to_end(name)
+        if parsed:
+            self.opened.append(name)
         if self.capacity > 0 and len(names) > self.capacity:
             old, _ = names.popitem(last=False)
             self.evictions += 1
@@ -165,9 +303,39 @@ class ServerStatements:
 
     def discard(self, name: bytes) -> None:
         self._names.pop(name, None)
+        opened = self.opened
+        while name in opened:
+            opened.remove(name)
+
+    def rolled_back(self) -> list[bytes]:
+        """A transaction or savepoint rolled back: the names parsed in this lending, taken off (to be closed)."""
+        retired = self.opened
+        if retired:
+            names = self._names
+            for name in retired:
+                names.pop(name, None)
+            self.opened = []
+        return retired
+
+    def settle(self, rolled_back: bool) -> list[bytes]:
+        """The lending is over: the names to retire (those parsed in it, if a transaction of it rolled back)."""
+        retired = self.rolled_back() if rolled_back or self.aborted else []
+        self.opened = []
+        self.aborted = False
+        return retired
+
+    def sql_prepare_completed(self) -> bool:
+        """A PREPARE's CommandComplete: True when the pooler knew of it (the server needs no DEALLOCATE ALL)."""
+        if self.sql_pending > 0:
+            self.sql_pending -= 1
+            return True
+        return False
 
     def clear(self) -> None:
+        """DEALLOCATE ALL / DISCARD ALL: nothing prepared is left (PREPAREs still in flight stay counted)."""
         self._names.clear()
+        self.opened = []
+        self.sql.clear()
 
 
 class ClientStatements:
@@ -228,6 +396,11 @@ def normalize_ident(raw: bytes) -> bytes:
     if raw.startswith(b'"'):
         return raw[1:-1].replace(b'""', b'"')
     return raw.lower()
+
+
+def quote_name(name: bytes) -> bytes:
+    """``name`` as a quoted SQL identifier."""
+    return b'"' + name.replace(b'"', b'""') + b'"'
 
 
 def parse_sql_statement_command(text: bytes) -> tuple[str, bytes] | None:

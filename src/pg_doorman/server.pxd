@@ -60,8 +60,6 @@ cdef class ServerConnection(Connection):
     cdef public object pid
     cdef public Lender pool
     cdef public object secret
-    cdef public Py_ssize_t sql_prepare_pending
-    cdef public dict sql_prepared
     cdef public int state
     cdef public ServerStatements statements
     cdef public dict to_close
@@ -79,6 +77,10 @@ cdef class ServerConnection(Connection):
     @cython.locals(ledger=ServerLedger, head=Expect, entry=Expect)
     cpdef Py_ssize_t _on_client_error(self, bytes data, Py_ssize_t pos, Py_ssize_t end, list out)
     cpdef attach(self, Borrower client, str sync_sql)
+    @cython.locals(statements=ServerStatements)
     cpdef release(self)
     cpdef _on_command_complete(self, bytes data, int at)
+    @cython.locals(to_close=dict)
+    cpdef bint lacks(self, bytes name, list out)
+    cpdef add_statement(self, bytes name)
     cpdef _on_parameter_status(self, bytes body)

@@ -4,8 +4,8 @@ The forwarding path (`_forward`) walks only message headers and reports the mess
 `ServerLedger` (ledger.py), which decides when the server may go back to the pool and whether it is clean:
 ReadyForQuery and its transaction status, ErrorResponse, COPY start and end, and with remapped prepared statements
 every response that completes a request. The server itself looks at ParameterStatus (parameter tracking) and at
-CommandComplete tags that make the session dirty (SET, DECLARE, LISTEN, PREPARE). Everything else is written to
-the client as it arrived.
+CommandComplete tags that make the session dirty (SET, DECLARE, LISTEN, PREPARE) or roll back what statements
+prepared in the transaction may depend on (ROLLBACK). Everything else is written to the client as it arrived.
 
 Responses to queries the pooler itself injected (parameter sync, deferred BEGIN) come first on the wire; the
 ledger counts them and they are cut out of the stream up to and including their ReadyForQuery.
@@ -61,6 +61,8 @@ SYNCABLE_REPORTED = frozenset(
 
 # The ReadyForQuery that ends a batch being retried (hidden).
 _RETRY_SYNC = Expect(codes.SYNC, hide=True)
+# The CloseComplete of a retired statement closed just before it is parsed again (hidden).
+_HIDDEN_CLOSE = Expect(codes.CLOSE, hide=True)
 
 
 class Borrower(Connection):
@@ -135,8 +137,6 @@ class ServerConnection(Connection):
         "pid",
         "pool",
         "secret",
-        "sql_prepare_pending",
-        "sql_prepared",
         "state",
         "statements",
         "to_close",
@@ -163,11 +163,11 @@ class ServerConnection(Connection):
         self.used = False
         settings = pool.settings
         self.tracked = settings.prepared_statements and pool.transaction_mode
+        # What this session has prepared (pool statements, SQL-level statements of the client it last served).
         self.statements = ServerStatements(settings.server_prepared_statements_cache_size)
-        self.to_close: dict[bytes, None] = {}
-        # SQL-level PREPAREd statements on this session: name → the client's PREPARE Query message.
-        self.sql_prepared: dict[bytes, bytes] = {}
-        self.sql_prepare_pending = 0
+        # Statements to close at the next checkout: evicted from the cache (True: may be taken back until then) or
+        # retired (False: must be parsed afresh).
+        self.to_close: dict[bytes, bool] = {}
         self._skip = 0
         self._inject_error: ServerError | None = None
         self._carry = b""
@@ -497,6 +497,9 @@ class ServerConnection(Connection):
         (``pos`` to forward it, ``end`` to hide it). Undoes what the failed and skipped requests would have done
         and, for a stale cached plan at the first Bind of a replayable batch, arranges the retry."""
         ledger = self.ledger
+        # A transaction may roll back with this error (an implicit one does): statements parsed in this lending
+        # are retired at its end (see release).
+        self.statements.aborted = True
         head = ledger.head()
         stale = head is not None and head.stmt is not None and self._is_stale_plan_error(data[pos + 5 : end])
         if stale:
@@ -512,15 +515,13 @@ class ServerConnection(Connection):
         ):
             # The statement's result type changed under it (DDL): re-prepare and run the batch again, once,
             # instead of failing the client. Its error and the ReadyForQuery that ends the failed batch are hidden.
-            for entry in ledger.start_retry(_RETRY_SYNC):
-                self._fail_request(entry)
+            self._fail_requests(ledger.start_retry(_RETRY_SYNC))
             return end
-        for entry in ledger.failed_requests():
-            self._fail_request(entry)
+        self._fail_requests(ledger.failed_requests())
         client = self.client
         if client is not None and data.find(b'"DOORMAN_', pos, end) >= 0:
             # The message names the pool-wide statement: give the client back its own name.
-            out.append(client.unmask_statement_names(data[pos:end]))
+            out.append(client.unmask_statement_names(data[pos:end], head))
             return end
         return pos
 
@@ -545,18 +546,29 @@ class ServerConnection(Connection):
 
     @staticmethod
     def _is_stale_plan_error(body: bytes) -> bool:
+        """The pool statement cannot be used any more: DDL changed its result type, or a type it was parsed with
+        (a parameter's) was dropped, e.g. by another session, after it was prepared."""
         fields = messages.parse_error_fields(body)
-        return fields.get("C") == "0A000" and fields.get("M", "").startswith("cached plan must not change result")
+        code, text = fields.get("C"), fields.get("M", "")
+        return (code == "0A000" and text.startswith("cached plan must not change result")) or (
+            code == "XX000" and text.startswith("cache lookup failed for type")
+        )
 
     def _replay_batch(self, source: bytes) -> None:
         """Send a failed batch again: the retired statement's Bind now maps to a fresh statement, which the
         client side prepares first (hidden Parse), so PostgreSQL plans it anew."""
         client = self.client
-        if client is None or self.transport is None or client.statements is None:
+        if client is None or self.transport is None or getattr(client, "rewriter", None) is None:
             return
         log.info("server pid=%s: statement result type changed; re-preparing and retrying the batch", self.pid)
         client.replay(source)
         self.ledger.replayable(None)  # once: a second failure of the same batch reaches the client
+
+    def _fail_requests(self, entries: list[Expect]) -> None:
+        """Requests PostgreSQL rejected or skipped, in wire order: undone last first (each undo restores what was
+        there before its own request)."""
+        for entry in reversed(entries):
+            self._fail_request(entry)
 
     def _fail_request(self, entry: Expect) -> None:
         """A request PostgreSQL rejected or skipped: undo what the pooler assumed it would do."""
@@ -594,10 +606,10 @@ class ServerConnection(Connection):
                 self._statements_gone()
         elif first == 80:  # 'P'
             if data.startswith(b"PREPARE\x00", at):
-                if self.sql_prepare_pending > 0:
-                    self.sql_prepare_pending -= 1  # tracked by the pooler (prepared.py)
-                else:
+                if not self.statements.sql_prepare_completed():  # not one the pooler tracks (rewrite.py)
                     self.need_deallocate_all = True
+            elif data.startswith(b"PREPARE TRANSACTION\x00", at):
+                self._rolled_back()  # whether it commits is decided elsewhere: assume the worst
         elif first == 76:  # 'L'
             if data.startswith(b"LISTEN\x00", at):
                 self.need_unlisten = True
@@ -606,8 +618,18 @@ class ServerConnection(Connection):
                 # A RESET does not undo other SETs, but it may undo a parameter the pooler synced (e.g. a
                 # startup search_path): reset at release so the tracked parameters are true again.
                 self.need_reset_all = True
+            elif data.startswith(b"ROLLBACK\x00", at):  # also ROLLBACK TO SAVEPOINT, and COMMIT of a failed one
+                self._rolled_back()
         elif first == 67 and data.startswith(b"CLOSE CURSOR ALL\x00", at):  # 'C'
             self.need_close_all = False
+
+    def _rolled_back(self) -> None:
+        """A transaction or savepoint rolled back: statements parsed on this server since it was lent may depend on
+        objects created in it (a type, a table), gone now. PostgreSQL keeps prepared statements across a rollback,
+        and would re-analyse them later with the parameter types fixed at parse time (XX000 cache lookup failed);
+        so they are retired here: closed, and parsed afresh when next used."""
+        for name in self.statements.rolled_back():
+            self.to_close[name] = False
 
     def _statements_gone(self) -> None:
         self.forget_statements()
@@ -640,8 +662,8 @@ class ServerConnection(Connection):
         self.state = codes.SERVER_ACTIVE
         self.used = True
         self.ledger.lent()
-        if self.to_close:
-            self._close_evicted()
+        if self.to_close or self.statements.sql:
+            self._close_evicted(client)
         if sync_sql:
             self.inject(sync_sql)
 
@@ -655,38 +677,70 @@ class ServerConnection(Connection):
         self.ledger.inject()
         self.write(query_message)
 
-    def _close_evicted(self) -> None:
-        """Close statements evicted from this server's cache; done at checkout, when no portal can use them."""
+    def _close_evicted(self, client: ClientConnection) -> None:
+        """At checkout, when no portal can use them: close statements evicted from this server's cache or retired,
+        and the SQL-level statements of another client (Close drops those too): they must never be found by this
+        one. One hidden Close per name and a Sync, whose replies are cut from the stream."""
         assert self.transport is not None
-        closes = [messages.message(b"C", b"S" + name + b"\x00") for name in self.to_close]
+        names = list(self.to_close)
         self.to_close.clear()
-        self.ledger.inject()
-        self.write(b"".join(closes) + messages.SYNC)
+        statements = self.statements
+        sql = statements.sql
+        if sql:
+            rewriter = getattr(client, "rewriter", None)
+            if rewriter is None or rewriter.owner != statements.sql_owner:
+                names.extend(sql)
+                sql.clear()
+        if names:
+            self.ledger.inject()
+            self.write(b"".join([messages.message(b"C", b"S" + name + b"\x00") for name in names]) + messages.SYNC)
 
-    def revive(self, name: bytes) -> bool:
-        """A statement evicted from the cache but not closed yet is still there: take it back."""
-        if name in self.to_close:
-            del self.to_close[name]
-            self.add_statement(name)
-            return True
-        return False
+    def lacks(self, name: bytes, out: list[bytes]) -> bool:
+        """Whether statement ``name`` must be parsed on this server before it is used. One evicted from the cache
+        but not closed yet is taken back; one retired but not closed yet is closed first (a hidden Close appended
+        to ``out``), so that the Parse that follows does not meet it."""
+        if name in self.statements:
+            return False
+        to_close = self.to_close
+        if to_close:
+            revivable = to_close.pop(name, None)
+            if revivable:
+                self._add_statement(name, False)
+                return False
+            if revivable is not None:
+                out.append(messages.message(b"C", b"S" + name + b"\x00"))
+                self.ledger.owe(_HIDDEN_CLOSE)
+        return True
 
     def add_statement(self, name: bytes) -> None:
-        evicted = self.statements.add(name)
+        """A Parse of pool statement ``name`` is sent to this server."""
+        self._add_statement(name, True)
+
+    def _add_statement(self, name: bytes, parsed: bool) -> None:
+        evicted = self.statements.add(name, parsed)
         if evicted is not None:
-            self.to_close[evicted] = None
+            self.to_close[evicted] = True
 
     def forget_statements(self) -> None:
         """DEALLOCATE ALL / DISCARD ALL ran on this session."""
         self.statements.clear()
         self.to_close.clear()
-        self.sql_prepared.clear()
+
+    def _settle_statements(self) -> None:
+        """The client is done with this server. Statements parsed in its transactions are kept if those committed;
+        if one may have rolled back (an error, or the client left inside a transaction, which cleanup rolls back),
+        they are retired (see `_rolled_back`)."""
+        for name in self.statements.settle(self.ledger.tx_status != codes.TX_IDLE):
+            self.to_close[name] = False
 
     def release(self) -> None:
         """The client is done with this server (transaction over): clean it if needed, back to the pool."""
         self.client = None
         self.last_used = self.pool.now
         self.resume_reading()  # the client may have left while it held this server's reads back
+        statements = self.statements
+        if statements.opened or statements.aborted:
+            self._settle_statements()
         pool = self.pool
         if (
             self.cancel_sent  # a cancel may still be in flight toward this backend: never lend it again

@@ -159,7 +159,7 @@ def test_error_skips_to_sync_and_undoes_the_parse(tmp_path: Path) -> None:
         feed(client, PARSE + BIND + EXECUTE + messages.SYNC, 4096)
         feed(server, error + messages.READY_IDLE, 4096)
         assert bytes(client.transport.data) == error + messages.READY_IDLE  # type: ignore[union-attr]
-        assert client.statements is not None and b"s1" not in client.statements.named
+        assert client.rewriter is not None and b"s1" not in client.rewriter.statements.named
         assert not server.statements._names, "a failed Parse leaves nothing on the server"
 
     asyncio.run(run())
@@ -181,12 +181,12 @@ def _prepared(tmp_path: Path) -> tuple[ClientConnection, ServerConnection]:
 def test_stale_plan_replays_a_single_described_bind(tmp_path: Path) -> None:
     async def run() -> None:
         client, server = _prepared(tmp_path)
-        first_name = client.statements.named[b"s1"].name  # type: ignore[union-attr]
+        first_name = client.rewriter.statements.named[b"s1"].name  # type: ignore[union-attr]
         feed(client, BIND + DESCRIBE_PORTAL + EXECUTE + messages.SYNC, 4096)
         first_attempt = len(server.transport.data)  # type: ignore[union-attr]
         feed(server, STALE + messages.READY_IDLE, 4096)
         assert bytes(client.transport.data) == b"", "the error and its ReadyForQuery are hidden"  # type: ignore[union-attr]
-        fresh = client.statements.named[b"s1"]  # type: ignore[union-attr]
+        fresh = client.rewriter.statements.named[b"s1"]  # type: ignore[union-attr]
         assert fresh.name != first_name, "the client's name now maps to a fresh statement"
         buf = MessageBuffer()
         buf.feed(bytes(server.transport.data)[first_attempt:])  # type: ignore[union-attr]
