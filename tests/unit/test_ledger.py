@@ -216,3 +216,23 @@ def test_lent_starts_a_fresh_account() -> None:
     ledger.sent_extended()
     ledger.lent()
     assert ledger.is_clean()
+
+
+def test_may_be_failed_until_every_query_and_sync_has_answered() -> None:
+    """Whether PostgreSQL may be in a failed transaction when it reaches the next message (rewrite.py then lets
+    it answer a Parse itself): after ReadyForQuery 'E', or while a Query or Sync is in flight."""
+    ledger = ServerLedger()
+    assert not ledger.may_be_failed()
+    ledger.sent_extended()  # an unsynced batch: an error there makes PostgreSQL skip the rest of it
+    assert not ledger.may_be_failed()
+    ledger.sent_sync()
+    assert ledger.may_be_failed()
+    ledger.ready(IN_BLOCK)
+    assert not ledger.may_be_failed()
+    ledger.sent_query()
+    assert ledger.may_be_failed()
+    ledger.ready(FAILED)
+    assert ledger.may_be_failed()
+    ledger.sent_query()
+    ledger.ready(IDLE)
+    assert not ledger.may_be_failed()
