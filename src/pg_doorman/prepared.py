@@ -307,8 +307,8 @@ class ServerStatements:
         while name in opened:
             opened.remove(name)
 
-    def rolled_back(self) -> list[bytes]:
-        """A transaction or savepoint rolled back: the names parsed in this lending, taken off (to be closed)."""
+    def retire_opened(self) -> list[bytes]:
+        """The names parsed in this lending, taken off (to be closed): a transaction or savepoint rolled back."""
         retired = self.opened
         if retired:
             names = self._names
@@ -319,7 +319,7 @@ class ServerStatements:
 
     def settle(self, rolled_back: bool) -> list[bytes]:
         """The lending is over: the names to retire (those parsed in it, if a transaction of it rolled back)."""
-        retired = self.rolled_back() if rolled_back or self.aborted else []
+        retired = self.retire_opened() if rolled_back or self.aborted else []
         self.opened = []
         self.aborted = False
         return retired

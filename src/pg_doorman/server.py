@@ -23,7 +23,7 @@ from pg_doorman import codes, sockets
 from pg_doorman.auth.backend import ServerCredentials, ServerLogin
 from pg_doorman.connection import Connection
 from pg_doorman.ledger import ServerLedger
-from pg_doorman.prepared import COMPLETES_TABLE, Expect, ServerStatements
+from pg_doorman.prepared import COMPLETES_TABLE, PARSE_SETTINGS, Expect, ServerStatements
 from pg_doorman.protocol import messages
 from pg_doorman.protocol.errors import CONNECTION_FAILURE, INTERNAL_ERROR, PoolerError, ServerError
 from pg_doorman.protocol.framing import MessageBuffer, type_table
@@ -583,6 +583,11 @@ class ServerConnection(Connection):
     def _on_parameter_status(self, body: bytes) -> None:
         name, value = messages.parse_parameter_status(body)
         self.params[name] = value
+        if self.statements.opened and not self.ledger.swallow and name.lower() in PARSE_SETTINGS:
+            # The client changed a setting statements are keyed by (not the pooler's own sync): one parsed in this
+            # lending may have been keyed by the old value but parsed under the new (a Parse pipelined behind the
+            # SET). Such a statement must not be shared.
+            self._retire_opened()
         if name in SYNCABLE_REPORTED:
             self.refresh_param_token()
             client = self.client
@@ -609,7 +614,7 @@ class ServerConnection(Connection):
                 if not self.statements.sql_prepare_completed():  # not one the pooler tracks (rewrite.py)
                     self.need_deallocate_all = True
             elif data.startswith(b"PREPARE TRANSACTION\x00", at):
-                self._rolled_back()  # whether it commits is decided elsewhere: assume the worst
+                self._retire_opened()  # whether it commits is decided elsewhere: assume the worst
         elif first == 76:  # 'L'
             if data.startswith(b"LISTEN\x00", at):
                 self.need_unlisten = True
@@ -619,16 +624,17 @@ class ServerConnection(Connection):
                 # startup search_path): reset at release so the tracked parameters are true again.
                 self.need_reset_all = True
             elif data.startswith(b"ROLLBACK\x00", at):  # also ROLLBACK TO SAVEPOINT, and COMMIT of a failed one
-                self._rolled_back()
+                self._retire_opened()
         elif first == 67 and data.startswith(b"CLOSE CURSOR ALL\x00", at):  # 'C'
             self.need_close_all = False
 
-    def _rolled_back(self) -> None:
-        """A transaction or savepoint rolled back: statements parsed on this server since it was lent may depend on
-        objects created in it (a type, a table), gone now. PostgreSQL keeps prepared statements across a rollback,
-        and would re-analyse them later with the parameter types fixed at parse time (XX000 cache lookup failed);
-        so they are retired here: closed, and parsed afresh when next used."""
-        for name in self.statements.rolled_back():
+    def _retire_opened(self) -> None:
+        """Statements parsed on this server since it was lent may not mean what their key says any more: a
+        transaction or savepoint rolled back, and they may depend on objects created in it (a type, a table), gone
+        now (PostgreSQL keeps prepared statements across a rollback, and would re-analyse them later with the
+        parameter types fixed at parse time: XX000 cache lookup failed); or a setting they are keyed by changed.
+        They are retired: closed, and parsed afresh when next used."""
+        for name in self.statements.retire_opened():
             self.to_close[name] = False
 
     def _statements_gone(self) -> None:
@@ -729,7 +735,7 @@ class ServerConnection(Connection):
     def _settle_statements(self) -> None:
         """The client is done with this server. Statements parsed in its transactions are kept if those committed;
         if one may have rolled back (an error, or the client left inside a transaction, which cleanup rolls back),
-        they are retired (see `_rolled_back`)."""
+        they are retired (see `_retire_opened`)."""
         for name in self.statements.settle(self.ledger.tx_status != codes.TX_IDLE):
             self.to_close[name] = False
 

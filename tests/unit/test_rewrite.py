@@ -505,3 +505,21 @@ def test_protocol_use_of_the_clients_sql_statement(server: ServerConnection) -> 
     owed(server)
     assert send(rewriter, server, close(b"p2")) == [("C", b"Sp2\x00")]
     assert rewriter.sql_prepared == {} and server.statements.sql == {}
+
+
+def test_statements_parsed_around_a_clients_setting_change_are_not_shared(server: ServerConnection) -> None:
+    """A Parse pipelined behind SET TimeZone was keyed by the old value but parsed under the new one: when
+    PostgreSQL reports the change, what this lending parsed is retired. The pooler's own sync (a hidden SET, whose
+    reply is swallowed) retires nothing."""
+    rewriter = StatementRewriter()
+    server_name = name_in(send(rewriter, server, parse(b"", b"select '03:00'::timetz"))[0][1])
+    complete(server)
+    server.ledger.inject()  # a parameter sync in flight
+    server._on_parameter_status(b"TimeZone\x00Asia/Kolkata\x00")
+    server._on_parameter_status(b"application_name\x00x\x00")
+    assert server_name in server.statements and not server.to_close
+    server.ledger.swallowed_ready(codes.TX_IDLE)
+    server._on_parameter_status(b"application_name\x00y\x00")  # not a parse setting
+    assert not server.to_close
+    server._on_parameter_status(b"TimeZone\x00Asia/Tokyo\x00")
+    assert server.to_close == {server_name: False} and server_name not in server.statements
