@@ -427,21 +427,31 @@ class ClientConnection(Borrower):
         return dict(self.param_token)
 
     def _parameter_sync_sql(self, server: ServerConnection) -> str | None:
-        """SET/RESET statements that make the server's tracked parameters equal to this client's."""
+        """The statement that makes the server's tracked parameters equal to this client's.
+
+        Values are applied with set_config(), which reads them as a startup packet or postgresql.conf would: a
+        list setting such as ``search_path=a,b`` stays two schemas (``SET search_path TO 'a,b'`` would name one
+        schema "a,b").
+        """
         mine = self.param_token
         theirs = server.params
-        parts = []
+        resets = []
+        sets = []
         for name, value in mine:
             if theirs.get(name) != value:
-                parts.append(f"SET {messages.quote_ident(name)} TO {messages.quote_literal(value)}")
+                sets.append(
+                    f"pg_catalog.set_config({messages.string_literal(name)}, {messages.string_literal(value)}, false)"
+                )
                 theirs[name] = value
         extras = {name for name, _ in mine if name not in SYNCABLE_REPORTED}
         for name in server.extra_keys - extras:
-            parts.append(f"RESET {messages.quote_ident(name)}")
+            resets.append(f"RESET {messages.quote_ident(name)}")
             theirs.pop(name, None)
         server.extra_keys = extras
         server.param_token = self.param_token
-        return ";".join(parts) or None
+        if sets:
+            resets.append("SELECT " + ", ".join(sets))
+        return ";".join(resets) or None
 
     def _forward(self, data: bytes) -> None:
         """Walk client message headers (reporting what the server will owe to its ledger) and pass the bytes on."""
