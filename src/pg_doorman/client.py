@@ -934,6 +934,18 @@ class ClientConnection(Borrower):
                 )
             )
 
+    def adopt_session_settings(self, settings: dict[str, str]) -> None:
+        """The session settings its server had when the client's transaction ended (server.py,
+        `_capture_settings`): those PostgreSQL does not report become the client's own, replayed on whichever
+        server it gets next, as if it had sent them at startup; reported ones are already tracked."""
+        pool = self.pool
+        assert pool is not None
+        params = {name: value for name, value in self.param_token if name in SYNCABLE_REPORTED}
+        for name, value in settings.items():
+            if name not in SYNCABLE_REPORTED and name not in NOT_SETTABLE:
+                params[name] = value
+        self.param_token = pool.intern_params(params)
+
     def on_parameter_status(self, name: str, value: str) -> None:
         pool = self.pool
         assert pool is not None  # only a logged-in client, which has its pool, is lent a server

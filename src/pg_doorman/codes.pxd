@@ -13,6 +13,7 @@ cdef enum:
     SERVER_ACTIVE = 2
     SERVER_CLEANUP = 3
     SERVER_CLOSED = 4
+    SERVER_CAPTURE = 5
 
     PARSE = 1
     BIND = 2

@@ -21,6 +21,7 @@ SERVER_IDLE = 1  # in its pool, lent to nobody
 SERVER_ACTIVE = 2  # lent to a client
 SERVER_CLEANUP = 3  # running the cleanup (ROLLBACK, RESET ALL, ...) before going back to the pool
 SERVER_CLOSED = 4
+SERVER_CAPTURE = 5  # lent; reading the session settings its client's SET left, before the server goes back
 
 # What a server owes for a request (prepared.Expect.code), matched against its responses.
 PARSE = 1  # '1' ParseComplete
