@@ -15,7 +15,7 @@ import secrets
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from pg_doorman import codes, sockets
+from pg_doorman import codes, sessionhints, sockets
 from pg_doorman.auth.md5 import md5_verifier, verify_md5_response
 from pg_doorman.auth.scram import AuthError, ScramServer, parse_scram_verifier
 from pg_doorman.ledger import ServerLedger
@@ -493,8 +493,16 @@ class ClientConnection(Borrower):
             if k:
                 if k == 1:
                     ledger.sent_extended()
+                    if kind == 80:  # Parse: its text may call set_config() or advisory lock functions
+                        hints = sessionhints.session_hints(data, pos + 5, pos + 1 + length)
+                        if hints:
+                            server.note_session_hints(hints)
                 elif k == 2:
                     ledger.sent_query()
+                    if kind == 81:
+                        hints = sessionhints.session_hints(data, pos + 5, pos + 1 + length)
+                        if hints:
+                            server.note_session_hints(hints)
                 elif k == 3:
                     ledger.sent_sync()
                 elif k == 5:
@@ -642,6 +650,10 @@ class ClientConnection(Borrower):
                         continue
                 ledger.owe(_EXPECT_QUERY)
                 ledger.sent_query()
+                if kind == 81:
+                    hints = sessionhints.session_hints(data, pos + 5, end)
+                    if hints:
+                        server.note_session_hints(hints)
             elif kind == 72:  # 'H' Flush
                 ledger.sent_extended()
                 flushed = True

@@ -29,5 +29,8 @@ cdef enum:
     TX_IN_BLOCK = 84
     TX_FAILED = 69
 
+    HINT_SET_CONFIG = 1
+    HINT_ADVISORY = 2
+
     HIDE = 1
     SYNTHETIC_NEXT = 2

@@ -39,6 +39,10 @@ TX_IDLE = 73  # 'I'
 TX_IN_BLOCK = 84  # 'T'
 TX_FAILED = 69  # 'E'
 
+# sessionhints.session_hints(): what a statement's text suggests it does to the session (bits).
+HINT_SET_CONFIG = 1  # set_config(): settings change without a SET tag
+HINT_ADVISORY = 2  # advisory lock functions: a session-level lock may outlive the transaction
+
 # What ServerLedger.complete() tells the server's forwarding loop about one response (bits).
 HIDE = 1  # cut this message from the stream (the answer to a request the pooler inserted)
 SYNTHETIC_NEXT = 2  # answers the pooler owes are due right after this message (ServerLedger.take_synthetic)

@@ -85,3 +85,4 @@ cdef class ServerConnection(Connection):
     cpdef release(self)
     cpdef _on_command_complete(self, bytes data, int at)
     cpdef _on_parameter_status(self, bytes body)
+    cpdef note_session_hints(self, int hints)

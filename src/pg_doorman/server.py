@@ -655,6 +655,12 @@ class ServerConnection(Connection):
 
     # ------------------------------------------------------- settings capture
 
+    def note_session_hints(self, hints: int) -> None:
+        """The client's statement text suggests a session change no command tag reports (sessionhints.py)."""
+        if hints & codes.HINT_SET_CONFIG:
+            self.need_reset_all = True
+            self.capture_due = True
+
     def _capture_settings(self) -> None:
         """The transaction is over but the client changed settings in it. PostgreSQL reports only a few of them
         (ParameterStatus); the others would be lost at the cleanup's RESET ALL, and the client's next transaction
