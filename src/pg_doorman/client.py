@@ -15,7 +15,7 @@ import secrets
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from pg_doorman import codes, sockets
+from pg_doorman import codes, sessionhints, sockets
 from pg_doorman.auth.md5 import md5_verifier, verify_md5_response
 from pg_doorman.auth.scram import AuthError, ScramServer, parse_scram_verifier
 from pg_doorman.ledger import ServerLedger
@@ -355,21 +355,31 @@ class ClientConnection(Borrower):
         return dict(self.param_token)
 
     def _parameter_sync_sql(self, server: ServerConnection) -> str | None:
-        """SET/RESET statements that make the server's tracked parameters equal to this client's."""
+        """The statement that makes the server's tracked parameters equal to this client's.
+
+        Values are applied with set_config(), which reads them as a startup packet or postgresql.conf would: a
+        list setting such as ``search_path=a,b`` stays two schemas (``SET search_path TO 'a,b'`` would name one
+        schema "a,b").
+        """
         mine = self.param_token
         theirs = server.params
-        parts = []
+        resets = []
+        sets = []
         for name, value in mine:
             if theirs.get(name) != value:
-                parts.append(f"SET {messages.quote_ident(name)} TO {messages.quote_literal(value)}")
+                sets.append(
+                    f"pg_catalog.set_config({messages.string_literal(name)}, {messages.string_literal(value)}, false)"
+                )
                 theirs[name] = value
         extras = {name for name, _ in mine if name not in SYNCABLE_REPORTED}
         for name in server.extra_keys - extras:
-            parts.append(f"RESET {messages.quote_ident(name)}")
+            resets.append(f"RESET {messages.quote_ident(name)}")
             theirs.pop(name, None)
         server.extra_keys = extras
         server.param_token = self.param_token
-        return ";".join(parts) or None
+        if sets:
+            resets.append("SELECT " + ", ".join(sets))
+        return ";".join(resets) or None
 
     def _forward(self, data: bytes) -> None:
         """Walk client message headers (reporting what the server will owe to its ledger) and pass the bytes on."""
@@ -411,8 +421,16 @@ class ClientConnection(Borrower):
             if k:
                 if k == 1:
                     ledger.sent_extended()
+                    if kind == 80:  # Parse: its text may call set_config() or advisory lock functions
+                        hints = sessionhints.session_hints(data, pos + 5, pos + 1 + length)
+                        if hints:
+                            server.note_session_hints(hints)
                 elif k == 2:
                     ledger.sent_query()
+                    if kind == 81:
+                        hints = sessionhints.session_hints(data, pos + 5, pos + 1 + length)
+                        if hints:
+                            server.note_session_hints(hints)
                 elif k == 3:
                     ledger.sent_sync()
                 elif k == 5:
@@ -565,6 +583,10 @@ class ClientConnection(Borrower):
                         continue
                 ledger.owe(_EXPECT_QUERY)
                 ledger.sent_query()
+                if kind == 81:
+                    hints = sessionhints.session_hints(data, pos + 5, end)
+                    if hints:
+                        server.note_session_hints(hints)
             elif kind == 72:  # 'H' Flush
                 ledger.sent_extended()
                 flushed = True
@@ -645,6 +667,18 @@ class ClientConnection(Borrower):
                     detail="The PostgreSQL backend serving this session terminated.",
                 )
             )
+
+    def adopt_session_settings(self, settings: dict[str, str]) -> None:
+        """The session settings its server had when the client's transaction ended (server.py,
+        `_capture_settings`): those PostgreSQL does not report become the client's own, replayed on whichever
+        server it gets next, as if it had sent them at startup; reported ones are already tracked."""
+        pool = self.pool
+        assert pool is not None
+        params = {name: value for name, value in self.param_token if name in SYNCABLE_REPORTED}
+        for name, value in settings.items():
+            if name not in SYNCABLE_REPORTED and name not in NOT_SETTABLE:
+                params[name] = value
+        self.param_token = pool.intern_params(params)
 
     def on_parameter_status(self, name: str, value: str) -> None:
         pool = self.pool

@@ -6,6 +6,7 @@ from pg_doorman cimport codes
 from pg_doorman.prepared cimport Expect
 
 
+@cython.final
 cdef class ServerLedger:
     cdef public bint client_partial
     cdef public bint copy_done_sent

@@ -33,6 +33,8 @@ cdef class Lender:
 
 
 cdef class ServerConnection(Connection):
+    cdef public object _capture_buf
+    cdef public dict _captured
     cdef public bytes _carry
     cdef public object _cleanup_buf
     cdef public bint _cleanup_deallocates
@@ -44,6 +46,7 @@ cdef class ServerConnection(Connection):
     cdef public object _login_waiter
     cdef public Py_ssize_t _skip
     cdef public bint cancel_sent
+    cdef public bint capture_due
     cdef public Borrower client
     cdef public double created_at
     cdef public double expires_at
@@ -84,3 +87,4 @@ cdef class ServerConnection(Connection):
     cpdef bint lacks(self, bytes name, list out)
     cpdef add_statement(self, bytes name)
     cpdef _on_parameter_status(self, bytes body)
+    cpdef note_session_hints(self, int hints)

@@ -133,15 +133,21 @@ def test_state_set_inside_a_committed_transaction_is_reset(single: Any, pg_trust
 def test_cleanup_disabled_leaves_state_behind(
     doorman: StartDoorman, pool_config: MakePoolConfig, pg_trust: TempPostgres
 ) -> None:
-    """Control for the tests above: with ``cleanup_server_connections: false`` the state is visible."""
+    """Control for the tests above: with ``cleanup_server_connections: false`` the state is visible. Settings
+    are the exception: a client's SET is read back at the end of its transaction and the parameter sync resets it
+    for the next client, cleanup or not; and so are SQL-level prepared statements the pooler tracks (a lone
+    PREPARE): they are the client's own, never another's. One inside a multi-statement query is not tracked."""
     proc = doorman(pool_config(pg_trust, pool_size=1, cleanup_server_connections=False))
     with connect(proc) as a, connect(proc) as b:
         pid = scalar(a, "select pg_backend_pid()")
         a.execute("SET search_path = x")
         a.execute("PREPARE p AS select 1")
+        a.execute("PREPARE untracked AS select 1; select 1")
         assert scalar(b, "select pg_backend_pid()") == pid
-        assert scalar(b, "show search_path") == "x"
-        assert b.execute("select name from pg_prepared_statements").fetchall() == [("p",)]
+        assert scalar(b, "show search_path") == '"$user", public'
+        assert scalar(a, "show search_path") == "x"
+        assert b.execute("select name from pg_prepared_statements").fetchall() == [("untracked",)]
+        assert scalar(a, "EXECUTE p") == 1
 
 
 # ---------------------------------------- each client's own parameters follow it

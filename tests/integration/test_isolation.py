@@ -415,3 +415,47 @@ def test_set_config_does_not_reach_the_next_client(
     direct = _set_config_then_next_client(direct_target(pg_trust))
     assert direct == ("0", '"$user", public')
     assert _set_config_then_next_client(pooled_target(proc)) == direct
+
+
+# ---------------------------------------- startup settings applied as PostgreSQL reads them
+
+
+@pytest.mark.parametrize(
+    ("options", "query"),
+    [
+        # A list setting: two schemas, not one named "iso_a,public" (which would leave no schema to create in).
+        (r"-c search_path=iso_a,public", "SELECT current_schemas(false)::text, current_schema()"),
+        # A backslash in a value.
+        (r"-c application_name=back\\slash", "SELECT current_setting('application_name')"),
+    ],
+)
+def test_startup_options_are_applied_as_postgresql_reads_them(
+    targets: list[Target], options: str, query: str
+) -> None:
+    """A client's startup settings are replayed on whichever server it lands on; the result must be the session
+    PostgreSQL itself makes of the same startup packet (list settings stay lists, backslashes stay)."""
+    seen = []
+    for target in targets:
+        with target.psycopg(options=options) as conn:
+            seen.append(conn.execute(query).fetchone())
+    assert seen[0] == seen[1], seen
+
+
+def test_set_follows_its_client_and_only_its_client(targets: list[Target]) -> None:
+    """A SET of an unreported setting lasts for the client's session, as on a direct connection (pg_doorman
+    replays it on the client's next server), and never reaches another client of the same backend."""
+    direct, pooled = targets
+    outcomes = []
+    for target in (direct, pooled):
+        with target.psycopg() as a, target.psycopg() as b:
+            a.execute("SET statement_timeout = '1234ms'")
+            a.execute("SET search_path = iso_x, public")
+            seen_by_b = b.execute("SELECT current_setting('statement_timeout'), current_setting('search_path')")
+            b_row = seen_by_b.fetchone()
+            a.execute("RESET search_path")
+            a_row = a.execute(
+                "SELECT current_setting('statement_timeout'), current_setting('search_path')"
+            ).fetchone()
+            outcomes.append((a_row, b_row))
+    assert outcomes[0] == outcomes[1], outcomes
+    assert outcomes[1][0] == ("1234ms", '"$user", public')

@@ -148,5 +148,30 @@ def quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def string_literal(value: str) -> str:
+    """SQL string literal read the same whatever the session's standard_conforming_strings (which a client may
+    have turned off): an E'' literal, with backslashes and quotes escaped, when the value has a backslash."""
+    quoted = value.replace("'", "''")
+    if "\\" in value:
+        return "E'" + quoted.replace("\\", "\\\\") + "'"
+    return "'" + quoted + "'"
+
+
 def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def parse_data_row(body: bytes) -> list[bytes | None]:
+    """The column values of a DataRow body (None for NULL)."""
+    count = int.from_bytes(body[:2], "big")
+    values: list[bytes | None] = []
+    pos = 2
+    for _ in range(count):
+        length = int.from_bytes(body[pos : pos + 4], "big", signed=True)
+        pos += 4
+        if length < 0:
+            values.append(None)
+        else:
+            values.append(body[pos : pos + length])
+            pos += length
+    return values
