@@ -649,6 +649,13 @@ class ServerConnection(Connection):
         elif first == 67 and data.startswith(b"CLOSE CURSOR ALL\x00", at):  # 'C'
             self.need_close_all = False
 
+    def _parse_settings_changed(
+        self, before: tuple[tuple[str, str], ...], after: tuple[tuple[str, str], ...]
+    ) -> bool:
+        """Whether two parameter tokens differ in a setting statements are keyed by (prepared.PARSE_SETTINGS)."""
+        registry = self.pool.registry
+        return bool(registry.settings_key(before) != registry.settings_key(after))
+
     def _retire_opened(self) -> None:
         """Statements parsed on this server since it was lent may not mean what their key says any more: a
         transaction or savepoint rolled back, and they may depend on objects created in it (a type, a table), gone
@@ -734,7 +741,11 @@ class ServerConnection(Connection):
         if client is None:
             return
         if captured:
+            before = client.param_token
             client.adopt_session_settings(captured)
+            if self.statements.opened and self._parse_settings_changed(before, client.param_token):
+                # A statement parsed after the SET was keyed by the settings before it (see _on_parameter_status).
+                self._retire_opened()
             # This session has them now too: a later client's parameter sync resets what it does not share, even
             # where no cleanup runs (cleanup_server_connections: false).
             extras = {name for name, _ in client.param_token if name not in SYNCABLE_REPORTED}

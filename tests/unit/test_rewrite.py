@@ -523,3 +523,24 @@ def test_statements_parsed_around_a_clients_setting_change_are_not_shared(server
     assert not server.to_close
     server._on_parameter_status(b"TimeZone\x00Asia/Tokyo\x00")
     assert server.to_close == {server_name: False} and server_name not in server.statements
+
+
+@pytest.mark.parametrize(("setting", "retired"), [("transform_null_equals", True), ("statement_timeout", False)])
+def test_statements_parsed_before_an_unreported_setting_is_adopted_are_retired(
+    app: Application, pool: Any, setting: str, retired: bool
+) -> None:
+    """A SET PostgreSQL does not report becomes the client's (server.py reads the session's settings when the
+    transaction ends): statements this lending parsed under it were keyed without it. Only settings statements
+    are keyed by count: a SET statement_timeout in every transaction must not make the cache churn."""
+    server = new_server(pool)
+    client = ClientConnection(app)
+    client.pool = pool
+    client.transaction_mode = False  # no release at the end of the capture: only its bookkeeping is looked at
+    client.track_statements()
+    assert client.rewriter is not None
+    server_name = name_in(send(client.rewriter, server, parse(b"", b"select null = null"))[0][1])
+    complete(server)
+    server.client = client
+    server._captured = {setting: "on" if setting == "transform_null_equals" else "5s"}
+    server._capture_done(b"")
+    assert (server_name in server.to_close) is retired
