@@ -50,7 +50,7 @@ cdef class ServerStatements:
     cdef public bint aborted
     cdef public Py_ssize_t capacity
     cdef public Py_ssize_t evictions
-    cdef public list opened
+    cdef public dict opened
     cdef public dict sql
     cdef public Py_ssize_t sql_owner
     cdef public Py_ssize_t sql_pending

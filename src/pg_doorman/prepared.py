@@ -259,8 +259,9 @@ class ServerStatements:
     """What one server connection has prepared.
 
     * names of pool statements (LRU; ``add`` returns a name to close when over capacity);
-    * ``opened``: names parsed during the current lending. If a transaction of that lending rolls back (or may
-      have: ``aborted``, an error), they may depend on objects that are gone, so they are retired;
+    * ``opened``: names parsed during the current lending (a subset of the cache). If a transaction of that lending
+      rolls back (or may have: ``aborted``, an error), they may depend on objects that are gone, so they are
+      retired;
     * ``sql``: the SQL-level prepared statements on the session (name → PREPARE text), all of them belonging to
       the client ``sql_owner`` (rewrite.StatementRewriter.owner): another client's are closed when it gets the
       server. ``sql_pending``: PREPAREs the pooler knows of whose CommandComplete is still due.
@@ -272,7 +273,7 @@ class ServerStatements:
         self._names: OrderedDict[bytes, None] = OrderedDict()
         self.capacity = capacity
         self.evictions = 0
-        self.opened: list[bytes] = []
+        self.opened: dict[bytes, None] = {}
         self.aborted = False
         self.sql: dict[bytes, bytes] = {}
         self.sql_owner = 0
@@ -288,39 +289,43 @@ class ServerStatements:
     def __len__(self) -> int:
         return len(self._names)
 
-    def add(self, name: bytes, parsed: bool = True) -> bytes | None:
-        """``name`` exists on the server (``parsed`` now, rather than taken back before its Close was sent)."""
+    def add(self, name: bytes, parsed: bool = True) -> tuple[bytes, bool] | None:
+        """``name`` exists on the server (``parsed`` now, rather than taken back before its Close was sent).
+        Over capacity, returns the least recently used name, to close, and whether it may be taken back until
+        then (not if parsed in this lending: its transaction may still roll back)."""
         names = self._names
         names[name] = None
         names.move_to_end(name)
         if parsed:
-            self.opened.append(name)
+            self.opened[name] = None
         if self.capacity > 0 and len(names) > self.capacity:
             old, _ = names.popitem(last=False)
             self.evictions += 1
-            return old
+            opened = self.opened
+            if old in opened:
+                del opened[old]
+                return old, True
+            return old, False
         return None
 
     def discard(self, name: bytes) -> None:
         self._names.pop(name, None)
-        opened = self.opened
-        while name in opened:
-            opened.remove(name)
+        self.opened.pop(name, None)
 
     def retire_opened(self) -> list[bytes]:
         """The names parsed in this lending, taken off (to be closed): a transaction or savepoint rolled back."""
-        retired = self.opened
+        retired = list(self.opened)
         if retired:
             names = self._names
             for name in retired:
                 names.pop(name, None)
-            self.opened = []
+            self.opened.clear()
         return retired
 
     def settle(self, rolled_back: bool) -> list[bytes]:
         """The lending is over: the names to retire (those parsed in it, if a transaction of it rolled back)."""
         retired = self.retire_opened() if rolled_back or self.aborted else []
-        self.opened = []
+        self.opened.clear()
         self.aborted = False
         return retired
 
@@ -334,7 +339,7 @@ class ServerStatements:
     def clear(self) -> None:
         """DEALLOCATE ALL / DISCARD ALL: nothing prepared is left (PREPAREs still in flight stay counted)."""
         self._names.clear()
-        self.opened = []
+        self.opened.clear()
         self.sql.clear()
 
 

@@ -767,7 +767,7 @@ class ServerConnection(Connection):
         self.used = True
         self.ledger.lent()
         if self.to_close or self.statements.sql:
-            self._close_evicted(client)
+            self._close_at_checkout(client)
         if sync_sql:
             self.inject(sync_sql)
 
@@ -781,7 +781,7 @@ class ServerConnection(Connection):
         self.ledger.inject()
         self.write(query_message)
 
-    def _close_evicted(self, client: ClientConnection) -> None:
+    def _close_at_checkout(self, client: ClientConnection) -> None:
         """At checkout, when no portal can use them: close statements evicted from this server's cache or retired,
         and the SQL-level statements of another client (Close drops those too): they must never be found by this
         one. One hidden Close per name and a Sync, whose replies are cut from the stream."""
@@ -823,7 +823,8 @@ class ServerConnection(Connection):
     def _add_statement(self, name: bytes, parsed: bool) -> None:
         evicted = self.statements.add(name, parsed)
         if evicted is not None:
-            self.to_close[evicted] = True
+            old, opened_now = evicted
+            self.to_close[old] = not opened_now  # may be taken back until closed, unless it may be rolled back
 
     def forget_statements(self) -> None:
         """DEALLOCATE ALL / DISCARD ALL ran on this session."""

@@ -56,7 +56,7 @@ def test_server_statements_lru_returns_evicted_name() -> None:
     assert server.add(b"s1") is None
     assert server.add(b"s2") is None
     assert b"s1" in server  # touch: s2 becomes the oldest
-    assert server.add(b"s3") == b"s2"
+    assert server.add(b"s3") == (b"s2", True)  # parsed in this lending: not to be taken back
     assert b"s2" not in server and b"s1" in server and b"s3" in server
     server.discard(b"s1")
     assert len(server) == 1

@@ -367,24 +367,29 @@ def test_statements_of_a_lending_are_settled_at_release(server: ServerConnection
     server_name = name_in(send(rewriter, server, parse(b"s1", b"select 1"))[0][1])
     complete(server)
     statements = server.statements
-    assert statements.opened == [server_name]
+    assert list(statements.opened) == [server_name]
     if how == "error":
         statements.aborted = True  # what server.py notes at an ErrorResponse (an implicit transaction rolls back)
     elif how == "left_in_transaction":
         server.ledger.sent_query()
         server.ledger.ready(codes.TX_IN_BLOCK)
     server._settle_statements()
-    assert statements.opened == [] and not statements.aborted
+    assert not statements.opened and not statements.aborted
     assert (server_name in server.to_close) is retired
     assert (server_name in statements) is not retired
 
 
-def test_evicted_statement_is_taken_back_before_its_close() -> None:
+def test_cache_eviction_and_what_may_be_taken_back() -> None:
+    """An evicted name is closed at the next checkout; until then it may be taken back, unless it was parsed in
+    the current lending (its transaction may still roll back). ``opened`` stays within the cache."""
     statements = ServerStatements(1)
     assert statements.add(b"a") is None
-    assert statements.add(b"b") == b"a"
-    statements.add(b"a", parsed=False)
-    assert statements.opened == [b"a", b"b"], "taking a name back is no new parse"
+    assert statements.add(b"b") == (b"a", True)
+    assert list(statements.opened) == [b"b"]
+    assert statements.settle(False) == []
+    assert statements.add(b"c") == (b"b", False)
+    assert statements.add(b"b", parsed=False) == (b"c", True)
+    assert list(statements.opened) == [], "taking a name back is no new parse"
 
 
 # ---------------------------------------------------------------- SQL-level statements
