@@ -397,10 +397,18 @@ _SQL_COMMAND = re.compile(
 
 
 def normalize_ident(raw: bytes) -> bytes:
-    """PostgreSQL identifier rules: quoted keeps case (with "" unescaped), unquoted folds to lower case."""
-    if raw.startswith(b'"'):
-        return raw[1:-1].replace(b'""', b'"')
-    return raw.lower()
+    """PostgreSQL identifier rules: quoted keeps case (with "" unescaped), unquoted folds to lower case; longer than
+    NAMEDATALEN - 1 (63) bytes, clipped there (on a character boundary, UTF-8)."""
+    name = raw[1:-1].replace(b'""', b'"') if raw.startswith(b'"') else raw.lower()
+    if len(name) <= 63:
+        return name
+    cut = name[:63]
+    last = 62
+    while last > 0 and 0x80 <= cut[last] < 0xC0:  # back to the first byte of the last character
+        last -= 1
+    lead = cut[last]
+    width = 1 if lead < 0x80 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+    return cut if last + width <= 63 else cut[:last]
 
 
 def quote_name(name: bytes) -> bytes:

@@ -64,6 +64,10 @@ _SQL_CLOSE = messages.message(b"C", b"P" + _SQL_PORTAL + b"\x00")
 
 _owners = itertools.count(1)
 
+# PostgreSQL keys prepared statements by their first NAMEDATALEN - 1 bytes: longer names that share them are one
+# statement (the client's map keys them the same way).
+NAME_LIMIT = 63
+
 
 def ensure_prepared(stmt: Statement, server: ServerConnection, out: list[bytes]) -> None:
     """Put a hidden Parse in front when ``server`` lacks the statement."""
@@ -201,8 +205,10 @@ class StatementRewriter:
                 return
             parsed = parse_parse(raw[5:])
             name = parsed.name
+            if len(name) > NAME_LIMIT:
+                name = name[:NAME_LIMIT]
             if name in statements.named:
-                self._duplicate_statement(name, parsed.query, parsed.types, server, out)
+                self._duplicate_statement(name, parsed.name, parsed.query, parsed.types, server, out)
                 return
             stmt = server.pool.registry.get(parsed.query, parsed.types, self._settings)
             if stmt.sql_command is not None:
@@ -214,6 +220,8 @@ class StatementRewriter:
         if kind == 66:  # 'B' Bind
             start, end = name_after_first_cstring(body)
             name = body[start:end]
+            if end - start > NAME_LIMIT:
+                name = name[:NAME_LIMIT]
             bound = statements.lookup(name)
             if bound is None:
                 if name in self.sql_prepared:  # the client's SQL-level statement, by its own name
@@ -233,15 +241,16 @@ class StatementRewriter:
         elif kind == 68:  # 'D' Describe of a statement (the frame walk passes portals on)
             if body[-1:] != b"\x00":
                 raise ValueError("Describe without a terminated name")
-            described = statements.lookup(body[1:-1]) if body[:1] == b"S" else None
+            name = body[1:-1] if len(body) <= NAME_LIMIT + 2 else body[1 : NAME_LIMIT + 1]
+            described = statements.lookup(name) if body[:1] == b"S" else None
             if described is None:
-                if body[1:-1] in self.sql_prepared:
-                    self._sql_ensure(body[1:-1], server, out, True)
+                if name in self.sql_prepared:
+                    self._sql_ensure(name, server, out, True)
                 out.append(raw)
                 ledger.owe(_EXPECT_DESCRIBE)
                 return
             if described.stale:
-                described = self._fresh_statement(body[1:-1], described, server)
+                described = self._fresh_statement(name, described, server)
             if described.sql_command is not None:
                 described = self._sql_statement_parsed(described, server, out)
             ensure_prepared(described, server, out)
@@ -251,7 +260,7 @@ class StatementRewriter:
             if body[-1:] != b"\x00":
                 raise ValueError("Close without a terminated name")
             if body[:1] == b"S":
-                name = body[1:-1]
+                name = body[1:-1] if len(body) <= NAME_LIMIT + 2 else body[1 : NAME_LIMIT + 1]
                 if name in self.sql_prepared and name not in statements.named:
                     self._sql_close(name, server, out)
                     return
@@ -313,19 +322,19 @@ class StatementRewriter:
             ledger.owe(Expect(codes.SYNTHETIC, data=messages.PARSE_COMPLETE, undo=undo))
 
     def _duplicate_statement(
-        self, name: bytes, query: bytes, types: bytes, server: ServerConnection, out: list[bytes]
+        self, name: bytes, given: bytes, query: bytes, types: bytes, server: ServerConnection, out: list[bytes]
     ) -> None:
         """Parse of a name the client already uses: PostgreSQL must raise 42P05 itself, so that the error is its
         own (fields and all), that it skips to the next Sync and fails an open transaction block as on a direct
         connection. The client's statement is made to exist on this server, and a Parse of the new text under its
-        server-side name is sent (PostgreSQL parses the text first, as it would); the error names the client's
-        own statement again (`unmask`)."""
+        server-side name is sent (PostgreSQL parses the text first, as it would); the error names the statement
+        again as the client wrote it (``given``, `unmask`)."""
         existing = self.statements.named[name]
         if existing.sql_command is not None:
             existing = self._sql_statement_parsed(existing, server, out)
         ensure_prepared(existing, server, out)
         out.append(messages.message(b"P", existing.name + b"\x00" + query + b"\x00" + types))
-        server.ledger.owe(Expect(codes.PARSE, client_name=name))
+        server.ledger.owe(Expect(codes.PARSE, client_name=given))
 
     def _fresh_statement(self, name: bytes, stale: Statement, server: ServerConnection) -> Statement:
         """The client's statement went stale (its result type changed): map its name to a fresh one."""
@@ -345,7 +354,7 @@ class StatementRewriter:
         def client_name(match: re.Match[bytes]) -> bytes:
             server_name = match.group(1)
             if own is not None:
-                meant = statements.named.get(own)
+                meant = statements.named.get(own[:NAME_LIMIT])
                 if meant is not None and meant.name == server_name:
                     return b'"' + own + b'"'
             if statements.unnamed is not None and statements.unnamed.name == server_name:

@@ -495,6 +495,20 @@ def reparse_same_name_later_transaction_error_is_postgresqls(c: Ctx) -> list[Ste
 
 
 @seq()
+def long_statement_names(c: Ctx) -> list[Step]:
+    """PostgreSQL keeps NAMEDATALEN - 1 (63) bytes of a statement name: two longer names that share them are one
+    statement. A name of 10 kB is as good as any."""
+    long_a, long_b, huge = "n" * 63 + "a", "n" * 63 + "b", "h" * 10_000
+    return [
+        step(parse(long_a, "select 1 as v"), sync()),
+        step(parse(long_b, "select 2 as v"), sync()),
+        step(bind("", long_b), execute(), sync()),
+        step(parse(huge, "select 3 as v"), bind("", huge), execute(), close("S", long_a), sync()),
+        step(bind("", long_b), execute(), sync()),
+    ]
+
+
+@seq()
 def unnamed_parse_twice(c: Ctx) -> list[Step]:
     return [step(parse("", "select 1 as v"), parse("", "select 2 as v"), bind(), execute(), sync())]
 

@@ -132,3 +132,9 @@ def test_lone_begin(sql: str, deferred: bool) -> None:
 
 def test_lone_begin_needs_exactly_one_message() -> None:
     assert not is_lone_begin(messages.query("begin") + messages.query("select 1"))
+
+
+def test_long_sql_names_are_clipped_as_postgresql_does() -> None:
+    assert parse_sql_statement_command(b"EXECUTE " + b"x" * 70) == ("execute", b"x" * 63)
+    name = "é" * 40  # 80 bytes: clipped before the character the 64th byte would split
+    assert parse_sql_statement_command(f'DEALLOCATE "{name}"'.encode()) == ("deallocate", ("é" * 31).encode())

@@ -324,9 +324,9 @@ def test_huge_statement_name_maps_like_any_other(server: ServerConnection) -> No
     rewriter = StatementRewriter()
     sent = send(rewriter, server, parse(huge, b"select 1"), bind(huge), describe(huge))
     assert kinds(sent) == "PBD" and huge not in b"".join(body for _, body in sent)
-    server_name = rewriter.statements.named[huge].name
+    server_name = rewriter.statements.named[huge[:63]].name  # PostgreSQL keys it by 63 bytes too
     error = messages.error_response("26000", f'prepared statement "{server_name.decode()}" x', severity="ERROR")
-    assert huge in rewriter.unmask(error, None)
+    assert b'"' + huge[:63] + b'"' in rewriter.unmask(error, None)
 
 
 def test_another_clients_statement_names_mean_nothing(server: ServerConnection) -> None:
@@ -549,3 +549,21 @@ def test_statements_parsed_before_an_unreported_setting_is_adopted_are_retired(
     server._captured = {setting: "on" if setting == "transform_null_equals" else "5s"}
     server._capture_done(b"")
     assert (server_name in server.to_close) is retired
+
+
+def test_long_names_are_one_statement_when_their_first_63_bytes_agree(server: ServerConnection) -> None:
+    """As in PostgreSQL (NAMEDATALEN): a Parse of a longer name sharing them is a duplicate (42P05, naming the
+    statement as the client wrote it this time), a Bind of any such name finds the statement."""
+    rewriter = StatementRewriter()
+    long_a, long_b = b"n" * 63 + b"a", b"n" * 63 + b"b"
+    send(rewriter, server, parse(long_a, b"select 1"))
+    complete(server)
+    send(rewriter, server, parse(long_b, b"select 2"))
+    duplicate = list(server.ledger.expect)[-1]
+    assert duplicate.client_name == long_b
+    server_name = rewriter.statements.named[b"n" * 63].name
+    error = messages.error_response("42P05", f'prepared statement "{server_name.decode()}" x', severity="ERROR")
+    assert b'"' + long_b + b'"' in rewriter.unmask(error, duplicate)
+    owed(server)
+    sent = send(rewriter, server, bind(long_b), describe(long_b))
+    assert server_name in sent[0][1] and server_name in sent[1][1]
