@@ -452,9 +452,9 @@ class StatementRewriter:
         definitions must never share one."""
         command = stmt.sql_command
         assert command is not None
-        definition = self.sql_prepared.get(command[1], b"")
-        if definition == stmt.scope:
-            return stmt
+        definition = self.sql_prepared.get(command[1])
+        if definition is None or definition == stmt.scope:
+            return stmt  # no definition now: PostgreSQL reports the missing name when it runs
         executing: Statement = server.pool.registry.get(stmt.query, stmt.types, stmt.settings, definition)
         return executing
 

@@ -1074,6 +1074,24 @@ def protocol_parse_then_sql_execute(c: Ctx) -> list[Step]:
 
 
 @seq()
+def sql_prepare_execute_through_parse_across_servers(c: Ctx) -> list[Step]:
+    """PREPARE/EXECUTE/DEALLOCATE as the text of extended-protocol statements (psycopg prepare=True, asyncpg), each
+    transaction on another server: the client's statement follows it; after DEALLOCATE it is gone everywhere."""
+    return [
+        step(parse("", "PREPARE px AS select 5 as v"), bind(), execute(), sync()),
+        step(parse("e1", "EXECUTE px"), bind("", "e1"), describe("P"), execute(), sync()),
+        step(bind("", "e1"), describe("P"), execute(), sync()),
+        step(describe("S", "e1"), sync()),
+        step(parse("", "DEALLOCATE px"), bind(), execute(), sync()),
+        step(bind("", "e1"), execute(), sync()),
+        step(parse("", "EXECUTE px"), bind(), execute(), sync()),
+        q("EXECUTE px"),
+        step(parse("", "PREPARE px AS select 'again' as v"), bind(), execute(), sync()),
+        q("EXECUTE px"),
+    ]
+
+
+@seq()
 def sql_prepare_error_then_execute(c: Ctx) -> list[Step]:
     return [q("PREPARE bad AS selec 1"), q("EXECUTE bad"), q("PREPARE bad AS select 1 as v"), q("EXECUTE bad")]
 
