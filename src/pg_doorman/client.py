@@ -2,8 +2,10 @@
 
 Login runs as a coroutine (it is rare and has to wait for passwords and for the pool's first server). After it the
 connection switches to plain callbacks: `data_received` walks message headers, takes a server from the pool when
-a transaction starts, and writes the client's bytes through unchanged. The server side (server.py) decides when
-the transaction is over and calls `release_server`.
+a transaction starts, and writes the client's bytes through unchanged, except that in transaction mode with
+prepared statements the messages naming statements (and SQL PREPARE/EXECUTE/DEALLOCATE) go through the client's
+`StatementRewriter` (rewrite.py). The server side (server.py) decides when the transaction is over and calls
+`release_server`.
 """
 
 from __future__ import annotations
