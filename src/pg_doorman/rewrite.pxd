@@ -1,5 +1,5 @@
 # Cython declarations for rewrite.py (used only by the optional compiled build, see setup.py); the .py file runs
-# unchanged without them. The client's frame walk calls `rewrite` and `query` as C calls.
+# unchanged without them. The client's frame walk calls `rewrite` and `query` as C calls (final: no vtable).
 import cython
 
 from pg_doorman cimport codes
@@ -15,11 +15,13 @@ from pg_doorman.prepared cimport (
 from pg_doorman.server cimport ServerConnection
 
 
+cdef Py_ssize_t NAME_LIMIT
 cdef bytes _SQL_BIND
 cdef bytes _SQL_EXECUTE
 cdef bytes _SQL_CLOSE
 
 
+@cython.final
 cdef class StatementRewriter:
     cdef public bytes _settings
     cdef public object _token
