@@ -71,7 +71,7 @@ NAME_LIMIT = 63
 
 def ensure_prepared(stmt: Statement, server: ServerConnection, out: list[bytes]) -> None:
     """Put a hidden Parse in front when ``server`` lacks the statement."""
-    if server.lacks(stmt.name, out):
+    if stmt.name not in server.statements and server.lacks(stmt.name, out):
         out.append(stmt.parse_message)
         server.add_statement(stmt.name)
         server.ledger.owe(Expect(codes.PARSE, hide=True, parsed=stmt.name))
@@ -304,7 +304,7 @@ class StatementRewriter:
         """The client's Parse of ``stmt``: sent when the server lacks it, else answered by the pooler, unless
         PostgreSQL's answer may differ (``probe``: the Parse with the unnamed statement, or None to build it)."""
         ledger = server.ledger
-        if server.lacks(stmt.name, out):
+        if stmt.name not in server.statements and server.lacks(stmt.name, out):
             out.append(stmt.parse_message)
             server.add_statement(stmt.name)
             ledger.owe(Expect(codes.PARSE, parsed=stmt.name, undo=undo))
