@@ -178,13 +178,17 @@ def _prepared(tmp_path: Path) -> tuple[ClientConnection, ServerConnection]:
     return client, server
 
 
-def test_stale_plan_replays_a_single_described_bind(tmp_path: Path) -> None:
+DROPPED_TYPE = messages.error_response("XX000", "cache lookup failed for type 16390", severity="ERROR")
+
+
+@pytest.mark.parametrize("error", [STALE, DROPPED_TYPE], ids=["result_type_changed", "parameter_type_dropped"])
+def test_stale_plan_replays_a_single_described_bind(tmp_path: Path, error: bytes) -> None:
     async def run() -> None:
         client, server = _prepared(tmp_path)
         first_name = client.rewriter.statements.named[b"s1"].name  # type: ignore[union-attr]
         feed(client, BIND + DESCRIBE_PORTAL + EXECUTE + messages.SYNC, 4096)
         first_attempt = len(server.transport.data)  # type: ignore[union-attr]
-        feed(server, STALE + messages.READY_IDLE, 4096)
+        feed(server, error + messages.READY_IDLE, 4096)
         assert bytes(client.transport.data) == b"", "the error and its ReadyForQuery are hidden"  # type: ignore[union-attr]
         fresh = client.rewriter.statements.named[b"s1"]  # type: ignore[union-attr]
         assert fresh.name != first_name, "the client's name now maps to a fresh statement"
