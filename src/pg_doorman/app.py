@@ -9,10 +9,10 @@ import secrets
 import signal
 import socket
 import time
+from collections.abc import Callable, Container
 from typing import cast
 
 from pg_doorman import __version__, implementation, sockets
-from pg_doorman.auth.scram import make_scram_verifier
 from pg_doorman.client import ClientConnection, pool_removed
 from pg_doorman.config import Config, ConfigError, load_config
 from pg_doorman.pool import Pool
@@ -26,6 +26,23 @@ MAINTENANCE_INTERVAL = 1.0
 WAIT_CHECK_INTERVAL = 0.1
 
 
+def new_cancel_key(taken: Container[int], randbits: Callable[[int], int] = secrets.randbits) -> tuple[int, int]:
+    """A BackendKeyData (process id, secret) for a new client.
+
+    The process id is random, positive and unique among live clients: sequential ids would tell anyone how many
+    clients connected and let a cancel be aimed at a neighbour's id. The secret is a full random 32 bits sent as
+    PostgreSQL's signed int32. ``randbits`` is replaceable for tests.
+    """
+    while True:
+        pid = randbits(31)
+        if pid and pid not in taken:
+            break
+    secret = randbits(32)
+    if secret >= 1 << 31:
+        secret -= 1 << 32
+    return pid, secret
+
+
 class Application:
     """Everything one pg_doorman process serves: its config, its pools and its clients."""
 
@@ -36,11 +53,11 @@ class Application:
         self.clients: set[ClientConnection] = set()
         self.cancel_keys: dict[int, ClientConnection] = {}
         self.shutting_down = False
-        self.login_timeout = 60.0
+        self.login_timeout = config.general.client_login_timeout
         self.max_message_size = config.general.max_message_size
-        self._next_pid = 0
-        self._plain_verifiers: dict[str, str] = {}
-        self._dummy_verifier: str | None = None
+        # The configured password of every user name, from the first pool that defines it: a client asking for a
+        # database it has no pool in is still challenged against it (see ClientConnection._authenticate).
+        self.user_passwords: dict[str, str] = {}
         self._servers: list[asyncio.Server] = []
         self._stop: asyncio.Event | None = None
         self._stop_mode = "immediate"
@@ -69,7 +86,12 @@ class Application:
                 self._move_waiters(pool, new.get(key))
         self.pools = new
         self.databases = {db for db, _ in new}
+        passwords: dict[str, str] = {}
+        for settings in config.all_pool_settings():
+            passwords.setdefault(settings.username, settings.password)
+        self.user_passwords = passwords
         self.max_message_size = config.general.max_message_size
+        self.login_timeout = config.general.client_login_timeout
         general = config.general
         sockets.current = sockets.SocketOptions(
             keepalive_idle=general.tcp_keepalives_idle,
@@ -100,31 +122,22 @@ class Application:
     def has_database(self, database: str) -> bool:
         return database in self.databases
 
-    def plain_verifier(self, password: str) -> str:
-        """A SCRAM verifier for a plaintext password from the config, computed once."""
-        verifier = self._plain_verifiers.get(password)
-        if verifier is None:
-            verifier = self._plain_verifiers[password] = make_scram_verifier(password)
-        return verifier
-
-    def dummy_verifier(self) -> str:
-        """A SCRAM verifier nobody knows the password of: unknown users are challenged against it."""
-        if self._dummy_verifier is None:
-            self._dummy_verifier = make_scram_verifier(secrets.token_urlsafe(24))
-        return self._dummy_verifier
-
     def admin_credentials(self) -> tuple[str, str]:
         general = self.config.general
         return general.admin_username, general.admin_password
 
     # ---------------------------------------------------------------- clients
 
-    def client_opened(self, client: ClientConnection) -> bool:
-        """Count a new connection; True when it is over max_connections."""
+    def admit(self, client: ClientConnection) -> bool:
+        """Count a new connection; False when it is over max_connections (it is then not counted at all)."""
+        if len(self.clients) >= self.config.general.max_connections:
+            limit = self.config.general.max_connections
+            log.info("client from %s refused: max_connections (%d) reached", client.peer, limit)
+            return False
         self.clients.add(client)
         if self.config.general.log_client_connections:
             log.info("client connected from %s", client.peer)
-        return len(self.clients) > self.config.general.max_connections
+        return True
 
     def client_closed(self, client: ClientConnection) -> None:
         self.clients.discard(client)
@@ -136,20 +149,19 @@ class Application:
             self._stop.set()
 
     def register_cancel_key(self, client: ClientConnection) -> tuple[int, int]:
-        """pg_doorman's own BackendKeyData for a client: a unique pid and a random secret."""
-        while True:
-            self._next_pid = self._next_pid % 0x7FFFFFFF + 1
-            if self._next_pid not in self.cancel_keys:
-                break
-        secret = secrets.randbits(31)
-        self.cancel_keys[self._next_pid] = client
-        return self._next_pid, secret
+        """pg_doorman's own BackendKeyData for a client (see `new_cancel_key`)."""
+        pid, secret = new_cancel_key(self.cancel_keys)
+        self.cancel_keys[pid] = client
+        return pid, secret
 
     def cancel(self, pid: int, secret: int) -> None:
         """A CancelRequest: forward it to the server running this client's query, if any."""
         client = self.cancel_keys.get(pid)
-        if client is None or not secrets.compare_digest(secret.to_bytes(4, "big", signed=True),
-                                                        client.secret.to_bytes(4, "big", signed=True)):
+        # All 32 bits of the secret, compared in constant time: the pid alone is no proof (it is sent in clear
+        # to every client and, once random, still guessable one connection at a time).
+        if client is None or not secrets.compare_digest(
+            secret.to_bytes(4, "big", signed=True), client.secret.to_bytes(4, "big", signed=True)
+        ):
             log.info("cancel request with unknown key ignored")
             return
         server = client.server

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import secrets
 from time import monotonic
 from typing import TYPE_CHECKING
 
 from pg_doorman import codes, sessionhints, sockets
-from pg_doorman.auth.md5 import md5_verifier, verify_md5_response
-from pg_doorman.auth.scram import AuthError, ScramServer, parse_scram_verifier
+from pg_doorman.admin import Console, is_admin_database, login_decision
+from pg_doorman.admission import OverLimitClient
+from pg_doorman.auth.client_login import ClientLogin, LoginFailed
+from pg_doorman.auth.policy import choose_method
 from pg_doorman.ledger import ServerLedger
 from pg_doorman.prepared import (
     ClientStatements,
@@ -32,11 +33,8 @@ from pg_doorman.protocol import messages
 from pg_doorman.protocol.errors import (
     ADMIN_SHUTDOWN,
     CONNECTION_FAILURE,
-    FEATURE_NOT_SUPPORTED,
     INTERNAL_ERROR,
-    INVALID_AUTHORIZATION,
     INVALID_CATALOG_NAME,
-    INVALID_PASSWORD,
     OUT_OF_MEMORY,
     POOLER_SHUTDOWN,
     QUERY_CANCELED,
@@ -60,6 +58,11 @@ if TYPE_CHECKING:
     from pg_doorman.pool import Pool
 
 log = logging.getLogger("pg_doorman.client")
+
+# Bytes a client may have buffered before its login has taken them: a few startup-phase messages (each capped
+# far below this) and the first queries of a client that pipelines them behind its login. Beyond it reading
+# pauses until the login coroutine wants more.
+_MAX_BUFFERED_AT_LOGIN = 64 * 1024
 
 
 # Client message types the forwarder must look at: Query, Sync, FunctionCall, Terminate and the extended-protocol
@@ -215,7 +218,6 @@ class _Undo:
             statements.named.pop(name, None)
         else:
             statements.named[name] = previous
-ADMIN_DATABASES = frozenset({"pgdoorman", "pgbouncer"})
 
 
 class ClientConnection(Borrower):
@@ -279,12 +281,17 @@ class ClientConnection(Borrower):
     # ------------------------------------------------------------- asyncio API
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.set_transport(transport)  # type: ignore[arg-type]
-        sockets.configure(transport.get_extra_info("socket"))
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
-        too_many = self.app.client_opened(self)
-        spawn(self._login(too_many))
+        if not self.app.admit(self):
+            # Over max_connections: a small protocol answers it and this object is dropped (see admission.py).
+            refuser = OverLimitClient(self.app)
+            transport.set_protocol(refuser)
+            refuser.connection_made(transport)
+            return
+        self.set_transport(transport)  # type: ignore[arg-type]
+        sockets.configure(transport.get_extra_info("socket"))
+        spawn(self._login())
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -299,7 +306,10 @@ class ClientConnection(Borrower):
                 if self._queued_bytes > _MAX_QUEUED_WHILE_WAITING:
                     self.pause_reading()  # a client that keeps sending while it waits: hold it back
             elif state == codes.CLIENT_STARTUP:
-                self._rx.feed(data)
+                rx = self._rx
+                rx.feed(data)
+                if len(rx) > _MAX_BUFFERED_AT_LOGIN:
+                    self.pause_reading()  # the login coroutine resumes it when it needs more (_wait_rx)
                 waiter = self._rx_waiter
                 if waiter is not None and not waiter.done():
                     waiter.set_result(None)
@@ -1024,46 +1034,64 @@ class ClientConnection(Borrower):
         self.app.client_closed(self)
 
     # ------------------------------------------------------------------ login
+    # The decisions live in sans-I/O objects (auth.client_login.ClientLogin for the password exchange,
+    # auth.policy.choose_method for the method, admin.Console for the admin session); what follows feeds them
+    # bytes, writes their replies and waits.
 
     async def _read_packet(self) -> bytes:
+        """The next startup-phase packet; its length is capped at PostgreSQL's 10 000 bytes from the header."""
         while True:
             packet = self._rx.startup_packet()
             if packet is not None:
                 return packet
             await self._wait_rx()
 
-    async def _read_message(self) -> tuple[int, bytes]:
+    async def _read_message(self, limit: int) -> tuple[int, bytes]:
+        """The next typed message; a declared length over ``limit`` is refused (08P01) before its body arrives."""
         while True:
-            for kind, body in self._rx.messages():
-                return kind, body
+            message = self._rx.next_message(limit)
+            if message is not None:
+                return message
             await self._wait_rx()
 
     async def _wait_rx(self) -> None:
+        self.resume_reading()  # data_received pauses reading while the login has not consumed what it holds
         self._rx_waiter = asyncio.get_running_loop().create_future()
         try:
             await self._rx_waiter
         finally:
             self._rx_waiter = None
 
-    async def _login(self, too_many: bool) -> None:
+    async def _login(self) -> None:
+        timeout = self.app.login_timeout
         try:
-            async with asyncio.timeout(self.app.login_timeout):
-                startup = await self._negotiate(too_many)
+            async with asyncio.timeout(timeout if timeout > 0 else None):
+                startup = await self._negotiate()
                 if startup is None:
                     return
                 await self._authenticate(startup)
+        except LoginFailed as err:
+            log.info("client %s login failed: %s%s", self.peer, err.message, f" ({err.why})" if err.why else "")
+            self.fail(err)
         except PoolerError as err:
             log.info("client %s login failed: %s", self.peer, err.message)
             self.fail(err)
         except (ConnectionError, OSError):
             self.close()
         except TimeoutError:
-            self.fail(PoolerError(INVALID_AUTHORIZATION, "client did not finish login in time"))
+            log.info("client %s did not log in within client_login_timeout (%gs)", self.peer, timeout)
+            self.fail(
+                PoolerError(
+                    QUERY_CANCELED,
+                    "canceling authentication due to timeout",
+                    detail=f"pg_doorman's client_login_timeout is {timeout:g}s",
+                )
+            )
         except Exception:
             log.exception("unexpected error during client login")
-            self.fail(PoolerError("XX000", "internal error during login"))
+            self.fail(PoolerError(INTERNAL_ERROR, "internal error during login"))
 
-    async def _negotiate(self, too_many: bool) -> StartupMessage | None:
+    async def _negotiate(self) -> StartupMessage | None:
         """Answer SSL/GSS requests and cancels; return the StartupMessage (None when the connection is done)."""
         while True:
             first = parse_first_packet(await self._read_packet())
@@ -1074,43 +1102,58 @@ class ClientConnection(Borrower):
                 self.app.cancel(first.pid, first.secret)
                 self.close()
                 return None
-            if too_many:
-                raise PoolerError(TOO_MANY_CONNECTIONS, "sorry, too many clients already")
             if self.app.shutting_down:
                 raise PoolerError(ADMIN_SHUTDOWN, "the pooler is shutting down")
             return first
 
     async def _authenticate(self, startup: StartupMessage) -> None:
+        """Authenticate first, then route, as PostgreSQL does: before the password exchange succeeds the client
+        learns nothing about which databases or users exist."""
         if startup.minor_version > 0 or startup.protocol_options:
             self.write(messages.negotiate_protocol_version(0, startup.protocol_options))
         params = startup.params
-        self.user = startup.user
-        self.database = startup.database
+        user = self.user = startup.user
+        database = self.database = startup.database
         self.application_name = params.get("application_name", "")
-        if self.database in ADMIN_DATABASES:
+        if is_admin_database(database):
             await self._admin_login()
             return
-        pool = self.app.find_pool(self.database, self.user)
+        pool = self.app.find_pool(database, user)
+        # Without a pool for (database, user) the user's password from another pool (if any) still decides the
+        # exchange: an unknown database then costs the same exchange, and the same 28P01, as a wrong password.
+        stored = pool.settings.password if pool is not None else self.app.user_passwords.get(user)
+        login = await self._exchange(ClientLogin(user, choose_method(user, stored)))
         if pool is None:
-            if not self.app.has_database(self.database):
-                raise PoolerError(INVALID_CATALOG_NAME, f'no such database: "{self.database}"')
-            # Like PostgreSQL: an unknown user still goes through a (doomed) SCRAM exchange, so neither the
-            # reply nor its timing tells a prober which user names exist.
-            await self._check_password(self.app.dummy_verifier(), None)
-            raise PoolerError(INVALID_PASSWORD, f'password authentication failed for user "{self.user}"')
+            if self.app.has_database(database):
+                raise PoolerError(
+                    INVALID_CATALOG_NAME, f'no pool is configured for user "{user}" in database "{database}"'
+                )
+            raise PoolerError(INVALID_CATALOG_NAME, f'database "{database}" does not exist')
         self.pool = pool
-        await self._check_password(pool.settings.password, pool)
+        key = login.client_key
+        if key is not None and pool.settings.password.startswith("SCRAM-SHA-256$") and pool.scram_client_key != key:
+            pool.scram_client_key = key
         try:
             defaults = await pool.startup_parameters()
         except PoolerError as err:
             raise PoolerError(
                 err.sqlstate if err.sqlstate != "08006" else CONNECTION_FAILURE,
-                f"could not connect to the server for {self.database}: {err.message}",
+                f"could not connect to the server for {database}: {err.message}",
             )
         self.transaction_mode = pool.transaction_mode
         if pool.settings.prepared_statements and pool.transaction_mode:
             self.track_statements()
         self._finish_login(defaults, params)
+
+    async def _exchange(self, login: ClientLogin) -> ClientLogin:
+        """Run a password exchange to its end: send its requests, feed it the client's answers."""
+        self.write(login.start())
+        while not login.done:
+            kind, body = await self._read_message(login.max_message_length)
+            reply = login.feed(kind, body)
+            if reply:
+                self.write(reply)
+        return login
 
     def _finish_login(self, defaults: dict[str, str], startup: dict[str, str]) -> None:
         pool = self.pool
@@ -1133,74 +1176,23 @@ class ClientConnection(Borrower):
         self.write(b"".join(out))
         leftover = self._rx.take_all()
         self.state = codes.CLIENT_IDLE
+        self.resume_reading()  # before the leftover: handling it may pause reading for its own reasons
         if leftover:
             self.data_received(leftover)
 
-    async def _check_password(self, stored: str, pool: Pool | None) -> None:
-        """Authenticate the client against ``stored`` (md5 verifier, SCRAM verifier, plaintext or empty)."""
-        if not stored:
-            return
-        if stored.startswith("md5") and len(stored) == 35:
-            salt = secrets.token_bytes(4)
-            self.write(messages.auth_md5(salt))
-            kind, body = await self._read_message()
-            if kind != 0x70 or not verify_md5_response(stored, salt, body):
-                raise PoolerError(INVALID_PASSWORD, f'password authentication failed for user "{self.user}"')
-            return
-        if stored.startswith("SCRAM-SHA-256$"):
-            verifier = parse_scram_verifier(stored)
-        else:
-            verifier = parse_scram_verifier(self.app.plain_verifier(stored))
-        scram = ScramServer(verifier)
-        self.write(messages.auth_sasl(ScramServer.mechanisms()))
-        try:
-            kind, body = await self._read_message()
-            if kind != 0x70:
-                raise AuthError("expected SASL response")
-            self.write(messages.auth_sasl_continue(scram.handle_client_first(body)))
-            kind, body = await self._read_message()
-            if kind != 0x70:
-                raise AuthError("expected SASL response")
-            final = scram.handle_client_final(body)
-        except AuthError:
-            raise PoolerError(INVALID_PASSWORD, f'password authentication failed for user "{self.user}"')
-        self.write(messages.auth_sasl_final(final))
-        if pool is not None and stored.startswith("SCRAM-SHA-256$") and pool.scram_client_key != scram.client_key:
-            pool.scram_client_key = scram.client_key
-
     async def _admin_login(self) -> None:
+        """The admin database: every user name gets the same md5 challenge; then the console answers."""
         admin_user, admin_password = self.app.admin_credentials()
-        if self.user != admin_user:
-            raise PoolerError(INVALID_PASSWORD, f'password authentication failed for user "{self.user}"')
-        await self._check_password(md5_verifier(admin_password, admin_user), None)
+        await self._exchange(ClientLogin(self.user, login_decision(self.user, admin_user, admin_password)))
         self.is_admin = True
-        self.write(
-            messages.AUTH_OK
-            + messages.parameter_status("server_version", "15.0 (pg_doorman)")
-            + messages.parameter_status("client_encoding", "UTF8")
-            + messages.parameter_status("DateStyle", "ISO, MDY")
-            + messages.parameter_status("standard_conforming_strings", "on")
-            + messages.backend_key_data(0, 0)
-            + messages.READY_IDLE
-        )
-        while True:
-            kind, _ = await self._read_message()
-            if kind == 0x58:  # Terminate
-                self.close()
-                return
-            if kind == 0x51:
-                self.write(
-                    messages.error_response(
-                        FEATURE_NOT_SUPPORTED,
-                        "the admin console is not available in this version of pg_doorman",
-                        severity="ERROR",
-                    )
-                    + messages.READY_IDLE
-                )
-            elif kind == 0x53:
-                self.write(messages.READY_IDLE)
-            elif kind not in (0x50, 0x42, 0x44, 0x45, 0x43, 0x48):
-                raise ProtocolViolation(f"unexpected message {chr(kind)!r} on the admin console")
+        console = Console()
+        self.write(console.startup_reply())
+        while not console.closed:
+            kind, body = await self._read_message(self.app.max_message_size)
+            reply = console.feed(kind, body)
+            if reply:
+                self.write(reply)
+        self.close()
 
 
 def parse_options(options: str) -> dict[str, str]:

@@ -52,6 +52,11 @@ _GENERAL: tuple[_Key, ...] = (
         format_duration(_D.query_wait_timeout),
         "How long a client may wait for a free server connection before it gets an error.",
     ),
+    _Key(
+        "client_login_timeout",
+        format_duration(_D.client_login_timeout),
+        "A client must finish startup and authentication within this time, or it is disconnected; 0 = no limit.",
+    ),
     _Key("idle_timeout", format_duration(_D.idle_timeout), "Close server connections idle this long; 0 = never."),
     _Key("server_lifetime", format_duration(_D.server_lifetime), "Close server connections this old; 0 = never."),
     _Key(

@@ -166,6 +166,7 @@ def _read_general(root: Section) -> General:
         max_connections=s.integer("max_connections", 8192, minimum=1),
         connect_timeout=s.duration("connect_timeout", 3.0),
         query_wait_timeout=s.duration("query_wait_timeout", 5.0),
+        client_login_timeout=s.duration("client_login_timeout", 60.0),
         idle_timeout=s.duration("idle_timeout", 600.0),
         server_lifetime=s.duration("server_lifetime", 1200.0),
         retain_connections_time=s.duration("retain_connections_time", 30.0),

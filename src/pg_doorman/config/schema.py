@@ -99,6 +99,7 @@ class General:
     max_connections: int = 8192
     connect_timeout: float = 3.0
     query_wait_timeout: float = 5.0
+    client_login_timeout: float = 60.0
     idle_timeout: float = 600.0
     server_lifetime: float = 1200.0
     retain_connections_time: float = 30.0
