@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from pg_doorman.protocol import messages
 from pg_doorman.protocol.errors import TOO_MANY_CONNECTIONS
@@ -33,10 +33,9 @@ class OverLimitClient(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
         if self._app.login_timeout > 0:
-            self._timer = asyncio.get_running_loop().call_later(self._app.login_timeout, transport.abort)
+            self._timer = asyncio.get_running_loop().call_later(self._app.login_timeout, self._transport.abort)
 
     def data_received(self, data: bytes) -> None:
         transport = self._transport

@@ -1076,9 +1076,7 @@ class ClientConnection(Borrower):
         except PoolerError as err:
             log.info("client %s login failed: %s", self.peer, err.message)
             self.fail(err)
-        except (ConnectionError, OSError):
-            self.close()
-        except TimeoutError:
+        except TimeoutError:  # before OSError, of which it is a subclass
             log.info("client %s did not log in within client_login_timeout (%gs)", self.peer, timeout)
             self.fail(
                 PoolerError(
@@ -1087,6 +1085,8 @@ class ClientConnection(Borrower):
                     detail=f"pg_doorman's client_login_timeout is {timeout:g}s",
                 )
             )
+        except (ConnectionError, OSError):
+            self.close()
         except Exception:
             log.exception("unexpected error during client login")
             self.fail(PoolerError(INTERNAL_ERROR, "internal error during login"))
