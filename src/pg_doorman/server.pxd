@@ -33,10 +33,8 @@ cdef class Lender:
 
 cdef class ServerConnection(Connection):
     cdef public bytes _carry
+    cdef public object _cleanup
     cdef public object _cleanup_buf
-    cdef public bint _cleanup_deallocates
-    cdef public bint _cleanup_failed
-    cdef public bint _cleanup_resets
     cdef public object _inject_error
     cdef public object _login
     cdef public object _login_buf
@@ -45,6 +43,7 @@ cdef class ServerConnection(Connection):
     cdef public Py_ssize_t _skip
     cdef public Py_ssize_t _swallow
     cdef public bint cancel_sent
+    cdef public bint check_leftovers
     cdef public Borrower client
     cdef public bint copy_done_sent
     cdef public double created_at
@@ -57,6 +56,7 @@ cdef class ServerConnection(Connection):
     cdef public bint need_close_all
     cdef public bint need_deallocate_all
     cdef public bint need_reset_all
+    cdef public bint need_reset_query
     cdef public bint need_unlisten
     cdef public object param_token
     cdef public dict params
