@@ -10,9 +10,9 @@ the reason in `failure` or `leftovers`). The server connection only does the I/O
 Three layers, cheapest first:
 
 * **Targeted cleanup** (transaction mode, and session mode without a reset query): ``ROLLBACK`` if the client
-  left inside a transaction; ``CLOSE ALL`` / ``UNLISTEN *`` / ``DEALLOCATE ALL`` / ``RESET ALL`` only when a
-  ``DECLARE``, ``LISTEN``, untracked ``PREPARE`` or ``SET``/``RESET`` tag made them needed
-  (``cleanup_server_connections``).
+  left inside a transaction; ``CLOSE ALL`` / ``UNLISTEN *`` / ``DEALLOCATE ALL`` / ``SET SESSION AUTHORIZATION
+  DEFAULT;RESET ALL`` only when a ``DECLARE``, ``LISTEN``, untracked ``PREPARE`` or ``SET``/``RESET`` tag made
+  them needed (``cleanup_server_connections``).
 * **server_reset_query** (PgBouncer's setting, default ``DISCARD ALL``): run at every release in session mode —
   a session can leave anything behind (protocol-level prepared statements, temporary tables, advisory locks)
   and no tag reveals all of it — and in transaction mode too with ``server_reset_query_always``. ``DISCARD
@@ -138,6 +138,9 @@ class ResetPolicy:
             if need_deallocate_all:
                 first.append("DEALLOCATE ALL")
             if need_reset_all:
+                # RESET ALL leaves role and session_authorization alone (GUC_NO_RESET_ALL): a client's SET ROLE
+                # would follow the server to the next client. DEFAULT is the logged-in user: allowed to anyone.
+                first.append("SET SESSION AUTHORIZATION DEFAULT")
                 first.append("RESET ALL")
         if first:
             queries.append(";".join(first))

@@ -30,6 +30,7 @@ from pg_doorman.reset import (
 )
 from pg_doorman.server import ServerConnection
 
+RESET_SETTINGS = "SET SESSION AUTHORIZATION DEFAULT;RESET ALL"
 NO_FLAGS = {
     "in_transaction": False,
     "need_close_all": False,
@@ -88,7 +89,7 @@ def test_transaction_mode_targeted_cleanup_in_one_query() -> None:
         need_deallocate_all=True,
         need_reset_all=True,
     )
-    assert got == ("ROLLBACK;CLOSE ALL;UNLISTEN *;DEALLOCATE ALL;RESET ALL",)
+    assert got == ("ROLLBACK;CLOSE ALL;UNLISTEN *;DEALLOCATE ALL;SET SESSION AUTHORIZATION DEFAULT;RESET ALL",)
 
 
 def test_targeted_cleanup_off_keeps_only_the_rollback() -> None:
@@ -109,7 +110,7 @@ def test_custom_reset_query_runs_after_the_targeted_cleanup() -> None:
     p = policy(transaction_mode=False, reset_query="  SELECT pg_advisory_unlock_all()  ")
     assert not p.covers_all
     assert queries(p) == ("SELECT pg_advisory_unlock_all()",)
-    assert queries(p, need_reset_all=True) == ("RESET ALL", "SELECT pg_advisory_unlock_all()")
+    assert queries(p, need_reset_all=True) == (RESET_SETTINGS, "SELECT pg_advisory_unlock_all()")
 
 
 @pytest.mark.parametrize("empty", ["", "   "])
@@ -117,7 +118,7 @@ def test_empty_reset_query_disables_it(empty: str) -> None:
     p = policy(transaction_mode=False, reset_query=empty)
     assert not p.reset_on_release
     assert queries(p) == ()
-    assert queries(p, need_reset_all=True) == ("RESET ALL",)
+    assert queries(p, need_reset_all=True) == (RESET_SETTINGS,)
 
 
 def test_transaction_mode_runs_the_reset_query_only_when_always() -> None:
