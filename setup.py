@@ -16,6 +16,7 @@ from setuptools.command.build_ext import build_ext
 
 HOT_MODULES = [
     "src/pg_doorman/connection.py",
+    "src/pg_doorman/ledger.py",
     "src/pg_doorman/server.py",
     "src/pg_doorman/client.py",
     "src/pg_doorman/prepared.py",

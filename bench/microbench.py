@@ -107,7 +107,8 @@ async def main() -> None:
     for _ in range(1000):
         client.data_received(fe)
         server.data_received(be)
-    state = ([e.code for e in server.expect], server.pending_z, server.unsynced, chr(server.tx_status))
+    ledger = server.ledger
+    state = ([e.code for e in ledger.expect], ledger.pending_z, ledger.unsynced, chr(ledger.tx_status))
     assert client.server is None and pool.idle, ("server not released", state)
     t0 = time.perf_counter()
     for _ in range(args.n):

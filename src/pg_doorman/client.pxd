@@ -11,6 +11,7 @@ from pg_doorman.prepared cimport (
     name_after_first_cstring,
     rebuild_with_name,
 )
+from pg_doorman.ledger cimport ServerLedger
 from pg_doorman.server cimport Borrower, ServerConnection
 
 
@@ -46,18 +47,19 @@ cdef class ClientConnection(Borrower):
     cdef public double wait_deadline
 
     @cython.locals(n=Py_ssize_t, pos=Py_ssize_t, end=Py_ssize_t, length=Py_ssize_t, limit=Py_ssize_t, kind=int,
-                   k=int, z=Py_ssize_t, unsynced=bint, terminate_at=Py_ssize_t, kinds=bytes,
-                   server=ServerConnection)
+                   k=int, terminate_at=Py_ssize_t, kinds=bytes, server=ServerConnection, ledger=ServerLedger)
     cpdef _forward(self, bytes data)
 
+    cpdef _message_completed(self, ServerLedger ledger)
+
     @cython.locals(n=Py_ssize_t, pos=Py_ssize_t, end=Py_ssize_t, length=Py_ssize_t, limit=Py_ssize_t, kind=int,
-                   seg=Py_ssize_t, z=Py_ssize_t, binds=Py_ssize_t, replay_from=Py_ssize_t, unsynced=bint,
+                   seg=Py_ssize_t, binds=Py_ssize_t, replay_from=Py_ssize_t, replayable=bint,
                    terminate=bint, flushed=bint, described=bint, server=ServerConnection, out=list,
-                   statements=ClientStatements)
+                   statements=ClientStatements, ledger=ServerLedger)
     cpdef _forward_tracked(self, bytes data)
 
     @cython.locals(statements=ClientStatements, stmt=Statement, bound=Statement, described=Statement,
-                   synthetic=Expect, body=bytes, name=bytes, start=Py_ssize_t, end=Py_ssize_t)
+                   synthetic=Expect, body=bytes, name=bytes, start=Py_ssize_t, end=Py_ssize_t, ledger=ServerLedger)
     cpdef _rewrite(self, int kind, bytes raw, ServerConnection server, list out)
 
     @cython.locals(server=ServerConnection, pool=Pool)
@@ -70,6 +72,5 @@ cdef class ClientConnection(Borrower):
     cpdef attach_server(self, ServerConnection server)
 
 
-cpdef bint only_synthetic(object expect)
 cpdef bint is_lone_begin(bytes data)
 cpdef ensure_prepared(Statement stmt, ServerConnection server, list out)

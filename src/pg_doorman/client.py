@@ -12,13 +12,13 @@ import asyncio
 import logging
 import re
 import secrets
-from collections import deque
 from time import monotonic
 from typing import TYPE_CHECKING
 
 from pg_doorman import codes, sockets
 from pg_doorman.auth.md5 import md5_verifier, verify_md5_response
 from pg_doorman.auth.scram import AuthError, ScramServer, parse_scram_verifier
+from pg_doorman.ledger import ServerLedger
 from pg_doorman.prepared import (
     ClientStatements,
     Expect,
@@ -164,21 +164,13 @@ def pool_removed() -> PoolerError:
     return PoolerError(CONNECTION_FAILURE, "this pool was removed by a configuration reload")
 
 
-def only_synthetic(expect: deque[Expect]) -> bool:
-    """Whether every answer still owed is one the pooler makes up itself (none is waiting for the server)."""
-    for entry in expect:  # noqa: SIM110 - a plain loop: compiled, it needs no generator object
-        if entry.code != codes.SYNTHETIC:
-            return False
-    return True
-
-
 def ensure_prepared(stmt: Statement, server: ServerConnection, out: list[bytes]) -> None:
     """Put a hidden Parse in front when ``server`` lacks the statement."""
     if stmt.name in server.statements or server.revive(stmt.name):
         return
     out.append(stmt.parse_message)
     server.add_statement(stmt.name)
-    server.expect.append(Expect(codes.PARSE, hide=True, parsed=stmt.name))
+    server.ledger.owe(Expect(codes.PARSE, hide=True, parsed=stmt.name))
 
 
 def _quote_name(name: bytes) -> bytes:
@@ -435,29 +427,40 @@ class ClientConnection(Borrower):
         return dict(self.param_token)
 
     def _parameter_sync_sql(self, server: ServerConnection) -> str | None:
-        """SET/RESET statements that make the server's tracked parameters equal to this client's."""
+        """The statement that makes the server's tracked parameters equal to this client's.
+
+        Values are applied with set_config(), which reads them as a startup packet or postgresql.conf would: a
+        list setting such as ``search_path=a,b`` stays two schemas (``SET search_path TO 'a,b'`` would name one
+        schema "a,b").
+        """
         mine = self.param_token
         theirs = server.params
-        parts = []
+        resets = []
+        sets = []
         for name, value in mine:
             if theirs.get(name) != value:
-                parts.append(f"SET {messages.quote_ident(name)} TO {messages.quote_literal(value)}")
+                sets.append(
+                    f"pg_catalog.set_config({messages.string_literal(name)}, {messages.string_literal(value)}, false)"
+                )
                 theirs[name] = value
         extras = {name for name, _ in mine if name not in SYNCABLE_REPORTED}
         for name in server.extra_keys - extras:
-            parts.append(f"RESET {messages.quote_ident(name)}")
+            resets.append(f"RESET {messages.quote_ident(name)}")
             theirs.pop(name, None)
         server.extra_keys = extras
         server.param_token = self.param_token
-        return ";".join(parts) or None
+        if sets:
+            resets.append("SELECT " + ", ".join(sets))
+        return ";".join(resets) or None
 
     def _forward(self, data: bytes) -> None:
-        """Walk client message headers (counting what the server will answer) and pass the bytes on."""
+        """Walk client message headers (reporting what the server will owe to its ledger) and pass the bytes on."""
         if self.statements is not None:
             self._forward_tracked(data)
             return
         server = self.server
         assert server is not None
+        ledger = server.ledger
         if self._carry:
             data = self._carry + data
             self._carry = b""
@@ -466,12 +469,12 @@ class ClientConnection(Borrower):
         if pos >= n:
             self._skip = pos - n
             server.write(data)
+            if not self._skip:
+                self._message_completed(ledger)
             return
         self._skip = 0
         kinds = CLIENT_KIND
         limit = self.app.max_message_size
-        z = 0
-        unsynced = server.unsynced
         terminate_at = -1
         while True:
             if n - pos < 5:
@@ -484,28 +487,20 @@ class ClientConnection(Borrower):
             length = data[pos + 1]  # big-endian int32; shifted as a wide int (compiled: no 32-bit overflow)
             length = (length << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4]
             if length < 4 or length > limit:
-                server.pending_z += z
                 self._reject_message(kind, length)
                 return
             k = kinds[kind]
             if k:
                 if k == 1:
-                    unsynced = True
+                    ledger.sent_extended()
                 elif k == 2:
-                    z += 1
-                    server.syncs_after_execute = 0
+                    ledger.sent_query()
                 elif k == 3:
-                    unsynced = False
-                    if not server.copy_in_ignores_sync():
-                        z += 1
-                        if not server.copy_done_sent:
-                            server.syncs_after_execute += 1
+                    ledger.sent_sync()
                 elif k == 5:
-                    unsynced = True
-                    server.syncs_after_execute = 0
-                    server.copy_done_sent = False
+                    ledger.sent_execute()
                 elif k == 6:
-                    server.copy_done_sent = True
+                    ledger.sent_copy_end()
                 else:
                     terminate_at = pos
                     break
@@ -514,15 +509,22 @@ class ClientConnection(Borrower):
                 self._skip = end - n
                 break
             pos = end
-        server.pending_z += z
-        server.unsynced = unsynced
         if terminate_at >= 0:
             if terminate_at:
                 server.write(data[:terminate_at])
             self.close()
             return
+        ledger.client_cut(self._skip > 0)
         if data:
             server.write(data)
+
+    def _message_completed(self, ledger: ServerLedger) -> None:
+        """The rest of a message the server had only in part has been sent. If that was all the server waited
+        for (a message that owes no reply, e.g. CopyData after the COPY ended), the transaction may be over."""
+        was_partial = ledger.client_partial
+        ledger.client_cut(False)
+        if was_partial and self.transaction_mode and ledger.idle():
+            self.release_server()
 
     def _forward_tracked(self, data: bytes) -> None:
         """Transaction mode with prepared statements: rewrite statement names and queue expected responses.
@@ -532,6 +534,7 @@ class ClientConnection(Borrower):
         """
         server = self.server
         assert server is not None
+        ledger = server.ledger
         if self._carry:
             data = self._carry + data
             self._carry = b""
@@ -540,16 +543,15 @@ class ClientConnection(Borrower):
         if pos >= n:
             self._skip = pos - n
             server.write(data)
+            if not self._skip:
+                self._message_completed(ledger)
             return
         self._skip = 0
         limit = self.app.max_message_size
-        expect = server.expect
         statements = self.statements
         assert statements is not None
         out: list[bytes] = []
         seg = 0
-        z = 0
-        unsynced = server.unsynced
         terminate = flushed = described = False
         binds = 0
         replay_from = -1
@@ -563,20 +565,19 @@ class ClientConnection(Borrower):
             length = data[pos + 1]  # big-endian int32; shifted as a wide int (compiled: no 32-bit overflow)
             length = (length << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4]
             if length < 4 or length > limit:
-                server.pending_z += z
                 self._reject_message(kind, length)
                 return
             end = pos + 1 + length
-            if server.skipping and kind != 83:
+            if ledger.skipping and kind != 83:
                 # PostgreSQL skips everything up to the next Sync after an error: pass through, change nothing.
                 pass
             elif _NAMED_KINDS[kind]:
-                unsynced = True
+                ledger.sent_extended()
                 if kind == 68:
                     described = True  # the client learns the row shape in this batch (replay is safe)
                 if kind != 80 and kind != 66 and n - pos > 5 and data[pos + 5] == 80:
                     # Describe/Close of a portal: portal names are the client's own on the server too.
-                    expect.append(_EXPECT_DESCRIBE if kind == 68 else _EXPECT_CLOSE)
+                    ledger.owe(_EXPECT_DESCRIBE if kind == 68 else _EXPECT_CLOSE)
                 else:
                     if end > n:
                         self._carry = data[pos:]
@@ -587,8 +588,8 @@ class ClientConnection(Borrower):
                     if (
                         kind == 66
                         and replay_from < 0
-                        and server.tx_status == 73
-                        and only_synthetic(expect)
+                        and ledger.tx_status == codes.TX_IDLE
+                        and ledger.owes_only_synthetic()
                     ):
                         replay_from = pos  # a batch that starts with this Bind may be replayed (server.py)
                         described = False
@@ -600,35 +601,26 @@ class ClientConnection(Borrower):
                     except (ValueError, IndexError):
                         # A statement or portal name without its NUL: nothing the pooler can rename. PostgreSQL
                         # would say the same (08P01); nothing of this read reaches the server.
-                        server.pending_z += z
                         log.info("client %s sent a malformed %r message", self.peer, chr(kind))
                         self.fail(ProtocolViolation(f"invalid message format ({chr(kind)!r} message)"))
                         return
                     seg = end
             elif kind == 69:  # 'E' Execute
-                expect.append(_EXPECT_EXECUTE)
-                unsynced = True
-                server.syncs_after_execute = 0
-                server.copy_done_sent = False
+                ledger.owe(_EXPECT_EXECUTE)
+                ledger.sent_execute()
             elif kind == 83:  # 'S' Sync
-                unsynced = False
-                server.skipping = False
                 # Replayable: it began with a Bind outside a transaction and it describes its result, so a client
                 # that caches row descriptions (asyncpg, pgJDBC) is never handed rows of a shape it did not see.
                 # Only with a single Bind: then the failed one is the batch's first request and nothing of the
                 # batch reached the client before the error.
                 replayable = replay_from >= 0 and described and binds == 1
-                server.replay_source = data[replay_from : pos + 5] if replayable else None
+                ledger.replayable(data[replay_from : pos + 5] if replayable else None)
                 replay_from = -1
-                if not server.copy_in_ignores_sync():
-                    expect.append(_EXPECT_SYNC)
-                    z += 1
-                    if not server.copy_done_sent:
-                        server.syncs_after_execute += 1
+                if ledger.sent_sync():
+                    ledger.owe(_EXPECT_SYNC)
             elif kind == 99 or kind == 102:  # 'c' CopyDone, 'f' CopyFail
-                server.copy_done_sent = True
+                ledger.sent_copy_end()
             elif kind == 81 or kind == 70:  # 'Q' Query, 'F' FunctionCall
-                server.syncs_after_execute = 0
                 replay_from = -1
                 if kind == 81:
                     statements.unnamed = None  # PostgreSQL drops the unnamed statement at every simple Query
@@ -643,15 +635,15 @@ class ClientConnection(Borrower):
                     if command is not None:
                         if seg < pos:
                             out.append(data[seg:pos])
+                        ledger.sent_query()
                         self._sql_statement_command(command, data[pos:end], server, out)
                         seg = end
-                        z += 1
                         pos = end
                         continue
-                expect.append(_EXPECT_QUERY)
-                z += 1
+                ledger.owe(_EXPECT_QUERY)
+                ledger.sent_query()
             elif kind == 72:  # 'H' Flush
-                unsynced = True
+                ledger.sent_extended()
                 flushed = True
                 replay_from = -1
             elif kind == 88:  # 'X' Terminate
@@ -664,14 +656,12 @@ class ClientConnection(Borrower):
             pos = end
         if seg < n:
             out.append(data[seg:n] if seg or n != len(data) else data)
-        server.pending_z += z
-        server.unsynced = unsynced
+        ledger.client_cut(self._skip > 0)
         if out:
             server.write(out[0] if len(out) == 1 else b"".join(out))
-        if flushed and expect and only_synthetic(expect):
+        if flushed and ledger.expect and ledger.owes_only_synthetic():
             # Flushed, and the server owes nothing these answers could ride along with: answer now.
-            self.write(b"".join([entry.data for entry in expect]))
-            expect.clear()
+            self.write(ledger.flush_synthetic())
         if terminate:
             self.close()
 
@@ -683,7 +673,7 @@ class ClientConnection(Borrower):
         """
         statements = self.statements
         assert statements is not None
-        expect = server.expect
+        ledger = server.ledger
         if kind == 80 and raw[5] == 0:  # unnamed Parse: the common case of drivers without a statement cache
             stmt = self._unnamed_cache.get(raw)
             if stmt is None or stmt.stale:
@@ -696,18 +686,18 @@ class ClientConnection(Borrower):
             statements.unnamed = stmt
             synthetic = self._unnamed_parse_complete
             assert synthetic is not None
-            if server.tx_status == 69 and not expect and not is_transaction_exit(stmt.query):
+            if ledger.tx_status == codes.TX_FAILED and not ledger.expect and not is_transaction_exit(stmt.query):
                 # In a failed transaction PostgreSQL rejects the Parse (25P02): let it say so. (Only with nothing
                 # in flight: a pipelined ROLLBACK ahead of this Parse may end that transaction first; and not for
                 # COMMIT/ROLLBACK, which PostgreSQL accepts there.)
                 out.append(stmt.parse_message)
-                expect.append(Expect(codes.PARSE, undo=synthetic.undo))
+                ledger.owe(Expect(codes.PARSE, undo=synthetic.undo))
             elif stmt.name in server.statements or server.revive(stmt.name):
-                expect.append(synthetic)
+                ledger.owe(synthetic)
             else:
                 out.append(stmt.parse_message)
                 server.add_statement(stmt.name)
-                expect.append(Expect(codes.PARSE, parsed=stmt.name, undo=synthetic.undo))
+                ledger.owe(Expect(codes.PARSE, parsed=stmt.name, undo=synthetic.undo))
             return
         body = raw[5:]
         if kind == 80:  # 'P' Parse
@@ -724,41 +714,41 @@ class ClientConnection(Borrower):
                 statements.unnamed = stmt
             # A failed Parse leaves no statement behind: PostgreSQL drops the unnamed one before parsing.
             undo = _Undo(statements, name, None)
-            if server.tx_status == 69 and not expect and not is_transaction_exit(stmt.query):
+            if ledger.tx_status == codes.TX_FAILED and not ledger.expect and not is_transaction_exit(stmt.query):
                 out.append(stmt.parse_message)  # failed transaction, nothing in flight: PostgreSQL answers 25P02
-                expect.append(Expect(codes.PARSE, undo=undo))
+                ledger.owe(Expect(codes.PARSE, undo=undo))
             elif stmt.name in server.statements or server.revive(stmt.name):
-                expect.append(Expect(codes.SYNTHETIC, data=messages.PARSE_COMPLETE, undo=undo))
+                ledger.owe(Expect(codes.SYNTHETIC, data=messages.PARSE_COMPLETE, undo=undo))
             else:
                 out.append(stmt.parse_message)
                 server.add_statement(stmt.name)
-                expect.append(Expect(codes.PARSE, parsed=stmt.name, undo=undo))
+                ledger.owe(Expect(codes.PARSE, parsed=stmt.name, undo=undo))
         elif kind == 66:  # 'B' Bind
             start, end = name_after_first_cstring(body)
             name = body[start:end]
             bound = statements.lookup(name)
             if bound is None:
                 out.append(raw)  # PostgreSQL itself reports the unknown statement
-                expect.append(_EXPECT_BIND)
+                ledger.owe(_EXPECT_BIND)
             else:
                 if bound.stale:
                     bound = self._fresh_statement(name, bound, server)
                 ensure_prepared(bound, server, out)
                 out.append(rebuild_with_name(b"B", body, start, end, bound.name))
-                expect.append(bound.bind_expect)
+                ledger.owe(bound.bind_expect)
         elif kind == 68:  # 'D' Describe
             if body[-1:] != b"\x00":
                 raise ValueError("Describe without a terminated name")
             described = statements.lookup(body[1:-1]) if body[:1] == b"S" else None
             if described is None:
                 out.append(raw)
-                expect.append(_EXPECT_DESCRIBE)
+                ledger.owe(_EXPECT_DESCRIBE)
             else:
                 if described.stale:
                     described = self._fresh_statement(body[1:-1], described, server)
                 ensure_prepared(described, server, out)
                 out.append(messages.message(b"D", b"S" + described.name + b"\x00"))
-                expect.append(described.describe_expect)
+                ledger.owe(described.describe_expect)
         else:  # 'C' Close
             if body[-1:] != b"\x00":
                 raise ValueError("Close without a terminated name")
@@ -769,10 +759,10 @@ class ClientConnection(Borrower):
                     statements.unnamed = None
                 # The server statement stays: other clients share it. Only the client's name goes away.
                 reopen = _Undo(statements, name, closed) if closed is not None else None
-                expect.append(Expect(codes.SYNTHETIC, data=messages.CLOSE_COMPLETE, undo=reopen))
+                ledger.owe(Expect(codes.SYNTHETIC, data=messages.CLOSE_COMPLETE, undo=reopen))
             else:
                 out.append(raw)
-                expect.append(_EXPECT_CLOSE)
+                ledger.owe(_EXPECT_CLOSE)
 
     def _sql_statement_command(
         self, command: tuple[str, bytes], message: bytes, server: ServerConnection, out: list[bytes]
@@ -785,11 +775,11 @@ class ClientConnection(Borrower):
         """
         verb, name = command
         mine = self.sql_prepared
-        expect = server.expect
+        ledger = server.ledger
         on_server = server.sql_prepared
         if verb == "deallocate" and not name:  # DEALLOCATE ALL: PostgreSQL's tag clears the pooler's maps
             out.append(message)
-            expect.append(_EXPECT_QUERY)
+            ledger.owe(_EXPECT_QUERY)
             return
         if verb == "prepare":
             if name in on_server:
@@ -801,13 +791,13 @@ class ClientConnection(Borrower):
                 self._hidden_query(server, out, previous, raw=True)
                 on_server[name] = previous
                 out.append(message)
-                expect.append(_EXPECT_QUERY)
+                ledger.owe(_EXPECT_QUERY)
                 return
             mine[name] = message
             on_server[name] = message
             server.sql_prepare_pending += 1
             out.append(message)
-            expect.append(Expect(codes.QUERY, undo=_SqlPrepareUndo(self, server, name, message)))
+            ledger.owe(Expect(codes.QUERY, undo=_SqlPrepareUndo(self, server, name, message)))
             return
         wanted = mine.get(name)
         if wanted is None and verb == "deallocate" and self.statements is not None and name in self.statements.named:
@@ -830,12 +820,12 @@ class ClientConnection(Borrower):
             mine.pop(name, None)
             on_server.pop(name, None)
         out.append(message)
-        expect.append(_EXPECT_QUERY)
+        ledger.owe(_EXPECT_QUERY)
 
     @staticmethod
     def _hidden_query(server: ServerConnection, out: list[bytes], sql: bytes, *, raw: bool = False) -> None:
         out.append(sql if raw else messages.message(b"Q", sql + b"\x00"))
-        server.expect.append(Expect(codes.HIDDEN_QUERY))
+        server.ledger.owe(Expect(codes.HIDDEN_QUERY))
 
     @staticmethod
     def _duplicate_statement(name: bytes, server: ServerConnection, out: list[bytes]) -> None:
@@ -853,10 +843,10 @@ class ClientConnection(Borrower):
         out.append(messages.message(b"P", b"\x00" + sql.encode() + b"\x00\x00\x00"))
         out.append(messages.message(b"B", b"\x00\x00\x00\x00\x00\x00\x00\x00"))
         out.append(messages.message(b"E", b"\x00\x00\x00\x00\x00"))
-        expect = server.expect
-        expect.append(Expect(codes.PARSE, hide=True))
-        expect.append(Expect(codes.BIND, hide=True))
-        expect.append(Expect(codes.EXECUTE, hide=True))
+        ledger = server.ledger
+        ledger.owe(Expect(codes.PARSE, hide=True))
+        ledger.owe(Expect(codes.BIND, hide=True))
+        ledger.owe(Expect(codes.EXECUTE, hide=True))
 
     def _fresh_statement(self, name: bytes, stale: Statement, server: ServerConnection) -> Statement:
         """The client's statement went stale (its result type changed): map its name to a fresh one."""

@@ -23,3 +23,10 @@ cdef enum:
     QUERY = 7
     SYNTHETIC = 8
     HIDDEN_QUERY = 9
+
+    TX_IDLE = 73
+    TX_IN_BLOCK = 84
+    TX_FAILED = 69
+
+    HIDE = 1
+    SYNTHETIC_NEXT = 2

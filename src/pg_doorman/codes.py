@@ -32,3 +32,12 @@ SYNC = 6  # 'Z' ReadyForQuery; stops the skip-after-error
 QUERY = 7  # 'Z' ReadyForQuery of a simple Query / FunctionCall; errors inside do not complete it
 SYNTHETIC = 8  # produced by the pooler: `data` is written when the entry reaches the head of the queue
 HIDDEN_QUERY = 9  # a simple Query the pooler inserted: its whole reply, up to ReadyForQuery, is dropped
+
+# ReadyForQuery transaction status bytes.
+TX_IDLE = 73  # 'I'
+TX_IN_BLOCK = 84  # 'T'
+TX_FAILED = 69  # 'E'
+
+# What ServerLedger.complete() tells the server's forwarding loop about one response (bits).
+HIDE = 1  # cut this message from the stream (the answer to a request the pooler inserted)
+SYNTHETIC_NEXT = 2  # answers the pooler owes are due right after this message (ServerLedger.take_synthetic)

@@ -9,6 +9,7 @@ import cython
 
 from pg_doorman cimport codes
 from pg_doorman.connection cimport Connection
+from pg_doorman.ledger cimport ServerLedger
 from pg_doorman.prepared cimport Expect, ServerStatements
 
 
@@ -39,20 +40,16 @@ cdef class ServerConnection(Connection):
     cdef public object _login
     cdef public object _login_buf
     cdef public object _login_waiter
-    cdef public object _retry
     cdef public Py_ssize_t _skip
-    cdef public Py_ssize_t _swallow
     cdef public bint cancel_sent
     cdef public bint check_leftovers
     cdef public Borrower client
-    cdef public bint copy_done_sent
     cdef public double created_at
-    cdef public object expect
     cdef public double expires_at
     cdef public set extra_keys
     cdef public double idle_expires_after
-    cdef public bint in_copy
     cdef public double last_used
+    cdef public ServerLedger ledger
     cdef public bint need_close_all
     cdef public bint need_deallocate_all
     cdef public bint need_reset_all
@@ -60,32 +57,27 @@ cdef class ServerConnection(Connection):
     cdef public bint need_unlisten
     cdef public object param_token
     cdef public dict params
-    cdef public Py_ssize_t pending_z
     cdef public object pid
     cdef public Lender pool
-    cdef public object replay_source
     cdef public object secret
-    cdef public bint skipping
     cdef public Py_ssize_t sql_prepare_pending
     cdef public dict sql_prepared
     cdef public int state
     cdef public ServerStatements statements
-    cdef public Py_ssize_t syncs_after_execute
     cdef public dict to_close
     cdef public bint tracked
-    cdef public int tx_status
-    cdef public bint unsynced
     cdef public bint used
 
     @cython.locals(n=Py_ssize_t, pos=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t, kind=int, release=bint,
-                   watched=bytes)
+                   watched=bytes, ledger=ServerLedger)
     cpdef _forward(self, bytes data)
 
     @cython.locals(n=Py_ssize_t, pos=Py_ssize_t, start=Py_ssize_t, end=Py_ssize_t, kind=int, release=bint,
-                   watched=bytes, completes=bytes, code=int, head=Expect)
+                   watched=bytes, completes=bytes, code=int, flags=int, ledger=ServerLedger)
     cpdef _forward_tracked(self, bytes data)
 
-    cpdef bint copy_in_ignores_sync(self)
+    @cython.locals(ledger=ServerLedger, head=Expect, entry=Expect)
+    cpdef Py_ssize_t _on_client_error(self, bytes data, Py_ssize_t pos, Py_ssize_t end, list out)
     cpdef attach(self, Borrower client, str sync_sql)
     cpdef release(self)
     cpdef _on_command_complete(self, bytes data, int at)

@@ -1,12 +1,14 @@
 """One PostgreSQL server connection: login, forwarding to the client that holds it, cleanup on release.
 
-The forwarding path (`_forward`) walks only message headers. It tracks what decides when the server may go back
-to the pool — ReadyForQuery count and transaction status — and the few messages whose content matters:
-ParameterStatus (parameter tracking), CommandComplete tags that make the session dirty (SET, DECLARE, LISTEN,
-PREPARE) and COPY start/end. Everything else is written to the client as it arrived.
+The forwarding path (`_forward`) walks only message headers and reports the messages that matter to the server's
+`ServerLedger` (ledger.py), which decides when the server may go back to the pool and whether it is clean:
+ReadyForQuery and its transaction status, ErrorResponse, COPY start and end, and with remapped prepared statements
+every response that completes a request. The server itself looks at ParameterStatus (parameter tracking) and at
+CommandComplete tags that make the session dirty (SET, DECLARE, LISTEN, PREPARE). Everything else is written to
+the client as it arrived.
 
-Responses to queries the pooler itself injected (parameter sync, deferred BEGIN) come first on the wire; they
-are counted in `_swallow` and cut out of the stream up to and including their ReadyForQuery.
+Responses to queries the pooler itself injected (parameter sync, deferred BEGIN) come first on the wire; the
+ledger counts them and they are cut out of the stream up to and including their ReadyForQuery.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections import deque
 from time import monotonic
 from typing import TYPE_CHECKING
 
 from pg_doorman import codes, sockets
 from pg_doorman.auth.backend import ServerCredentials, ServerLogin
 from pg_doorman.connection import Connection
+from pg_doorman.ledger import ServerLedger
 from pg_doorman.prepared import COMPLETES_TABLE, Expect, ServerStatements
 from pg_doorman.protocol import messages
 from pg_doorman.protocol.errors import CONNECTION_FAILURE, INTERNAL_ERROR, PoolerError, ServerError
@@ -114,20 +116,16 @@ class ServerConnection(Connection):
         "_login",
         "_login_buf",
         "_login_waiter",
-        "_retry",
         "_skip",
-        "_swallow",
         "cancel_sent",
         "check_leftovers",
         "client",
-        "copy_done_sent",
         "created_at",
-        "expect",
         "expires_at",
         "extra_keys",
         "idle_expires_after",
-        "in_copy",
         "last_used",
+        "ledger",
         "need_close_all",
         "need_deallocate_all",
         "need_reset_all",
@@ -135,21 +133,15 @@ class ServerConnection(Connection):
         "need_unlisten",
         "param_token",
         "params",
-        "pending_z",
         "pid",
         "pool",
-        "replay_source",
         "secret",
-        "skipping",
         "sql_prepare_pending",
         "sql_prepared",
         "state",
         "statements",
-        "syncs_after_execute",
         "to_close",
         "tracked",
-        "tx_status",
-        "unsynced",
         "used",
     )
 
@@ -163,10 +155,7 @@ class ServerConnection(Connection):
         self.extra_keys: set[str] = set()
         self.pid = 0
         self.secret = 0
-        self.tx_status = 73  # 'I'
-        self.pending_z = 0
-        self.unsynced = False
-        self.in_copy = False
+        self.ledger = ServerLedger()  # what this server owes its client: the release and cleanliness rules
         self.need_reset_all = False
         self.need_close_all = False
         self.need_unlisten = False
@@ -180,24 +169,12 @@ class ServerConnection(Connection):
         self.used = False
         settings = pool.settings
         self.tracked = settings.prepared_statements and pool.transaction_mode
-        self.expect: deque[Expect] = deque()
         self.statements = ServerStatements(settings.server_prepared_statements_cache_size)
         self.to_close: dict[bytes, None] = {}
         # SQL-level PREPAREd statements on this session: name → the client's PREPARE Query message.
         self.sql_prepared: dict[bytes, bytes] = {}
         self.sql_prepare_pending = 0
-        # After an ErrorResponse with no Sync queued yet: PostgreSQL ignores the client's messages up to it.
-        self.skipping = False
-        # COPY IN via extended protocol: PostgreSQL ignores Syncs that reach it during the copy. These count the
-        # client's Syncs after its last Execute (up to CopyDone/CopyFail) so they can be discounted.
-        self.syncs_after_execute = 0
-        self.copy_done_sent = False
-        # The client bytes of the last batch that began with a Bind outside a transaction, and the retry in
-        # progress after PostgreSQL rejected that Bind with 0A000 "cached plan must not change result type".
-        self.replay_source: bytes | None = None
-        self._retry: bytes | None = None
         self._skip = 0
-        self._swallow = 0
         self._inject_error: ServerError | None = None
         self._carry = b""
         self._cleanup_buf = MessageBuffer()
@@ -299,7 +276,9 @@ class ServerConnection(Connection):
         self.state = codes.SERVER_CLOSED
         waiter = self._login_waiter
         if waiter is not None and not waiter.done():
-            waiter.set_exception(exc or PoolerError(CONNECTION_FAILURE, "server closed the connection during login"))
+            waiter.set_exception(
+                exc or PoolerError(CONNECTION_FAILURE, "server closed the connection during login")
+            )
         self.pool.forget(self, previous)
         client = self.client
         self.client = None
@@ -319,15 +298,16 @@ class ServerConnection(Connection):
     # -------------------------------------------------------------- forwarding
 
     def _forward(self, data: bytes) -> None:
-        """Pass a chunk from PostgreSQL to the client, tracking the state that governs release."""
+        """Pass a chunk from PostgreSQL to the client, reporting what matters to the ledger."""
         if self._carry:
             data = self._carry + data
             self._carry = b""
+        ledger = self.ledger
         n = len(data)
         pos = self._skip
         if pos >= n:
             self._skip = pos - n
-            if not self._swallow:
+            if not ledger.swallow:
                 client = self.client
                 if client is not None:
                     client.write(data)
@@ -357,45 +337,31 @@ class ServerConnection(Connection):
                 n = pos
                 break
             if kind == 90:  # 'Z' ReadyForQuery
-                self.tx_status = data[pos + 5]
-                if self._swallow:
-                    self._swallow -= 1
+                if ledger.swallow:
+                    ledger.swallowed_ready(data[pos + 5])
                     start = end
                     if self._inject_error is not None:
                         self._injected_command_failed()
                         return
-                else:
-                    self.pending_z -= 1
-                    expect = self.expect
-                    if expect:
-                        expect.popleft()  # only ever a lone simple Query here (see _forward_tracked)
-                    if (
-                        self.pending_z <= 0
-                        and self.tx_status == 73
-                        and not self.unsynced
-                        and not expect
-                        and self.client is not None
-                        and self.client.transaction_mode
-                    ):
-                        release = True
+                elif ledger.ready_for_lone_query(data[pos + 5]):
+                    client = self.client
+                    release = client is not None and client.transaction_mode
             elif kind == 83:  # 'S' ParameterStatus
                 self._on_parameter_status(data[pos + 5 : end])
             elif kind == 67:  # 'C' CommandComplete
-                self.in_copy = False
-                if not self._swallow and _TAG_FIRST[data[pos + 5]]:
+                ledger.copy_ended()
+                if not ledger.swallow and _TAG_FIRST[data[pos + 5]]:
                     self._on_command_complete(data, pos + 5)
             elif kind == 69:  # 'E' ErrorResponse
-                self.in_copy = False
-                if self._swallow:
+                ledger.copy_ended()
+                if ledger.swallow:
                     self._note_inject_error(data[pos + 5 : end])
-            elif kind in (71, 72, 87):  # 'G' 'H' 'W' CopyIn/CopyOut/CopyBoth
-                self.in_copy = True
-                if kind == 71:
-                    self._copy_in_started()
-            if self._swallow:
+            elif kind == 71 or kind == 72 or kind == 87:  # 'G' 'H' 'W' CopyIn/CopyOut/CopyBoth
+                ledger.copy_started(kind)
+            if ledger.swallow:
                 start = end
             pos = end
-        if self._swallow:
+        if ledger.swallow:
             start = n
         client = self.client
         if client is not None and start < n:
@@ -404,16 +370,14 @@ class ServerConnection(Connection):
             client.release_server()
 
     def _forward_tracked(self, data: bytes) -> None:
-        """`_forward` plus matching of responses to `expect`: hides answers to requests the pooler inserted,
-        inserts answers for requests it did not send (synthetic ParseComplete/CloseComplete) at their position,
-        and after an ErrorResponse drops what PostgreSQL skips up to the next Sync."""
-        expect = self.expect
-        if len(expect) == 1:
-            head = expect[0]
-            if head.code == codes.QUERY and head.undo is None:
-                # A lone simple Query (the common case): nothing to match but its ReadyForQuery.
-                self._forward(data)
-                return
+        """`_forward` plus matching of responses to the ledger's queue: hides answers to requests the pooler
+        inserted, inserts answers for requests it did not send (synthetic ParseComplete/CloseComplete) at their
+        position, and after an ErrorResponse undoes what PostgreSQL skips up to the next Sync."""
+        ledger = self.ledger
+        if ledger.lone_query():
+            # A lone simple Query (the common case): nothing to match but its ReadyForQuery.
+            self._forward(data)
+            return
         if self._carry:
             data = self._carry + data
             self._carry = b""
@@ -421,7 +385,7 @@ class ServerConnection(Connection):
         pos = self._skip
         if pos >= n:
             self._skip = pos - n
-            if not self._swallow and not (expect and expect[0].code == codes.HIDDEN_QUERY):
+            if not ledger.swallow and not ledger.hidden_query_first():
                 client = self.client
                 if client is not None:
                     client.write(data)
@@ -429,11 +393,9 @@ class ServerConnection(Connection):
         self._skip = 0
         start = 0
         out: list[bytes] | None = None
-        if expect and expect[0].code == codes.SYNTHETIC:
+        if ledger.synthetic_first():
             # Answers the pooler owes for requests it did not send come before anything the server says now.
-            out = []
-            while expect and expect[0].code == codes.SYNTHETIC:
-                out.append(expect.popleft().data)
+            out = ledger.take_synthetic()
         watched = WATCHED_TRACKED
         completes = COMPLETES_TABLE
         release = False
@@ -457,10 +419,9 @@ class ServerConnection(Connection):
                 self._carry = data[pos:]
                 n = pos
                 break
-            if self._swallow:
+            if ledger.swallow:
                 if kind == 90:
-                    self.tx_status = data[pos + 5]
-                    self._swallow -= 1
+                    ledger.swallowed_ready(data[pos + 5])
                     if self._inject_error is not None:
                         self._injected_command_failed()
                         return
@@ -471,110 +432,54 @@ class ServerConnection(Connection):
                 start = end
                 pos = end
                 continue
-            if expect and expect[0].code == codes.HIDDEN_QUERY:
+            if ledger.hidden_query_first():
                 # The reply to a query the pooler inserted: dropped whole, up to its ReadyForQuery.
                 if kind == 90:
-                    self.tx_status = data[pos + 5]
-                    expect.popleft()
-                    if expect and expect[0].code == codes.SYNTHETIC:
+                    if ledger.hidden_query_ready(data[pos + 5]):
                         if out is None:
                             out = []
-                        while expect and expect[0].code == codes.SYNTHETIC:
-                            out.append(expect.popleft().data)
+                        out.extend(ledger.take_synthetic())
                 elif kind == 83:
                     self._on_parameter_status(data[pos + 5 : end])
                 elif kind == 69:
-                    head = expect[0]
                     fields = messages.parse_error_fields(data[pos + 5 : end])
                     log.info("pooler-issued query failed on server pid=%s: %s", self.pid, fields.get("M"))
-                    self._fail_request(head)
+                    self._fail_request(ledger.hidden_query_failed())
                 start = end
                 pos = end
                 continue
             code = completes[kind]
-            if code and expect:
-                head = expect[0]
-                if head.code == code or (head.code == codes.QUERY and kind == 90):
-                    expect.popleft()
-                    if head.hide:
-                        if out is None:
-                            out = []
+            if code:
+                flags = ledger.complete(code)
+                if flags:
+                    if out is None:
+                        out = []
+                    if flags & codes.HIDE:
                         out.append(data[start:pos])
                         start = end
-                    if expect and (expect[0].code == codes.SYNTHETIC or expect[0].code == codes.HIDDEN_QUERY):
-                        if out is None:
-                            out = []
+                    if flags & codes.SYNTHETIC_NEXT:
                         out.append(data[start:end])
                         start = end
-                        while expect and expect[0].code == codes.SYNTHETIC:
-                            out.append(expect.popleft().data)
+                        out.extend(ledger.take_synthetic())
             if kind == 90:  # 'Z' ReadyForQuery
-                self.tx_status = data[pos + 5]
-                self.pending_z -= 1
-                if (
-                    self.pending_z <= 0
-                    and self.tx_status == 73
-                    and not self.unsynced
-                    and not expect
-                    and self.client is not None
-                    and self.client.transaction_mode
-                ):
-                    release = True
+                if ledger.ready(data[pos + 5]):
+                    client = self.client
+                    release = client is not None and client.transaction_mode
             elif kind == 69:  # 'E' ErrorResponse: the request failed, PostgreSQL skips to the next Sync
-                self.in_copy = False
-                client = self.client
-                if client is not None and data.find(b'"DOORMAN_', pos, end) >= 0:
-                    # The message names the pool-wide statement: give the client back its own name.
-                    if out is None:
-                        out = []
-                    out.append(data[start:pos])
-                    out.append(client.unmask_statement_names(data[pos:end]))
-                    start = end
-                stale = (
-                    expect
-                    and expect[0].stmt is not None
-                    and self._retry is None
-                    and self._is_stale_plan_error(data[pos + 5 : end])
-                )
-                if stale:
-                    # Retire the statement pool-wide: the next use of the text prepares a new one.
-                    stmt = expect[0].stmt
-                    assert stmt is not None
-                    self.pool.registry.forget(stmt)
-                if stale and self.replay_source is not None and expect[0].code == codes.BIND:
-                    # The statement's result type changed under it (DDL): re-prepare and run the batch again,
-                    # once, instead of failing the client. Its error and the ReadyForQuery that ends the failed
-                    # batch are hidden.
-                    self._retry = self.replay_source
-                    if out is None:
-                        out = []
-                    out.append(data[start:pos])
-                    start = end
-                    while expect and expect[0].code != codes.SYNC:
-                        self._fail_request(expect.popleft())
-                    if expect:
-                        expect[0] = _RETRY_SYNC
-                elif expect:
-                    if expect[0].code == codes.QUERY:
-                        self._fail_request(expect[0])
-                    else:
-                        self._fail_request(expect.popleft())
-                        while expect and expect[0].code != codes.SYNC:
-                            self._fail_request(expect.popleft())
-                        if not expect:
-                            self.skipping = True
+                if out is None:
+                    out = []
+                out.append(data[start:pos])
+                start = self._on_client_error(data, pos, end, out)
             elif kind == 83:
                 self._on_parameter_status(data[pos + 5 : end])
             elif kind == 67:
-                self.in_copy = False
+                ledger.copy_ended()
                 if _TAG_FIRST[data[pos + 5]]:
                     self._on_command_complete(data, pos + 5)
-            elif kind in (71, 72, 87):
-                self.in_copy = True
-                if kind == 71:
-                    self._copy_in_started()
+            elif kind == 71 or kind == 72 or kind == 87:
+                ledger.copy_started(kind)
             pos = end
-        if self._swallow or (expect and expect[0].code == codes.HIDDEN_QUERY):
+        if ledger.swallow or ledger.hidden_query_first():
             start = n
         client = self.client
         if client is not None:
@@ -584,11 +489,44 @@ class ServerConnection(Connection):
             else:
                 out.append(data[start:n])
                 client.write(b"".join(out))
-        if self._retry is not None and _RETRY_SYNC not in expect:  # Expect compares by identity
-            self._replay_batch()
+        source = ledger.take_retry(_RETRY_SYNC)
+        if source is not None:
+            self._replay_batch(source)
             return
         if release and client is not None:
             client.release_server()
+
+    def _on_client_error(self, data: bytes, pos: int, end: int, out: list[bytes]) -> int:
+        """An ErrorResponse for the client at data[pos:end]; returns where the bytes still to forward start
+        (``pos`` to forward it, ``end`` to hide it). Undoes what the failed and skipped requests would have done
+        and, for a stale cached plan at the first Bind of a replayable batch, arranges the retry."""
+        ledger = self.ledger
+        head = ledger.head()
+        stale = head is not None and head.stmt is not None and self._is_stale_plan_error(data[pos + 5 : end])
+        if stale:
+            # Retire the statement pool-wide: the next use of the text prepares a new one.
+            assert head is not None and head.stmt is not None
+            self.pool.registry.forget(head.stmt)
+        if (
+            stale
+            and head is not None
+            and head.code == codes.BIND
+            and ledger.replay_source is not None
+            and ledger.retry is None
+        ):
+            # The statement's result type changed under it (DDL): re-prepare and run the batch again, once,
+            # instead of failing the client. Its error and the ReadyForQuery that ends the failed batch are hidden.
+            for entry in ledger.start_retry(_RETRY_SYNC):
+                self._fail_request(entry)
+            return end
+        for entry in ledger.failed_requests():
+            self._fail_request(entry)
+        client = self.client
+        if client is not None and data.find(b'"DOORMAN_', pos, end) >= 0:
+            # The message names the pool-wide statement: give the client back its own name.
+            out.append(client.unmask_statement_names(data[pos:end]))
+            return end
+        return pos
 
     def _note_inject_error(self, body: bytes) -> None:
         fields = messages.parse_error_fields(body)
@@ -614,17 +552,15 @@ class ServerConnection(Connection):
         fields = messages.parse_error_fields(body)
         return fields.get("C") == "0A000" and fields.get("M", "").startswith("cached plan must not change result")
 
-    def _replay_batch(self) -> None:
-        """Close the statements of the batch on this server, then send the batch again: its Bind finds them
-        missing and re-prepares them (hidden Parse), so PostgreSQL plans them anew."""
-        source = self._retry
-        self._retry = None
+    def _replay_batch(self, source: bytes) -> None:
+        """Send a failed batch again: the retired statement's Bind now maps to a fresh statement, which the
+        client side prepares first (hidden Parse), so PostgreSQL plans it anew."""
         client = self.client
-        if client is None or source is None or self.transport is None or client.statements is None:
+        if client is None or self.transport is None or client.statements is None:
             return
         log.info("server pid=%s: statement result type changed; re-preparing and retrying the batch", self.pid)
-        client.replay(source)  # the retired statement's Bind now maps to a fresh statement, prepared first
-        self.replay_source = None  # once: a second failure of the same batch reaches the client
+        client.replay(source)
+        self.ledger.replayable(None)  # once: a second failure of the same batch reaches the client
 
     def _fail_request(self, entry: Expect) -> None:
         """A request PostgreSQL rejected or skipped: undo what the pooler assumed it would do."""
@@ -712,8 +648,7 @@ class ServerConnection(Connection):
         self.client = client
         self.state = codes.SERVER_ACTIVE
         self.used = True
-        self.pending_z = 0
-        self.unsynced = False
+        self.ledger.lent()
         if self.to_close:
             self._close_evicted()
         if sync_sql:
@@ -726,7 +661,7 @@ class ServerConnection(Connection):
     def inject_message(self, query_message: bytes) -> None:
         """Send a complete Query message whose reply (up to its ReadyForQuery) is hidden from the client."""
         assert self.transport is not None
-        self._swallow += 1
+        self.ledger.inject()
         self.write(query_message)
 
     def _close_evicted(self) -> None:
@@ -734,30 +669,8 @@ class ServerConnection(Connection):
         assert self.transport is not None
         closes = [messages.message(b"C", b"S" + name + b"\x00") for name in self.to_close]
         self.to_close.clear()
-        self._swallow += 1
+        self.ledger.inject()
         self.write(b"".join(closes) + messages.SYNC)
-
-    def copy_in_ignores_sync(self) -> bool:
-        """A Sync sent now reaches PostgreSQL inside COPY IN, which ignores it (no ReadyForQuery for it)."""
-        return self.in_copy and not self.copy_done_sent
-
-    def _copy_in_started(self) -> None:
-        """CopyInResponse: Syncs the client sent after the Execute and before CopyDone will get no answer."""
-        ignored = self.syncs_after_execute
-        self.syncs_after_execute = 0
-        if ignored <= 0:
-            return
-        self.pending_z -= ignored
-        expect = self.expect
-        if expect:
-            kept: deque[Expect] = deque()
-            for entry in expect:
-                if ignored and entry.code == codes.SYNC and kept:
-                    ignored -= 1
-                    continue
-                kept.append(entry)
-            expect.clear()
-            expect.extend(kept)
 
     def revive(self, name: bytes) -> bool:
         """A statement evicted from the cache but not closed yet is still there: take it back."""
@@ -787,16 +700,13 @@ class ServerConnection(Connection):
         if (
             self.cancel_sent  # a cancel may still be in flight toward this backend: never lend it again
             or self.state != codes.SERVER_ACTIVE
-            or self.pending_z > 0  # the client left in the middle of a request or a COPY: close, do not drain
-            or self.unsynced
-            or self.in_copy
-            or self._swallow
+            # The client left in the middle of a request, a COPY or a message: close, do not drain.
+            or not self.ledger.is_clean()
             or self._carry
             or self._skip
-            or self.expect
         ):
             self.close()
-        elif self.tx_status == 73 and not (
+        elif self.ledger.tx_status == codes.TX_IDLE and not (
             self.need_reset_all
             or self.need_close_all
             or self.need_unlisten
@@ -816,7 +726,7 @@ class ServerConnection(Connection):
     def cleanup_for_release(self) -> Cleanup | None:
         """What this session needs before another client may have it (reset.py decides), or None."""
         return ResetPolicy.from_settings(self.pool.settings).cleanup(
-            in_transaction=self.tx_status != 73,
+            in_transaction=self.ledger.tx_status != codes.TX_IDLE,
             need_close_all=self.need_close_all,
             need_unlisten=self.need_unlisten,
             need_deallocate_all=self.need_deallocate_all,
@@ -850,6 +760,8 @@ class ServerConnection(Connection):
                     # the undone value.
                     self.refresh_param_token()
                 continue
+            if kind == 90:
+                self.ledger.cleaned(body[0])  # the ledger keeps the transaction status
             outcome = cleanup.feed(kind, body)
             if outcome == PENDING:
                 continue
@@ -865,7 +777,6 @@ class ServerConnection(Connection):
                     )
                 self.close()
                 return
-            self.tx_status = 73
             self.need_reset_all = self.need_close_all = self.need_unlisten = False
             self.need_deallocate_all = False
             if cleanup.params_reset:

@@ -480,6 +480,20 @@ def reparse_same_name_in_transaction(c: Ctx) -> list[Step]:
 
 
 @seq()
+def reparse_same_name_later_transaction_error_is_postgresqls(c: Ctx) -> list[Step]:
+    """The 42P05 for a name already in use, with every field compared (also W, context): it must be PostgreSQL's
+    own error, not one raised by a PL/pgSQL block on the pooler's behalf."""
+    return [
+        step(parse("s1", "select 1 as v"), sync()),
+        step(parse("s1", "select 2 as v"), sync()),
+        q("BEGIN"),
+        step(parse("s1", "select 3 as v"), bind("", "s1"), execute(), sync()),
+        q("ROLLBACK"),
+        step(bind("", "s1"), execute(), sync()),
+    ]
+
+
+@seq()
 def unnamed_parse_twice(c: Ctx) -> list[Step]:
     return [step(parse("", "select 1 as v"), parse("", "select 2 as v"), bind(), execute(), sync())]
 
@@ -818,6 +832,33 @@ def parse_known_statement_in_aborted_transaction(c: Ctx) -> list[Step]:
         step(parse("s2", "select 1 as v"), sync()),
         q("ROLLBACK"),
         step(bind("", "s2"), execute(), sync()),
+    ]
+
+
+@seq()
+def parse_known_statement_after_error_in_same_write(c: Ctx) -> list[Step]:
+    """A Query that fails and, in the same write, a Parse of a text the server already has prepared: PostgreSQL
+    rejects the Parse with 25P02 (no ParseComplete), so the name does not exist after the ROLLBACK."""
+    return [
+        q("BEGIN"),
+        step(parse("s1", "select 1 as v"), sync()),
+        step(query("select 1/0"), parse("s2", "select 1 as v"), bind("", "s2"), execute(), sync(), until=2),
+        q("ROLLBACK"),
+        step(bind("", "s2"), execute(), sync()),
+    ]
+
+
+@seq()
+def parse_known_statement_in_aborted_transaction_pipelined(c: Ctx) -> list[Step]:
+    """In a failed transaction, two Parse/Sync pairs in one write: PostgreSQL answers 25P02 to both, also to the
+    second one whose text the server already has prepared."""
+    return [
+        q("BEGIN"),
+        step(parse("s1", "select 1 as v"), sync()),
+        q("select 1/0"),
+        step(parse("s2", "select 2 as v"), sync(), parse("s3", "select 1 as v"), sync()),
+        q("ROLLBACK"),
+        step(bind("", "s3"), execute(), sync()),
     ]
 
 

@@ -103,7 +103,8 @@ def test_compiled_build_problem(tmp_path: Path) -> None:
     assert pg_doorman.compiled_build_problem(_fake_package(tmp_path / "none", built=())) == ""
     (tmp_path / "some").mkdir()
     problem = pg_doorman.compiled_build_problem(_fake_package(tmp_path / "some", built=("client", "server")))
-    assert problem == "compiled build incomplete, missing: pg_doorman.connection, pg_doorman.prepared, pg_doorman.pool"
+    missing = "pg_doorman.connection, pg_doorman.ledger, pg_doorman.prepared, pg_doorman.pool"
+    assert problem == f"compiled build incomplete, missing: {missing}"
     (tmp_path / "stale").mkdir()
     problem = pg_doorman.compiled_build_problem(_fake_package(tmp_path / "stale", built=every, stale=("server",)))
     assert problem == "compiled extensions older than their source: pg_doorman.server"

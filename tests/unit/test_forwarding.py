@@ -288,7 +288,7 @@ def test_a_bug_on_the_server_side_closes_that_server_and_fails_its_client(tmp_pa
         client, server, pool = make_pair(tmp_path, True)
         feed(client, messages.query("select 1"), 4096)
         assert client.server is server
-        server.expect.append(None)  # type: ignore[arg-type]  # a corrupt queue: what a bug could leave behind
+        server.ledger.expect.append(None)  # type: ignore[arg-type]  # a corrupt queue: what a bug could leave behind
         server.data_received(messages.command_complete("SELECT 1") + messages.READY_IDLE)
         reply = bytes(client.transport.data)  # type: ignore[union-attr]
         assert b"XX000" in reply and client.transport.closed  # type: ignore[union-attr]

@@ -129,6 +129,9 @@ def test_parameter_status_and_tag_parsers() -> None:
 def test_quoting() -> None:
     assert messages.quote_literal("it's") == "'it''s'"
     assert messages.quote_ident('a"b') == '"a""b"'
+    # Read the same with standard_conforming_strings on or off: a backslash makes it an E'' literal.
+    assert messages.string_literal("it's") == "'it''s'"
+    assert messages.string_literal("a\\b'c") == "E'a\\\\b''c'"
 
 
 def test_parse_options() -> None:

@@ -148,5 +148,14 @@ def quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def string_literal(value: str) -> str:
+    """SQL string literal read the same whatever the session's standard_conforming_strings (which a client may
+    have turned off): an E'' literal, with backslashes and quotes escaped, when the value has a backslash."""
+    quoted = value.replace("'", "''")
+    if "\\" in value:
+        return "E'" + quoted.replace("\\", "\\\\") + "'"
+    return "'" + quoted + "'"
+
+
 def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
