@@ -63,8 +63,6 @@ PENDING = 0
 DONE = 1
 CLOSE = 2
 
-_READY_IDLE = 73  # 'I'
-
 
 def is_discard_all(sql: str) -> bool:
     """``sql`` is ``DISCARD ALL`` (any case, spacing, trailing semicolons): a reset that covers everything."""
