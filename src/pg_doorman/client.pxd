@@ -2,7 +2,7 @@
 # unchanged without them.
 import cython
 
-from pg_doorman cimport codes
+from pg_doorman cimport codes, sessionhints
 from pg_doorman.pool cimport Pool
 from pg_doorman.prepared cimport (
     ClientStatements,
@@ -47,7 +47,8 @@ cdef class ClientConnection(Borrower):
     cdef public double wait_deadline
 
     @cython.locals(n=Py_ssize_t, pos=Py_ssize_t, end=Py_ssize_t, length=Py_ssize_t, limit=Py_ssize_t, kind=int,
-                   k=int, terminate_at=Py_ssize_t, kinds=bytes, server=ServerConnection, ledger=ServerLedger)
+                   k=int, terminate_at=Py_ssize_t, kinds=bytes, server=ServerConnection, ledger=ServerLedger,
+                   hints=int)
     cpdef _forward(self, bytes data)
 
     cpdef _message_completed(self, ServerLedger ledger)
@@ -55,7 +56,7 @@ cdef class ClientConnection(Borrower):
     @cython.locals(n=Py_ssize_t, pos=Py_ssize_t, end=Py_ssize_t, length=Py_ssize_t, limit=Py_ssize_t, kind=int,
                    seg=Py_ssize_t, binds=Py_ssize_t, replay_from=Py_ssize_t, replayable=bint,
                    terminate=bint, flushed=bint, described=bint, server=ServerConnection, out=list,
-                   statements=ClientStatements, ledger=ServerLedger)
+                   statements=ClientStatements, ledger=ServerLedger, hints=int)
     cpdef _forward_tracked(self, bytes data)
 
     @cython.locals(statements=ClientStatements, stmt=Statement, bound=Statement, described=Statement,

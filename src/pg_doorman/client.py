@@ -15,7 +15,7 @@ import secrets
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from pg_doorman import codes, sockets
+from pg_doorman import codes, sessionhints, sockets
 from pg_doorman.auth.md5 import md5_verifier, verify_md5_response
 from pg_doorman.auth.scram import AuthError, ScramServer, parse_scram_verifier
 from pg_doorman.ledger import ServerLedger
@@ -493,8 +493,16 @@ class ClientConnection(Borrower):
             if k:
                 if k == 1:
                     ledger.sent_extended()
+                    if kind == 80:  # Parse: its text may call set_config() or advisory lock functions
+                        hints = sessionhints.session_hints(data, pos + 5, pos + 1 + length)
+                        if hints:
+                            server.note_session_hints(hints)
                 elif k == 2:
                     ledger.sent_query()
+                    if kind == 81:
+                        hints = sessionhints.session_hints(data, pos + 5, pos + 1 + length)
+                        if hints:
+                            server.note_session_hints(hints)
                 elif k == 3:
                     ledger.sent_sync()
                 elif k == 5:
@@ -642,6 +650,10 @@ class ClientConnection(Borrower):
                         continue
                 ledger.owe(_EXPECT_QUERY)
                 ledger.sent_query()
+                if kind == 81:
+                    hints = sessionhints.session_hints(data, pos + 5, end)
+                    if hints:
+                        server.note_session_hints(hints)
             elif kind == 72:  # 'H' Flush
                 ledger.sent_extended()
                 flushed = True
@@ -933,6 +945,18 @@ class ClientConnection(Borrower):
                     detail="The PostgreSQL backend serving this session terminated.",
                 )
             )
+
+    def adopt_session_settings(self, settings: dict[str, str]) -> None:
+        """The session settings its server had when the client's transaction ended (server.py,
+        `_capture_settings`): those PostgreSQL does not report become the client's own, replayed on whichever
+        server it gets next, as if it had sent them at startup; reported ones are already tracked."""
+        pool = self.pool
+        assert pool is not None
+        params = {name: value for name, value in self.param_token if name in SYNCABLE_REPORTED}
+        for name, value in settings.items():
+            if name not in SYNCABLE_REPORTED and name not in NOT_SETTABLE:
+                params[name] = value
+        self.param_token = pool.intern_params(params)
 
     def on_parameter_status(self, name: str, value: str) -> None:
         pool = self.pool

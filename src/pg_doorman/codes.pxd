@@ -13,6 +13,7 @@ cdef enum:
     SERVER_ACTIVE = 2
     SERVER_CLEANUP = 3
     SERVER_CLOSED = 4
+    SERVER_CAPTURE = 5
 
     PARSE = 1
     BIND = 2
@@ -27,6 +28,9 @@ cdef enum:
     TX_IDLE = 73
     TX_IN_BLOCK = 84
     TX_FAILED = 69
+
+    HINT_SET_CONFIG = 1
+    HINT_ADVISORY = 2
 
     HIDE = 1
     SYNTHETIC_NEXT = 2

@@ -21,6 +21,7 @@ SERVER_IDLE = 1  # in its pool, lent to nobody
 SERVER_ACTIVE = 2  # lent to a client
 SERVER_CLEANUP = 3  # running the cleanup (ROLLBACK, RESET ALL, ...) before going back to the pool
 SERVER_CLOSED = 4
+SERVER_CAPTURE = 5  # lent; reading the session settings its client's SET left, before the server goes back
 
 # What a server owes for a request (prepared.Expect.code), matched against its responses.
 PARSE = 1  # '1' ParseComplete
@@ -37,6 +38,10 @@ HIDDEN_QUERY = 9  # a simple Query the pooler inserted: its whole reply, up to R
 TX_IDLE = 73  # 'I'
 TX_IN_BLOCK = 84  # 'T'
 TX_FAILED = 69  # 'E'
+
+# sessionhints.session_hints(): what a statement's text suggests it does to the session (bits).
+HINT_SET_CONFIG = 1  # set_config(): settings change without a SET tag
+HINT_ADVISORY = 2  # advisory lock functions: a session-level lock may outlive the transaction
 
 # What ServerLedger.complete() tells the server's forwarding loop about one response (bits).
 HIDE = 1  # cut this message from the stream (the answer to a request the pooler inserted)

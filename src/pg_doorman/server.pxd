@@ -33,6 +33,8 @@ cdef class Lender:
 
 
 cdef class ServerConnection(Connection):
+    cdef public object _capture_buf
+    cdef public dict _captured
     cdef public bytes _carry
     cdef public object _cleanup
     cdef public object _cleanup_buf
@@ -42,6 +44,7 @@ cdef class ServerConnection(Connection):
     cdef public object _login_waiter
     cdef public Py_ssize_t _skip
     cdef public bint cancel_sent
+    cdef public bint capture_due
     cdef public bint check_leftovers
     cdef public Borrower client
     cdef public double created_at
@@ -82,3 +85,4 @@ cdef class ServerConnection(Connection):
     cpdef release(self)
     cpdef _on_command_complete(self, bytes data, int at)
     cpdef _on_parameter_status(self, bytes body)
+    cpdef note_session_hints(self, int hints)

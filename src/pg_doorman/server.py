@@ -60,6 +60,9 @@ SYNCABLE_REPORTED = frozenset(
     }
 )
 
+# The session's own settings (set by SET, set_config or the pooler's parameter sync), read before a cleanup.
+_CAPTURE_QUERY = messages.query("SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session'")
+
 # The ReadyForQuery that ends a batch being retried (hidden).
 _RETRY_SYNC = Expect(codes.SYNC, hide=True)
 
@@ -109,6 +112,8 @@ class ServerConnection(Connection):
     """A PostgreSQL backend owned by a `Pool`, lent to one client at a time."""
 
     __slots__ = (
+        "_capture_buf",
+        "_captured",
         "_carry",
         "_cleanup",
         "_cleanup_buf",
@@ -118,6 +123,7 @@ class ServerConnection(Connection):
         "_login_waiter",
         "_skip",
         "cancel_sent",
+        "capture_due",
         "check_leftovers",
         "client",
         "created_at",
@@ -157,6 +163,11 @@ class ServerConnection(Connection):
         self.secret = 0
         self.ledger = ServerLedger()  # what this server owes its client: the release and cleanliness rules
         self.need_reset_all = False
+        # The client changed a setting (SET, RESET, set_config) in this transaction: before the server goes back
+        # to the pool, read the session's settings so that they follow the client (_capture_settings).
+        self.capture_due = False
+        self._capture_buf = MessageBuffer()
+        self._captured: dict[str, str] = {}
         self.need_close_all = False
         self.need_unlisten = False
         self.need_deallocate_all = False
@@ -254,6 +265,8 @@ class ServerConnection(Connection):
                 self._on_login_data(data)
             elif state == codes.SERVER_CLEANUP:
                 self._on_cleanup_data(data)
+            elif state == codes.SERVER_CAPTURE:
+                self._on_capture_data(data)
             else:
                 # An idle server must not talk: it is a FATAL error before termination, or garbage.
                 log.info("server pid=%s sent data while idle; closing it", self.pid)
@@ -367,7 +380,10 @@ class ServerConnection(Connection):
         if client is not None and start < n:
             client.write(data[start:n] if start or n != len(data) else data)
         if release and client is not None:
-            client.release_server()
+            if self.capture_due:
+                self._capture_settings()
+            else:
+                client.release_server()
 
     def _forward_tracked(self, data: bytes) -> None:
         """`_forward` plus matching of responses to the ledger's queue: hides answers to requests the pooler
@@ -494,7 +510,10 @@ class ServerConnection(Connection):
             self._replay_batch(source)
             return
         if release and client is not None:
-            client.release_server()
+            if self.capture_due:
+                self._capture_settings()
+            else:
+                client.release_server()
 
     def _on_client_error(self, data: bytes, pos: int, end: int, out: list[bytes]) -> int:
         """An ErrorResponse for the client at data[pos:end]; returns where the bytes still to forward start
@@ -587,6 +606,7 @@ class ServerConnection(Connection):
         if first == 83:  # 'S'
             if data.startswith(b"SET\x00", at):
                 self.need_reset_all = True
+                self.capture_due = True
         elif first == 68:  # 'D'
             if data.startswith(b"DECLARE CURSOR\x00", at):
                 self.need_close_all = True
@@ -610,6 +630,7 @@ class ServerConnection(Connection):
                 # A RESET does not undo other SETs, but it may undo a parameter the pooler synced (e.g. a
                 # startup search_path): reset at release so the tracked parameters are true again.
                 self.need_reset_all = True
+                self.capture_due = True
         elif first == 67:  # 'C'
             if data.startswith(b"CLOSE CURSOR ALL\x00", at):
                 self.need_close_all = False
@@ -640,6 +661,74 @@ class ServerConnection(Connection):
             self.params.pop(name, None)
         self.extra_keys = set()
         self.refresh_param_token()
+
+    # ------------------------------------------------------- settings capture
+
+    def note_session_hints(self, hints: int) -> None:
+        """The client's statement text suggests a session change no command tag reports (sessionhints.py)."""
+        if hints & codes.HINT_SET_CONFIG:
+            self.need_reset_all = True
+            self.capture_due = True
+        if hints & codes.HINT_ADVISORY:
+            self.check_leftovers = True  # a session-level lock would outlive the transaction: look at release
+
+    def _capture_settings(self) -> None:
+        """The transaction is over but the client changed settings in it. PostgreSQL reports only a few of them
+        (ParameterStatus); the others would be lost at the cleanup's RESET ALL, and the client's next transaction
+        would run with the server's defaults. Read them all (pg_settings, source 'session') while the server is
+        still the client's, make them the client's session settings (they follow it to any server, as its
+        startup settings do), then release. The client may send its next request meanwhile: it goes to this
+        server, behind the query, and its reply is forwarded as usual."""
+        self.capture_due = False
+        self.state = codes.SERVER_CAPTURE
+        self._capture_buf = MessageBuffer()
+        self._captured = {}
+        self.write(_CAPTURE_QUERY)
+
+    def _on_capture_data(self, data: bytes) -> None:
+        buf: MessageBuffer = self._capture_buf
+        buf.feed(data)
+        replies = buf.messages()
+        done = False
+        for kind, body in replies:
+            if kind == 68:  # 'D' DataRow: name, setting
+                values = messages.parse_data_row(body)
+                if len(values) == 2 and values[0] is not None and values[1] is not None:
+                    self._captured[values[0].decode()] = values[1].decode()
+            elif kind == 69:
+                log.warning(
+                    "reading session settings failed on server pid=%s: %s",
+                    self.pid,
+                    messages.parse_error_fields(body).get("M"),
+                )
+                self._captured = {}
+            elif kind == 90:
+                done = True
+                break
+        replies.close()  # the buffer keeps only what follows the query's reply
+        if done:
+            self._capture_done(buf.take_all())
+
+    def _capture_done(self, rest: bytes) -> None:
+        captured = self._captured
+        self._captured = {}
+        self.state = codes.SERVER_ACTIVE
+        client = self.client
+        if client is None:
+            return
+        if captured:
+            client.adopt_session_settings(captured)
+            # This session has them now too: a later client's parameter sync resets what it does not share, even
+            # where no cleanup runs (cleanup_server_connections: false).
+            extras = {name for name, _ in client.param_token if name not in SYNCABLE_REPORTED}
+            for name in extras:
+                self.params[name] = captured.get(name, self.params.get(name, ""))
+            self.extra_keys = extras | self.extra_keys
+            self.refresh_param_token()
+        if rest:
+            self.data_received(rest)  # replies to what the client sent meanwhile
+        elif self.ledger.idle() and client.transaction_mode and self.client is client:
+            client.release_server()
 
     # ---------------------------------------------------------- attach/release
 

@@ -35,6 +35,7 @@ SERVER_STATES = {
     codes.SERVER_ACTIVE: "active",
     codes.SERVER_CLEANUP: "cleanup",
     codes.SERVER_CLOSED: "closed",
+    codes.SERVER_CAPTURE: "active",
 }
 
 

@@ -439,3 +439,23 @@ def test_startup_options_are_applied_as_postgresql_reads_them(
         with target.psycopg(options=options) as conn:
             seen.append(conn.execute(query).fetchone())
     assert seen[0] == seen[1], seen
+
+
+def test_set_follows_its_client_and_only_its_client(targets: list[Target]) -> None:
+    """A SET of an unreported setting lasts for the client's session, as on a direct connection (pg_doorman
+    replays it on the client's next server), and never reaches another client of the same backend."""
+    direct, pooled = targets
+    outcomes = []
+    for target in (direct, pooled):
+        with target.psycopg() as a, target.psycopg() as b:
+            a.execute("SET statement_timeout = '1234ms'")
+            a.execute("SET search_path = iso_x, public")
+            seen_by_b = b.execute("SELECT current_setting('statement_timeout'), current_setting('search_path')")
+            b_row = seen_by_b.fetchone()
+            a.execute("RESET search_path")
+            a_row = a.execute(
+                "SELECT current_setting('statement_timeout'), current_setting('search_path')"
+            ).fetchone()
+            outcomes.append((a_row, b_row))
+    assert outcomes[0] == outcomes[1], outcomes
+    assert outcomes[1][0] == ("1234ms", '"$user", public')

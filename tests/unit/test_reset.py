@@ -354,6 +354,20 @@ def test_check_leftovers_flag_runs_the_check_once(tmp_path: Path, row: tuple[boo
     asyncio.run(run())
 
 
+def test_advisory_lock_text_arms_the_check(tmp_path: Path) -> None:
+    """The client's forwarding loop finds advisory lock function names (sessionhints.py); the check runs."""
+
+    async def run() -> None:
+        client, server, _pool = attach_pair(make_app(tmp_path), transaction_mode=True)
+        client.data_received(messages.query("SELECT pg_advisory_lock(1)"))
+        assert server.check_leftovers
+        sent_queries(server)
+        server.data_received(messages.command_complete("SELECT 1") + messages.READY_IDLE)
+        assert sent_queries(server) == [LEFTOVER_CHECK]
+
+    asyncio.run(run())
+
+
 @pytest.mark.parametrize("tag", ["CREATE TABLE", "CREATE TABLE AS", "CREATE VIEW", "CREATE SEQUENCE"])
 def test_create_tags_arm_the_check(tmp_path: Path, tag: str) -> None:
     async def run() -> None:

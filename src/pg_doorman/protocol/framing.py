@@ -6,7 +6,7 @@ forwarding hot path in client.py/server.py walks headers inline instead.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 
 from pg_doorman.protocol.errors import OUT_OF_MEMORY, PoolerError, ProtocolViolation
 
@@ -46,7 +46,7 @@ class MessageBuffer:
         self._buf.clear()
         return data
 
-    def messages(self) -> Iterator[tuple[int, bytes]]:
+    def messages(self) -> Generator[tuple[int, bytes], None, None]:
         """Yield complete messages; incomplete trailing bytes stay buffered."""
         buf = self._buf
         pos = 0

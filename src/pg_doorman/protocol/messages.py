@@ -159,3 +159,19 @@ def string_literal(value: str) -> str:
 
 def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def parse_data_row(body: bytes) -> list[bytes | None]:
+    """The column values of a DataRow body (None for NULL)."""
+    count = int.from_bytes(body[:2], "big")
+    values: list[bytes | None] = []
+    pos = 2
+    for _ in range(count):
+        length = int.from_bytes(body[pos : pos + 4], "big", signed=True)
+        pos += 4
+        if length < 0:
+            values.append(None)
+        else:
+            values.append(body[pos : pos + length])
+            pos += length
+    return values
