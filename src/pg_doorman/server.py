@@ -669,8 +669,9 @@ class ServerConnection(Connection):
         if hints & codes.HINT_SET_CONFIG:
             self.need_reset_all = True
             self.capture_due = True
-        if hints & codes.HINT_ADVISORY:
-            self.check_leftovers = True  # a session-level lock would outlive the transaction: look at release
+        if hints & (codes.HINT_ADVISORY | codes.HINT_TEMP):
+            # A session-level lock or a temporary object would outlive the transaction: look at release.
+            self.check_leftovers = True
 
     def _capture_settings(self) -> None:
         """The transaction is over but the client changed settings in it. PostgreSQL reports only a few of them
