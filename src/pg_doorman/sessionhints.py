@@ -2,8 +2,8 @@
 
 PostgreSQL tells a pooler about SET (CommandComplete "SET") but not about ``set_config(...)`` or advisory locks,
 which are function calls inside a SELECT, nor about a temporary table made by ``CREATE TEMP TABLE ... AS`` or
-``SELECT ... INTO TEMP`` (their tag is "SELECT n"). The client's forwarding loop looks for their names in every Query (and
-Parse) it passes on; a hit makes the server read its session settings back at the end of the transaction
+``SELECT ... INTO TEMP`` (their tag is "SELECT n"). The client's forwarding loop looks for their names in every
+Query (and Parse) it passes on; a hit makes the server read its session settings back at the end of the transaction
 (set_config) or check for leftovers before it is lent again (advisory locks, temporary objects; "temp" also
 matches words like "template", which only costs that check). A miss costs a few byte searches.
 
