@@ -148,9 +148,12 @@ class Application:
         if self.shutting_down and not self.clients and self._stop is not None:
             self._stop.set()
 
-    def register_cancel_key(self, client: ClientConnection) -> tuple[int, int]:
-        """pg_doorman's own BackendKeyData for a client (see `new_cancel_key`)."""
+    def register_cancel_key(self, client: ClientConnection, server_pid: int = 0) -> tuple[int, int]:
+        """The BackendKeyData for a client: pg_doorman's own (see `new_cancel_key`), or in session mode the
+        process id of the backend lent to it for good (``server_pid``) with pg_doorman's own secret."""
         pid, secret = new_cancel_key(self.cancel_keys)
+        if server_pid > 0 and server_pid not in self.cancel_keys:
+            pid = server_pid
         self.cancel_keys[pid] = client
         return pid, secret
 
