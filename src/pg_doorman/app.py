@@ -15,9 +15,8 @@ from typing import cast
 from pg_doorman import __version__, implementation, sockets
 from pg_doorman.client import ClientConnection, pool_removed
 from pg_doorman.config import Config, ConfigError, load_config
+from pg_doorman.connection import DRAIN_MAX_SECONDS, wait_for_drains
 from pg_doorman.pool import Pool
-from pg_doorman.protocol import messages
-from pg_doorman.protocol.errors import POOLER_SHUTDOWN
 from pg_doorman.tasks import spawn
 
 log = logging.getLogger("pg_doorman")
@@ -307,11 +306,12 @@ class Application:
         if self._wait_ticker is not None:
             self._wait_ticker.cancel()
         for client in list(self.clients):
-            if client.transport is not None:
-                client.write(messages.error_response(POOLER_SHUTDOWN, "pooler is shut down now"))
-            client.close()
+            client.fail_shutdown()
         for pool in self.pools.values():
             pool.close_all()
+        # The shutdown notices (these and the graceful shutdown's) are read only if their connections are not
+        # reset by process exit while the clients are still sending: wait for those drains (bounded).
+        await wait_for_drains(DRAIN_MAX_SECONDS)
         await asyncio.sleep(0)
         if self.config.general.unix_socket_dir:
             path = os.path.join(self.config.general.unix_socket_dir, f".s.PGSQL.{self.config.general.port}")

@@ -323,6 +323,8 @@ class ClientConnection(Borrower):
                 waiter = self._rx_waiter
                 if waiter is not None and not waiter.done():
                     waiter.set_result(None)
+            elif state == codes.CLIENT_CLOSED:
+                self.discard_input(len(data))  # closing after an error (fail): read and dropped, see connection.py
         except Exception:
             # A bug met on this client's bytes: it loses its connection (with an ErrorResponse, and its server is
             # cleaned or closed as after any disconnect); everyone else goes on.
@@ -355,10 +357,11 @@ class ClientConnection(Borrower):
     # ---------------------------------------------------------------- helpers
 
     def fail(self, err: PoolerError) -> None:
-        """Send an ErrorResponse and close the connection."""
-        if self.transport is not None and not self.transport.is_closing():
-            self.write(messages.error_response(err.sqlstate, err.message, severity="FATAL", detail=err.detail))
-            self.close_transport()
+        """Send a FATAL ErrorResponse and close the connection in the way that lets the client read it even while
+        it is still sending (`Connection.close_after_error`); what the client held goes back at once. A client
+        between transactions was sent a ReadyForQuery last: its error waits for its next message (or a moment)."""
+        error = messages.error_response(err.sqlstate, err.message, severity="FATAL", detail=err.detail)
+        self.close_after_error(error, self.state == codes.CLIENT_IDLE)
         self._teardown()
 
     # -------------------------------------------------------------- forwarding

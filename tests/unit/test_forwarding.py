@@ -42,6 +42,15 @@ class RecordingTransport:
     def abort(self) -> None:
         self.closed = True
 
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.closed = True  # what a client is sent last (Connection.close_after_error): closed for these tests
+
 
 def make_pair(
     tmp_path: Path, tracked: bool, client_class: type[ClientConnection] = ClientConnection
