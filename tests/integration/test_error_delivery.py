@@ -21,7 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from wire_client import error_map, query, startup_packet
+from wire_client import error_map, md5_password_message, md5_verifier, query, startup_packet
 
 from pg_doorman.connection import DRAIN_MAX_BYTES, DRAIN_MAX_SECONDS
 from pg_doorman.devcluster import TempPostgres
@@ -33,11 +33,13 @@ LOGIN = {"user": "app", "database": "appdb"}
 IO_TIMEOUT = 10.0
 
 
+PASSWORD = "app_pass"
+APP_USER = {"username": "app", "password": md5_verifier(PASSWORD, "app")}
+
+
 def trusted_config(pool_config: MakePoolConfig, pg: TempPostgres, **general: Any) -> dict[str, Any]:
-    """User app without a password (trusted cluster), max_message_size 1MB."""
-    return pool_config(
-        pg, [{"username": "app", "password": ""}], pool_size=4, general={"max_message_size": "1MB", **general}
-    )
+    """User app with an md5 password (the trusted cluster needs none from the pooler), max_message_size 1MB."""
+    return pool_config(pg, [APP_USER], pool_size=4, general={"max_message_size": "1MB", **general})
 
 
 def open_socket(proc: Any, unix_dir: Path | None = None) -> socket.socket:
@@ -65,10 +67,15 @@ def messages(data: bytes) -> list[tuple[bytes, bytes]]:
 def login(sock: socket.socket) -> None:
     sock.sendall(startup_packet(LOGIN))
     data = b""
+    answered = False
     while not any(kind == b"Z" for kind, _ in messages(data)):
         chunk = sock.recv(65536)
         assert chunk, "closed during login"
         data += chunk
+        for kind, body in messages(data):
+            if kind == b"R" and struct.unpack_from("!i", body)[0] == 5 and not answered:
+                sock.sendall(md5_password_message(PASSWORD, "app", body[4:8]))
+                answered = True
 
 
 def read_to_eof(sock: socket.socket) -> bytes:
@@ -159,7 +166,7 @@ def test_libpq_sees_the_error_of_an_oversized_query(
     """psycopg sending a 2 MB query (over max_message_size 1MB) gets SQLSTATE 53200, not a lost connection."""
     proc = doorman(trusted_config(pool_config, pg_trust))
     for _ in range(3):
-        with psycopg.connect(proc.dsn(password=""), autocommit=True, connect_timeout=10) as conn:
+        with psycopg.connect(proc.dsn(password=PASSWORD), autocommit=True, connect_timeout=10) as conn:
             with pytest.raises(psycopg.OperationalError) as info:
                 conn.execute("select length(%s)", ["y" * (2 * 1024 * 1024)])
             assert info.value.sqlstate == "53200", str(info.value)
@@ -293,13 +300,13 @@ def test_sigint_notice_reaches_every_idle_psycopg_client(
     mode every client holds a server, so they get the notice when shutdown_timeout ends)."""
     config = pool_config(
         pg_trust,
-        [{"username": "app", "password": ""}],
+        [APP_USER],
         pool_size=CLIENTS if pool_mode == "session" else 4,
         pool_mode=pool_mode,
         general={"shutdown_timeout": "1s"},
     )
     proc = doorman(config)
-    conns = [psycopg.connect(proc.dsn(password=""), autocommit=True, connect_timeout=10) for _ in range(CLIENTS)]
+    conns = [psycopg.connect(proc.dsn(password=PASSWORD), autocommit=True, connect_timeout=10) for _ in range(CLIENTS)]
     try:
         for conn in conns:
             conn.execute("select 1")
@@ -348,7 +355,7 @@ def test_sigint_notice_reaches_busy_psycopg_clients(
     SQLSTATE 58006 (a client sends its next query right after the ReadyForQuery the pooler's notice follows, so
     the pooler closes with that query unread)."""
     proc = doorman(trusted_config(pool_config, pg_trust))
-    conns = [psycopg.connect(proc.dsn(password=""), autocommit=True, connect_timeout=10) for _ in range(CLIENTS)]
+    conns = [psycopg.connect(proc.dsn(password=PASSWORD), autocommit=True, connect_timeout=10) for _ in range(CLIENTS)]
     results: list[str] = []
     start = threading.Barrier(CLIENTS + 1)
 
