@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import venv
 from pathlib import Path
 
@@ -62,6 +63,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     target = tmp / "venv"
     venv.create(target, with_pip=False)
     python = target / "bin" / "python"
+    # The package's dependencies (PyYAML, uvloop) come from the test's own environment, offline: a .pth file
+    # appends its site-packages behind the new venv's own, where the wheel's pg_doorman is found first.
+    (site_packages,) = (target / "lib").glob("python3*/site-packages")
+    (site_packages / "test-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run(
         [*PIP, "--python", str(python), "install", "--no-deps", "--no-index", str(wheel)],
         env=clean_env(),
