@@ -71,12 +71,6 @@ def table(pg_trust: TempPostgres) -> Iterator[str]:
     pg_trust.psql(f"DROP TABLE IF EXISTS {name}", db="appdb")
 
 
-@pytest.fixture
-def single(doorman: StartDoorman, pool_config: MakePoolConfig, pg_trust: TempPostgres) -> Any:
-    """pg_doorman in transaction mode with one server connection for user ``app``."""
-    return doorman(pool_config(pg_trust, pool_size=1))
-
-
 # ---------------------------------------- session state does not leak
 
 

@@ -80,12 +80,6 @@ def pooled_target(proc: Any) -> Target:
 
 
 @pytest.fixture
-def single(doorman: StartDoorman, pool_config: MakePoolConfig, pg_trust: TempPostgres) -> Any:
-    """pg_doorman in transaction mode with one server connection for user ``app``."""
-    return doorman(pool_config(pg_trust, pool_size=1))
-
-
-@pytest.fixture
 def targets(single: Any, pg_trust: TempPostgres) -> list[Target]:
     return [direct_target(pg_trust), pooled_target(single)]
 

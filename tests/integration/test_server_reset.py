@@ -72,12 +72,6 @@ def session_pool(doorman: StartDoorman, pool_config: MakePoolConfig, pg_trust: T
     return doorman(pool_config(pg_trust, pool_mode="session", pool_size=1))
 
 
-@pytest.fixture
-def single(doorman: StartDoorman, pool_config: MakePoolConfig, pg_trust: TempPostgres) -> Any:
-    """Transaction mode, one server connection, default settings."""
-    return doorman(pool_config(pg_trust, pool_size=1))
-
-
 # ---------------------------------------------------------------- session mode: DISCARD ALL at release
 
 
