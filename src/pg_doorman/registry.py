@@ -14,8 +14,8 @@
   clients may share a process id. A lookup compares secrets in constant time; a registration is refused only on
   an exact (pid, secret) clash, and then a fresh random key is used.
 
-Sans-I/O apart from what pools themselves do when retired (closing their idle servers): unit-tested without
-sockets (tests/unit/test_registry.py).
+No I/O of its own (what a reload sets off, idle servers of retired pools closing and stranded waiters told so, is
+the pools' and clients' doing): unit-tested without sockets (tests/unit/test_registry.py).
 """
 
 from __future__ import annotations
