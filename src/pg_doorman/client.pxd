@@ -28,6 +28,7 @@ cdef class ClientConnection(Borrower):
     cdef public list _queued
     cdef public Py_ssize_t _queued_bytes
     cdef public object _rx
+    cdef public object _login_wait
     cdef public object _rx_waiter
     cdef public Py_ssize_t _skip
     cdef public dict _unnamed_cache

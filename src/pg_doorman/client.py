@@ -103,6 +103,12 @@ NOT_SETTABLE = frozenset(
     }
 )
 
+# Reported parameters whose value PostgreSQL respells ("euc-jp" -> "EUC_JP", "iso" -> "ISO, MDY", "utc" -> "UTC",
+# "true" -> "on"). application_name is reported as sent (only cut to 63 bytes), and often unique per client: it
+# would cost every such login a server round trip and the pool a cache entry.
+RESPELLED = frozenset(SYNCABLE_REPORTED - {"application_name"})
+MAX_SPELLINGS = 4096  # pool.spelling entries; past that a new spelling is asked of a server at every login
+
 _NAMED_KINDS = type_table({"PBDC": 1})
 _MAX_QUEUED_WHILE_WAITING = 256 * 1024
 # First bytes of a Query text that may be a lone BEGIN / START TRANSACTION ("b", "s", white space): a cheap
@@ -224,6 +230,7 @@ class ClientConnection(Borrower):
     __slots__ = (
         "_carry",
         "_deferred_begin",
+        "_login_wait",
         "_queued",
         "_queued_bytes",
         "_rx",
@@ -271,6 +278,9 @@ class ClientConnection(Borrower):
         self.peer = ""
         self._rx = MessageBuffer(context.max_message_size)
         self._rx_waiter: asyncio.Future[None] | None = None
+        # What the login coroutine waits for besides the client's bytes: a server from the pool, or the end of its
+        # parameter sync (see _lend_at_login). Failed when the connection ends.
+        self._login_wait: asyncio.Future[None] | None = None
         self._queued: list[bytes] = []
         self._skip = 0
         self._carry = b""
@@ -405,6 +415,11 @@ class ClientConnection(Borrower):
     def attach_server(self, server: ServerConnection) -> None:
         """Called by the pool when a server becomes available for this waiting client."""
         self._attach(server)
+        waiter = self._login_wait
+        if waiter is not None:  # lent at login (_lend_at_login): no queued bytes yet
+            if not waiter.done():
+                waiter.set_result(None)
+            return
         queued = self._queued
         self._queued = []
         self.resume_reading()
@@ -452,7 +467,11 @@ class ClientConnection(Borrower):
                 sets.append(
                     f"pg_catalog.set_config({messages.string_literal(name)}, {messages.string_literal(value)}, false)"
                 )
-                theirs[name] = value
+                if name not in SYNCABLE_REPORTED:
+                    # PostgreSQL reports the others with ParameterStatus when they change, in its own spelling;
+                    # when it sends none, the value it had is the client's in another spelling ("iso" for
+                    # "ISO, MDY"), and stays what the server knows.
+                    theirs[name] = value
         extras = {name for name, _ in mine if name not in SYNCABLE_REPORTED}
         for name in server.extra_keys - extras:
             resets.append(f"RESET {messages.quote_ident(name)}")
@@ -1025,6 +1044,9 @@ class ClientConnection(Borrower):
             return
         previous = self.state
         self.state = codes.CLIENT_CLOSED
+        login_wait = self._login_wait
+        if login_wait is not None and not login_wait.done():
+            login_wait.set_exception(ConnectionResetError("the client connection ended during login"))
         if previous == codes.CLIENT_WAITING and self.pool is not None:
             self.pool.remove_waiter(self)
         server = self.server
@@ -1143,7 +1165,7 @@ class ClientConnection(Borrower):
         self.transaction_mode = pool.transaction_mode
         if pool.settings.prepared_statements and pool.transaction_mode:
             self.track_statements()
-        self._finish_login(defaults, params)
+        await self._finish_login(defaults, params)
 
     async def _exchange(self, login: ClientLogin) -> ClientLogin:
         """Run a password exchange to its end: send its requests, feed it the client's answers."""
@@ -1155,7 +1177,16 @@ class ClientConnection(Borrower):
                 self.write(reply)
         return login
 
-    def _finish_login(self, defaults: dict[str, str], startup: dict[str, str]) -> None:
+    async def _finish_login(self, defaults: dict[str, str], startup: dict[str, str]) -> None:
+        """Settle the client's session parameters, then send AuthenticationOk, ParameterStatus, BackendKeyData
+        and ReadyForQuery.
+
+        The client is told its parameters as PostgreSQL spells them (`client_encoding=euc-jp` is reported as
+        `EUC_JP`): a value the pool has not seen yet is applied on a server first and read back (the pool
+        remembers the answer). In session mode the client gets its server now, and its BackendKeyData carries
+        that backend's process id, as on a direct connection (pg_backend_pid(), NOTIFY's sender, tools that
+        terminate a session by pid); the cancel secret stays pg_doorman's own.
+        """
         pool = self.pool
         assert pool is not None
         tracked = {k: v for k, v in defaults.items() if k in SYNCABLE_REPORTED}
@@ -1163,11 +1194,34 @@ class ClientConnection(Borrower):
             if name not in NOT_SETTABLE and not name.startswith("_pq_."):
                 tracked[name] = value
         tracked.update(parse_options(startup.get("options", "")))
+        spelled = pool.spelling
+        unknown = False
+        for name, value in list(tracked.items()):
+            if name in RESPELLED and defaults.get(name) != value:
+                known = spelled.get((name, value))
+                if known is None:
+                    unknown = True
+                else:
+                    tracked[name] = known
         self.param_token = pool.intern_params(tracked)
-        self.pid, self.secret = self.context.registry.register_cancel_key(self)
+        server_pid = 0
+        if unknown or not self.transaction_mode:
+            server = await self._lend_at_login(pool)
+            for name, value in list(tracked.items()):
+                if name in RESPELLED and name in server.params:
+                    tracked[name] = server.params[name]
+                    if len(spelled) < MAX_SPELLINGS:
+                        spelled[(name, value)] = tracked[name]
+            self.param_token = pool.intern_params(tracked)
+            server.param_token = self.param_token
+            if self.transaction_mode:
+                self.release_server()
+            else:
+                server_pid = int(server.pid)
+        self.pid, self.secret = self.context.registry.register_cancel_key(self, server_pid)
         out = [messages.AUTH_OK]
         shown = dict(defaults)
-        for name, value in tracked.items():
+        for name, value in self.param_token:
             if name in SYNCABLE_REPORTED:
                 shown[name] = value
         out.extend(messages.parameter_status(k, v) for k, v in shown.items())
@@ -1175,10 +1229,41 @@ class ClientConnection(Borrower):
         out.append(messages.READY_IDLE)
         self.write(b"".join(out))
         leftover = self._rx.take_all()
-        self.state = codes.CLIENT_IDLE
+        if self.server is None:
+            self.state = codes.CLIENT_IDLE
         self.resume_reading()  # before the leftover: handling it may pause reading for its own reasons
         if leftover:
             self.data_received(leftover)
+
+    async def _lend_at_login(self, pool: Pool) -> ServerConnection:
+        """A server for this client before its login completes, with the client's parameters applied (the
+        ParameterStatus replies of the sync update the client's parameters to PostgreSQL's spelling)."""
+        loop = asyncio.get_running_loop()
+        server = pool.checkout_nowait()
+        if server is not None:
+            self._attach(server)
+        else:
+            self._login_wait = loop.create_future()
+            self.state = codes.CLIENT_WAITING
+            timeout = pool.settings.query_wait_timeout
+            self.wait_deadline = monotonic() + timeout if timeout > 0 else 0.0
+            pool.enqueue(self)
+            try:
+                await self._login_wait
+            finally:
+                self._login_wait = None
+        server = self.server
+        assert server is not None
+        if server.ledger.swallow:
+            self._login_wait = server.wait_until_synced(loop)
+            try:
+                await self._login_wait
+            finally:
+                self._login_wait = None
+        server = self.server
+        if server is None:  # lost while syncing (client.fail() already ran)
+            raise ConnectionResetError("the server was lost during login")
+        return server
 
     async def _admin_login(self) -> None:
         """The admin database: every user name gets the same md5 challenge; then the console answers."""

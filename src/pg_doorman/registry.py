@@ -10,9 +10,9 @@
   `tick` and `maintain`.
 - **Cancel keys.** Every logged-in client is registered under the (process id, secret) pair its BackendKeyData
   told it. The pair is the key, not the process id alone: pg_doorman's random ids and the real backend ids that
-  session-mode clients may be given come from different sources (and several PostgreSQL hosts), so two live
+  session-mode clients are given come from different sources (and several PostgreSQL hosts), so two live
   clients may share a process id. A lookup compares secrets in constant time; a registration is refused only on
-  an exact (pid, secret) clash, and then a fresh random key is used.
+  an exact (pid, secret) clash, and then a fresh secret is drawn.
 
 No I/O of its own (what a reload sets off, idle servers of retired pools closing and stranded waiters told so, is
 the pools' and clients' doing): unit-tested without sockets (tests/unit/test_registry.py).
@@ -45,13 +45,19 @@ def new_cancel_key(randbits: Callable[[int], int] = secrets.randbits) -> CancelK
     a cancel be aimed at a neighbour's id. The secret is a full random 32 bits sent as PostgreSQL's signed int32.
     ``randbits`` is replaceable for tests.
     """
+    return _random_pid(randbits), _random_secret(randbits)
+
+
+def _random_pid(randbits: Callable[[int], int]) -> int:
     pid = 0
     while not pid:
         pid = randbits(31)
+    return pid
+
+
+def _random_secret(randbits: Callable[[int], int]) -> int:
     secret = randbits(32)
-    if secret >= 1 << 31:
-        secret -= 1 << 32
-    return pid, secret
+    return secret - (1 << 32) if secret >= 1 << 31 else secret
 
 
 def _uint32(value: int) -> int:
@@ -154,14 +160,21 @@ class PoolRegistry:
 
     # ------------------------------------------------------------ cancel keys
 
-    def register_cancel_key(self, client: ClientConnection, key: CancelKey | None = None) -> CancelKey:
-        """Register ``client`` under ``key`` (e.g. its session's backend key), or under a new random key when
-        ``key`` is None or exactly (pid and secret) that of another live client. Returns the key registered,
-        which is the one to send in BackendKeyData and to keep as the client's ``pid``/``secret``."""
-        while key is None or self._holder(*key) is not None:
-            key = new_cancel_key(self._randbits)
-        pid, secret = key
-        self._cancel_keys.setdefault(_uint32(pid), []).append((_uint32(secret).to_bytes(4, "big"), client))
+    def register_cancel_key(self, client: ClientConnection, pid: int = 0) -> CancelKey:
+        """Register ``client`` under a new cancel key and return it (to send in BackendKeyData and keep as the
+        client's ``pid``/``secret``).
+
+        The process id is ``pid`` when given (session mode: the backend lent to the client for good, so that
+        pg_backend_pid() and NOTIFY's sender match what the client was told), else a random one; the secret is
+        always pg_doorman's own random 32 bits. Only an exact (pid, secret) clash with a live client is refused:
+        the secret (and a random pid) is drawn again.
+        """
+        randbits = self._randbits
+        while True:
+            key = (pid or _random_pid(randbits), _random_secret(randbits))
+            if self._holder(*key) is None:
+                break
+        self._cancel_keys.setdefault(_uint32(key[0]), []).append((_uint32(key[1]).to_bytes(4, "big"), client))
         return key
 
     def cancel_target(self, pid: int, secret: int) -> ClientConnection | None:

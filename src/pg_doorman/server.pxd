@@ -43,6 +43,7 @@ cdef class ServerConnection(Connection):
     cdef public object _login_buf
     cdef public object _login_waiter
     cdef public Py_ssize_t _skip
+    cdef public object _synced_waiter
     cdef public bint cancel_sent
     cdef public bint capture_due
     cdef public bint check_leftovers

@@ -122,6 +122,7 @@ class ServerConnection(Connection):
         "_login_buf",
         "_login_waiter",
         "_skip",
+        "_synced_waiter",
         "cancel_sent",
         "capture_due",
         "check_leftovers",
@@ -186,6 +187,7 @@ class ServerConnection(Connection):
         self.sql_prepared: dict[bytes, bytes] = {}
         self.sql_prepare_pending = 0
         self._skip = 0
+        self._synced_waiter: asyncio.Future[None] | None = None  # see wait_until_synced
         self._inject_error: ServerError | None = None
         self._carry = b""
         self._cleanup_buf = MessageBuffer()
@@ -356,6 +358,8 @@ class ServerConnection(Connection):
                     if self._inject_error is not None:
                         self._injected_command_failed()
                         return
+                    if self._synced_waiter is not None and not ledger.swallow:
+                        self._synced()
                 elif ledger.ready_for_lone_query(data[pos + 5]):
                     client = self.client
                     release = client is not None and client.transaction_mode
@@ -441,6 +445,8 @@ class ServerConnection(Connection):
                     if self._inject_error is not None:
                         self._injected_command_failed()
                         return
+                    if self._synced_waiter is not None and not ledger.swallow:
+                        self._synced()
                 elif kind == 83:
                     self._on_parameter_status(data[pos + 5 : end])
                 elif kind == 69:
@@ -669,8 +675,9 @@ class ServerConnection(Connection):
         if hints & codes.HINT_SET_CONFIG:
             self.need_reset_all = True
             self.capture_due = True
-        if hints & codes.HINT_ADVISORY:
-            self.check_leftovers = True  # a session-level lock would outlive the transaction: look at release
+        if hints & (codes.HINT_ADVISORY | codes.HINT_TEMP):
+            # A session-level lock or a temporary object would outlive the transaction: look at release.
+            self.check_leftovers = True
 
     def _capture_settings(self) -> None:
         """The transaction is over but the client changed settings in it. PostgreSQL reports only a few of them
@@ -742,6 +749,23 @@ class ServerConnection(Connection):
             self._close_evicted()
         if sync_sql:
             self.inject(sync_sql)
+
+    def wait_until_synced(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+        """A future that completes once the replies to the queries the pooler injected (parameter sync, deferred
+        BEGIN) are all in: the server's parameters are then those the client will see. A failure of those
+        queries or of the connection fails the client instead (its login waits on the same future)."""
+        waiter: asyncio.Future[None] = loop.create_future()
+        if self.ledger.swallow:
+            self._synced_waiter = waiter
+        else:
+            waiter.set_result(None)
+        return waiter
+
+    def _synced(self) -> None:
+        waiter = self._synced_waiter
+        self._synced_waiter = None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def inject(self, sql: str) -> None:
         """Send a pooler-issued simple query whose whole reply is hidden from the client."""

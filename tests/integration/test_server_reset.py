@@ -25,13 +25,6 @@ MakePoolConfig = Callable[..., dict[str, Any]]
 
 DEFAULT_SEARCH_PATH = '"$user", public'
 
-# A temporary table made by CREATE TABLE AS / SELECT INTO reports "SELECT n": only its statement text tells,
-# and sessionhints.py does not look for it yet (strict: remove the mark once it does).
-needs_temp_text_hint = pytest.mark.xfail(
-    reason="needs sessionhints.py to set ServerConnection.check_leftovers for temporary-table text", strict=True
-)
-
-
 def direct(cluster: TempPostgres) -> psycopg.Connection[Any]:
     """A direct superuser connection to ``appdb`` (no pooler), for checking what PostgreSQL really has."""
     return psycopg.connect(cluster.dsn(db="appdb"), autocommit=True, connect_timeout=10)
@@ -290,7 +283,6 @@ def test_temp_table_left_behind_closes_the_server(single: Any, pg_trust: TempPos
         "select 1 x into temp t_into",
     ],
 )
-@needs_temp_text_hint
 def test_temp_table_from_select_closes_the_server(single: Any, create: str) -> None:
     """CREATE TEMP TABLE AS / SELECT INTO report "SELECT n": only the statement text says a table was made."""
     with connect(single) as a:

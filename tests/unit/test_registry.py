@@ -204,9 +204,9 @@ def scripted(values: Iterable[int]) -> Callable[[int], int]:
     return randbits
 
 
-def register(registry: PoolRegistry, key: tuple[int, int] | None = None) -> Client:
+def register(registry: PoolRegistry, pid: int = 0) -> Client:
     client = Client()
-    client.pid, client.secret = registry.register_cancel_key(client, key)  # type: ignore[arg-type]
+    client.pid, client.secret = registry.register_cancel_key(client, pid)  # type: ignore[arg-type]
     return client
 
 
@@ -237,12 +237,12 @@ def test_a_cancel_key_needs_its_secret() -> None:
 
 
 def test_clients_may_share_a_pid_with_different_secrets() -> None:
-    """A session client's real backend pid may equal another host's backend pid or some client's random pid."""
-    registry = PoolRegistry(scripted([5, 3]))
-    backend_a = register(registry, (5, 9))
-    backend_b = register(registry, (5, 10))
+    """A session client's backend pid may equal another host's backend pid or some client's random pid."""
+    registry = PoolRegistry(scripted([9, 10, 5, 3]))
+    backend_a = register(registry, pid=5)  # session mode: the backend's pid, pg_doorman's secret
+    backend_b = register(registry, pid=5)  # the same pid on another PostgreSQL host
     random_one = register(registry)  # random pid 5 again, secret 3: no exact clash, accepted
-    assert (random_one.pid, random_one.secret) == (5, 3)
+    assert [(c.pid, c.secret) for c in (backend_a, backend_b, random_one)] == [(5, 9), (5, 10), (5, 3)]
     assert registry.cancel_target(5, 9) is backend_a
     assert registry.cancel_target(5, 10) is backend_b
     assert registry.cancel_target(5, 3) is random_one
@@ -255,27 +255,28 @@ def test_clients_may_share_a_pid_with_different_secrets() -> None:
     assert registry.cancel_key_count() == 0
 
 
-def test_an_exact_clash_gets_a_fresh_random_key() -> None:
-    registry = PoolRegistry(scripted([0, 5, 9, 7, 1, 5, 9, 8, 2]))
-    first = register(registry, (5, 9))
-    # The same (pid, secret) is refused: a random key instead; a random key that clashes exactly is drawn again.
-    second = register(registry, (5, 9))
-    assert (second.pid, second.secret) == (7, 1)
+def test_an_exact_clash_draws_the_secret_again() -> None:
+    registry = PoolRegistry(scripted([9, 9, 1, 0, 5, 9, 8, 2]))
+    first = register(registry, pid=5)
+    # Session mode: the pid stays the backend's, only the secret is drawn again.
+    second = register(registry, pid=5)
+    assert (second.pid, second.secret) == (5, 1)
+    # A random key (pid 0 skipped) that clashes exactly: both drawn again.
     third = register(registry)
     assert (third.pid, third.secret) == (8, 2)
     assert registry.cancel_target(5, 9) is first
-    assert registry.cancel_target(7, 1) is second
+    assert registry.cancel_target(5, 1) is second
     assert registry.cancel_target(8, 2) is third
 
 
 def test_secrets_match_signed_or_unsigned() -> None:
-    """BackendKeyData's int32 may be read back as signed (struct "!i") or unsigned by whoever gives the key."""
-    registry = PoolRegistry(scripted([3, 4]))
-    client = register(registry, (12, -1))
+    """BackendKeyData sends a signed int32; a CancelRequest's may be read back either way."""
+    registry = PoolRegistry(scripted([0xFFFFFFFF, 0xFFFFFFFF, 4]))
+    client = register(registry, pid=12)
+    assert (client.pid, client.secret) == (12, -1)
     assert registry.cancel_target(12, -1) is client
     assert registry.cancel_target(12, 0xFFFFFFFF) is client
-    same = register(registry, (12, 0xFFFFFFFF))  # the same key written the other way: an exact clash
-    assert (same.pid, same.secret) == (3, 4)
+    assert (register(registry, pid=12).secret) == 4  # -1 again: an exact clash
 
 
 def test_forgetting_an_unregistered_or_foreign_key_changes_nothing() -> None:
