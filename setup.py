@@ -1,5 +1,5 @@
-"""The compiled hot path: connection.py, client.py, server.py, prepared.py and pool/__init__.py built by Cython
-(pg_doorman.COMPILED_MODULES; tests/unit/test_build.py checks the two lists agree).
+"""The compiled hot path: connection.py, ledger.py, client.py, server.py, prepared.py, pool/__init__.py and
+context.py built by Cython (pg_doorman.COMPILED_MODULES; tests/unit/test_build.py checks the two lists agree).
 
 Those files are the pure-Python implementation too; the `.pxd` files next to them only give their classes and
 forwarding loops C types. When Cython or a C compiler is missing, or PG_DOORMAN_PURE_PYTHON=1 is set at build
@@ -29,6 +29,7 @@ HOT_MODULES = [
     "src/pg_doorman/client.py",
     "src/pg_doorman/prepared.py",
     "src/pg_doorman/pool/__init__.py",
+    "src/pg_doorman/context.py",
 ]
 
 

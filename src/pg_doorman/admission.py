@@ -18,24 +18,24 @@ from pg_doorman.protocol.errors import TOO_MANY_CONNECTIONS
 from pg_doorman.protocol.framing import MAX_STARTUP_PACKET
 
 if TYPE_CHECKING:
-    from pg_doorman.app import Application
+    from pg_doorman.context import ClientContext
 
 _TOO_MANY = messages.error_response(TOO_MANY_CONNECTIONS, "sorry, too many clients already")
 
 
 class OverLimitClient(asyncio.Protocol):
-    __slots__ = ("_app", "_buf", "_timer", "_transport")
+    __slots__ = ("_buf", "_context", "_timer", "_transport")
 
-    def __init__(self, app: Application) -> None:
-        self._app = app
+    def __init__(self, context: ClientContext) -> None:
+        self._context = context
         self._buf = bytearray()
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
-        if self._app.login_timeout > 0:
-            self._timer = asyncio.get_running_loop().call_later(self._app.login_timeout, self._transport.abort)
+        if self._context.login_timeout > 0:
+            self._timer = asyncio.get_running_loop().call_later(self._context.login_timeout, self._transport.abort)
 
     def data_received(self, data: bytes) -> None:
         transport = self._transport
@@ -53,7 +53,7 @@ class OverLimitClient(asyncio.Protocol):
                 if len(buf) < 16:
                     return
                 pid, secret = struct.unpack_from("!ii", buf, 8)
-                self._app.cancel(pid, secret)
+                self._context.cancel(pid, secret)
                 transport.close()
                 return
             # Anything else is (or is meant to be) a StartupMessage: it gets the answer, whatever it holds.

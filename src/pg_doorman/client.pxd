@@ -3,6 +3,7 @@
 import cython
 
 from pg_doorman cimport codes, sessionhints
+from pg_doorman.context cimport ClientContext
 from pg_doorman.pool cimport Pool
 from pg_doorman.prepared cimport (
     ClientStatements,
@@ -32,8 +33,8 @@ cdef class ClientConnection(Borrower):
     cdef public Py_ssize_t _skip
     cdef public dict _unnamed_cache
     cdef public Expect _unnamed_parse_complete
-    cdef public object app
     cdef public object application_name
+    cdef public ClientContext context
     cdef public object database
     cdef public bint is_admin
     cdef public tuple param_token

@@ -54,7 +54,7 @@ from pg_doorman.server import SYNCABLE_REPORTED, Borrower, ServerConnection
 from pg_doorman.tasks import spawn
 
 if TYPE_CHECKING:
-    from pg_doorman.app import Application
+    from pg_doorman.context import ClientContext
     from pg_doorman.pool import Pool
 
 log = logging.getLogger("pg_doorman.client")
@@ -238,8 +238,8 @@ class ClientConnection(Borrower):
         "_skip",
         "_unnamed_cache",
         "_unnamed_parse_complete",
-        "app",
         "application_name",
+        "context",
         "database",
         "is_admin",
         "param_token",
@@ -254,8 +254,8 @@ class ClientConnection(Borrower):
         "wait_deadline",
     )
 
-    def __init__(self, app: Application) -> None:
-        self.app = app
+    def __init__(self, context: ClientContext) -> None:
+        self.context = context
         self.set_transport(None)
         self.state = codes.CLIENT_STARTUP
         self.pool: Pool | None = None
@@ -276,7 +276,7 @@ class ClientConnection(Borrower):
         self.application_name = ""
         self.is_admin = False
         self.peer = ""
-        self._rx = MessageBuffer(app.max_message_size)
+        self._rx = MessageBuffer(context.max_message_size)
         self._rx_waiter: asyncio.Future[None] | None = None
         # What the login coroutine waits for besides the client's bytes: a server from the pool, or the end of its
         # parameter sync (see _lend_at_login). Failed when the connection ends.
@@ -293,9 +293,9 @@ class ClientConnection(Borrower):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
-        if not self.app.admit(self):
+        if not self.context.admit(self):
             # Over max_connections: a small protocol answers it and this object is dropped (see admission.py).
-            refuser = OverLimitClient(self.app)
+            refuser = OverLimitClient(self.context)
             transport.set_protocol(refuser)
             refuser.connection_made(transport)
             return
@@ -379,12 +379,12 @@ class ClientConnection(Borrower):
             data = _drop_copy_messages(data)
             if not data:
                 return
-        if self.app.shutting_down and self._deferred_begin is None:  # an answered BEGIN is a transaction
+        if self.context.shutting_down and self._deferred_begin is None:  # an answered BEGIN is a transaction
             self.fail(PoolerError(POOLER_SHUTDOWN, "pooler is shut down now"))
             return
         if pool.retired:
             # A reload replaced this client's pool: a retired pool opens no servers, so move to its successor.
-            successor = self.app.find_pool(self.database, self.user)
+            successor = self.context.registry.pool_for(self.database, self.user)
             if successor is None:
                 self.fail(pool_removed())
                 return
@@ -506,7 +506,7 @@ class ClientConnection(Borrower):
             return
         self._skip = 0
         kinds = CLIENT_KIND
-        limit = self.app.max_message_size
+        limit = self.context.max_message_size
         terminate_at = -1
         while True:
             if n - pos < 5:
@@ -587,7 +587,7 @@ class ClientConnection(Borrower):
                 self._message_completed(ledger)
             return
         self._skip = 0
-        limit = self.app.max_message_size
+        limit = self.context.max_message_size
         statements = self.statements
         assert statements is not None
         out: list[bytes] = []
@@ -948,7 +948,7 @@ class ClientConnection(Borrower):
             self.fail(
                 PoolerError(
                     OUT_OF_MEMORY,
-                    f"message of {length} bytes exceeds the maximum allowed size of {self.app.max_message_size}",
+                    f"message of {length} bytes exceeds the maximum allowed size of {self.context.max_message_size}",
                 )
             )
 
@@ -960,7 +960,7 @@ class ClientConnection(Borrower):
         self.server = None
         self.state = codes.CLIENT_IDLE
         server.release()
-        if self.app.shutting_down:
+        if self.context.shutting_down:
             self.fail_shutdown()
 
     def fail_shutdown(self) -> None:
@@ -1056,7 +1056,7 @@ class ClientConnection(Borrower):
         if server is not None:
             self.server = None
             server.release()
-        self.app.client_closed(self)
+        self.context.client_closed(self)
 
     # ------------------------------------------------------------------ login
     # The decisions live in sans-I/O objects (auth.client_login.ClientLogin for the password exchange,
@@ -1088,7 +1088,7 @@ class ClientConnection(Borrower):
             self._rx_waiter = None
 
     async def _login(self) -> None:
-        timeout = self.app.login_timeout
+        timeout = self.context.login_timeout
         try:
             async with asyncio.timeout(timeout if timeout > 0 else None):
                 startup = await self._negotiate()
@@ -1124,10 +1124,10 @@ class ClientConnection(Borrower):
                 self.write(b"N")
                 continue
             if isinstance(first, CancelRequest):
-                self.app.cancel(first.pid, first.secret)
+                self.context.cancel(first.pid, first.secret)
                 self.close()
                 return None
-            if self.app.shutting_down:
+            if self.context.shutting_down:
                 raise PoolerError(ADMIN_SHUTDOWN, "the pooler is shutting down")
             return first
 
@@ -1143,13 +1143,13 @@ class ClientConnection(Borrower):
         if is_admin_database(database):
             await self._admin_login()
             return
-        pool = self.app.find_pool(database, user)
+        pool = self.context.registry.pool_for(database, user)
         # Without a pool for (database, user) the user's password from another pool (if any) still decides the
         # exchange: an unknown database then costs the same exchange, and the same 28P01, as a wrong password.
-        stored = pool.settings.password if pool is not None else self.app.user_passwords.get(user)
+        stored = pool.settings.password if pool is not None else self.context.registry.user_passwords.get(user)
         login = await self._exchange(ClientLogin(user, choose_method(user, stored)))
         if pool is None:
-            if self.app.has_database(database):
+            if self.context.registry.has_database(database):
                 raise PoolerError(
                     INVALID_CATALOG_NAME, f'no pool is configured for user "{user}" in database "{database}"'
                 )
@@ -1221,7 +1221,7 @@ class ClientConnection(Borrower):
                 self.release_server()
             else:
                 server_pid = int(server.pid)
-        self.pid, self.secret = self.app.register_cancel_key(self, server_pid)
+        self.pid, self.secret = self.context.registry.register_cancel_key(self, server_pid)
         out = [messages.AUTH_OK]
         shown = dict(defaults)
         for name, value in self.param_token:
@@ -1270,13 +1270,13 @@ class ClientConnection(Borrower):
 
     async def _admin_login(self) -> None:
         """The admin database: every user name gets the same md5 challenge; then the console answers."""
-        admin_user, admin_password = self.app.admin_credentials()
+        admin_user, admin_password = self.context.admin_credentials()
         await self._exchange(ClientLogin(self.user, login_decision(self.user, admin_user, admin_password)))
         self.is_admin = True
         console = Console()
         self.write(console.startup_reply())
         while not console.closed:
-            kind, body = await self._read_message(self.app.max_message_size)
+            kind, body = await self._read_message(self.context.max_message_size)
             reply = console.feed(kind, body)
             if reply:
                 self.write(reply)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pg_doorman
-from pg_doorman import buildstamp, client, connection, pool, prepared, server
+from pg_doorman import buildstamp, client, connection, context, pool, prepared, server
 
 SRC = Path(pg_doorman.__file__).resolve().parent
 
@@ -29,7 +29,9 @@ def test_implementation_matches_what_the_run_expects() -> None:
 
 def test_hot_modules_come_from_one_kind_of_file() -> None:
     """The compiled modules share C types: a mix of compiled and source modules must never be imported."""
-    kinds = {m.__name__: (m.__file__ or "").endswith(".py") for m in (client, connection, pool, prepared, server)}
+    kinds = {
+        m.__name__: (m.__file__ or "").endswith(".py") for m in (client, connection, context, pool, prepared, server)
+    }
     assert len(set(kinds.values())) == 1, kinds
 
 
@@ -50,6 +52,7 @@ def test_pxd_declarations_cover_every_slot() -> None:
         (server, "Borrower"),
         (server, "Lender"),
         (connection, "Connection"),
+        (context, "ClientContext"),
     )
     for module, cls in classes:
         pxd = (SRC / (module.__name__.rsplit(".", 1)[1] + ".pxd")).read_text()
@@ -63,7 +66,7 @@ def test_pxd_declarations_cover_every_slot() -> None:
 def test_each_hot_module_imports_first() -> None:
     """Compiled modules import each other's C types at load time: any of them may be the first one imported."""
     expected = pg_doorman.implementation()
-    for name in ("connection", "server", "pool", "client", "prepared"):
+    for name in ("connection", "server", "pool", "client", "prepared", "context"):
         code = f"import pg_doorman.{name}, pg_doorman; print(pg_doorman.implementation())"
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
         assert out.returncode == 0, (name, out.stderr)

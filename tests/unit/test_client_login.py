@@ -1,5 +1,5 @@
 """Client authentication without sockets: the method policy, the ClientLogin exchange fed bytes, the admin console,
-the pre-auth message cap, BackendKeyData generation and the over-limit protocol."""
+the pre-auth message cap and the over-limit protocol (BackendKeyData keys: test_registry.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 
 from pg_doorman.admin import Console, is_admin_database, login_decision
 from pg_doorman.admission import OverLimitClient
-from pg_doorman.app import new_cancel_key
 from pg_doorman.auth.client_login import MAX_AUTH_MESSAGE, ClientLogin, LoginFailed, mock_scram_verifier
 from pg_doorman.auth.md5 import md5_response_for_password, md5_verifier
 from pg_doorman.auth.policy import Decision, Method, choose_method
@@ -262,38 +261,6 @@ def test_console_answers() -> None:
     assert Console.startup_reply().startswith(b"R\0\0\0\x08\0\0\0\0")
 
 
-# ---------------------------------------------------------------- BackendKeyData
-
-
-def test_cancel_key_pid_is_unique_positive_and_secret_is_signed_32_bits() -> None:
-    values = iter([0, 5, 5, 7, 0xFFFFFFFF, 9, 0x80000000, 11, 0x7FFFFFFF])
-
-    def randbits(bits: int) -> int:
-        value = next(values)
-        assert value < 1 << bits
-        return value
-
-    taken = {5}
-    # pid 0 and the taken 5 are skipped; the secret uses all 32 bits (sent as a signed int32).
-    assert new_cancel_key(taken, randbits) == (7, -1)
-    assert new_cancel_key(taken, randbits) == (9, -(1 << 31))
-    assert new_cancel_key(taken, randbits) == (11, (1 << 31) - 1)
-
-
-def test_cancel_keys_are_unique_among_live_clients() -> None:
-    taken: dict[int, object] = {}
-    secrets = set()
-    for _ in range(2000):
-        pid, secret = new_cancel_key(taken)
-        assert 0 < pid < 1 << 31
-        assert -(1 << 31) <= secret < 1 << 31
-        taken[pid] = None
-        secrets.add(secret)
-    assert len(taken) == 2000
-    assert len(secrets) > 1990
-    assert any(secret < 0 for secret in secrets)  # the high bit is used (fails with chance 2**-2000)
-
-
 # ---------------------------------------------------------------- over max_connections
 
 
@@ -315,7 +282,7 @@ class FakeTransport:
         return self.closed
 
 
-class FakeApp:
+class FakeContext:
     login_timeout = 0.0
 
     def __init__(self) -> None:
@@ -325,12 +292,12 @@ class FakeApp:
         self.cancels.append((pid, secret))
 
 
-def over_limit() -> tuple[OverLimitClient, FakeTransport, FakeApp]:
-    app = FakeApp()
+def over_limit() -> tuple[OverLimitClient, FakeTransport, FakeContext]:
+    context = FakeContext()
     transport = FakeTransport()
-    client = OverLimitClient(app)  # type: ignore[arg-type]
+    client = OverLimitClient(context)  # type: ignore[arg-type]
     client.connection_made(transport)  # type: ignore[arg-type]
-    return client, transport, app
+    return client, transport, context
 
 
 def test_over_limit_client_gets_n_then_53300() -> None:
@@ -358,8 +325,8 @@ def test_over_limit_client_with_a_bad_first_packet_is_answered_at_once(first: by
 
 
 def test_over_limit_cancel_request_is_processed() -> None:
-    client, transport, app = over_limit()
+    client, transport, context = over_limit()
     client.data_received(struct.pack("!iiii", 16, 80877102, 42, -7))
-    assert app.cancels == [(42, -7)]
+    assert context.cancels == [(42, -7)]
     assert transport.written == b""
     assert transport.closed

@@ -61,13 +61,13 @@ def make_pair(
         "pools: {db: {users: [{username: u, password: '', pool_size: 1}]}}\n" % ("true" if tracked else "false")
     )
     app = Application(load_config(path))
-    pool = app.pools[("db", "u")]
+    pool = app.registry.pools[("db", "u")]
     server = ServerConnection(pool)
     server.set_transport(RecordingTransport())  # type: ignore[arg-type]
     server.state = codes.SERVER_IDLE
     pool.servers.add(server)
     pool.idle.append(server)
-    client = client_class(app)
+    client = client_class(app.context)
     client.set_transport(RecordingTransport())  # type: ignore[arg-type]
     client.pool = pool
     client.state = codes.CLIENT_IDLE

@@ -157,7 +157,7 @@ def test_other_queries_are_not_discard_all() -> None:
 
 def test_policy_from_settings_is_shared(tmp_path: Path) -> None:
     app = make_app(tmp_path, pool="pool_mode: session")
-    settings = app.pools[("db", "u")].settings
+    settings = app.registry.pools[("db", "u")].settings
     assert ResetPolicy.from_settings(settings) is ResetPolicy.from_settings(settings)
 
 
@@ -289,13 +289,13 @@ def test_reset_query_bad_values(tmp_path: Path, general: str, pool: str, problem
 
 
 def attach_pair(app: Application, transaction_mode: bool) -> tuple[ClientConnection, ServerConnection, Any]:
-    pool = app.pools[("db", "u")]
+    pool = app.registry.pools[("db", "u")]
     server = ServerConnection(pool)
     server.set_transport(RecordingTransport())  # type: ignore[arg-type]
     server.state = codes.SERVER_IDLE
     pool.servers.add(server)
     pool.idle.append(server)
-    client = ClientConnection(app)
+    client = ClientConnection(app.context)
     client.set_transport(RecordingTransport())  # type: ignore[arg-type]
     client.pool = pool
     client.state = codes.CLIENT_IDLE
