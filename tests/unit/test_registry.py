@@ -3,6 +3,7 @@ keys register, resolve and are forgotten by (pid, secret); the ClientContext fol
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -117,29 +118,32 @@ def test_reload_keeps_unchanged_replaces_changed_and_retires_removed(tmp_path: P
 
 
 def test_reload_moves_waiters_to_the_successor_and_fails_those_of_a_removed_pool(tmp_path: Path) -> None:
-    path = tmp_path / "c.yaml"
-    app = Application(write_config(path, {"db": [user("u")], "gone": [user("u")]}))
-    old = app.registry.pools[("db", "u")]
-    moved = waiting_client(app, old)
-    canceled = waiting_client(app, old)
-    canceled.state = codes.CLIENT_IDLE  # a wait that ended (canceled) while still queued: not carried over
-    stranded = waiting_client(app, app.registry.pools[("gone", "u")])
-    app.clients.update({moved, canceled, stranded})
+    async def main() -> None:  # failing a client starts its drain, which runs on the event loop
+        path = tmp_path / "c.yaml"
+        app = Application(write_config(path, {"db": [user("u")], "gone": [user("u")]}))
+        old = app.registry.pools[("db", "u")]
+        moved = waiting_client(app, old)
+        canceled = waiting_client(app, old)
+        canceled.state = codes.CLIENT_IDLE  # a wait that ended (canceled) while still queued: not carried over
+        stranded = waiting_client(app, app.registry.pools[("gone", "u")])
+        app.clients.update({moved, canceled, stranded})
 
-    write_config(path, {"db": [user("u", pool_size=3)]})
-    assert app.reload()
+        write_config(path, {"db": [user("u", pool_size=3)]})
+        assert app.reload()
 
-    successor = app.registry.pools[("db", "u")]
-    assert successor is not old and not old.waiters
-    assert list(successor.waiters) == [moved]
-    assert moved.pool is successor and moved.waiting
-    assert moved.params == {"application_name": "waiter"}
-    assert moved.param_token is successor.intern_params({"application_name": "waiter"})  # the successor's token
-    assert canceled.pool is old and not canceled.transport.closed  # type: ignore[union-attr]
-    assert stranded.state == codes.CLIENT_CLOSED and stranded not in app.clients
-    fields = error_fields(bytes(stranded.transport.data))  # type: ignore[union-attr]
-    assert fields["S"] == "FATAL" and fields["C"] == "08006"
-    assert fields["M"] == "this pool was removed by a configuration reload"
+        successor = app.registry.pools[("db", "u")]
+        assert successor is not old and not old.waiters
+        assert list(successor.waiters) == [moved]
+        assert moved.pool is successor and moved.waiting
+        assert moved.params == {"application_name": "waiter"}
+        assert moved.param_token is successor.intern_params({"application_name": "waiter"})  # the successor's token
+        assert canceled.pool is old and not canceled.transport.closed  # type: ignore[union-attr]
+        assert stranded.state == codes.CLIENT_CLOSED and stranded not in app.clients
+        fields = error_fields(bytes(stranded.transport.data))  # type: ignore[union-attr]
+        assert fields["S"] == "FATAL" and fields["C"] == "08006"
+        assert fields["M"] == "this pool was removed by a configuration reload"
+
+    asyncio.run(main())
 
 
 def test_a_client_of_a_retired_pool_continues_on_its_successor(tmp_path: Path) -> None:
