@@ -81,13 +81,13 @@ async def main() -> None:
             % ("false" if args.untracked else "true")
         )
         app = Application(load_config(path))
-    pool = app.pools[("db", "u")]
+    pool = app.registry.pools[("db", "u")]
     server = ServerConnection(pool)
     server.set_transport(FakeTransport())  # type: ignore[arg-type]
     server.state = codes.SERVER_IDLE
     pool.servers.add(server)
     pool.idle.append(server)
-    client = ClientConnection(app)
+    client = ClientConnection(app.context)
     client.set_transport(FakeTransport())  # type: ignore[arg-type]
     client.pool = pool
     client.state = codes.CLIENT_IDLE

@@ -39,7 +39,7 @@ import pgwire  # noqa: E402
 import procstat  # noqa: E402
 from targets import Credentials, Direct, PgBouncer, PgDoorman, Target, TargetError  # noqa: E402
 
-ALL_TARGETS = ("direct", "pgbouncer", "pg_doorman")
+ALL_TARGETS = ("direct", "pgbouncer", "pg_doorman", "pg_doorman_baseline")
 ALL_MODES = ("simple", "extended", "prepared")
 USER = "bench"
 PASSWORD = "bench_pw"
@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="pgbench -S against PostgreSQL direct, PgBouncer and pg_doorman (interleaved runs).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--targets", default=",".join(ALL_TARGETS), help="comma list of " + ",".join(ALL_TARGETS))
+    p.add_argument("--targets", default=",".join(ALL_TARGETS[:3]), help="comma list of " + ",".join(ALL_TARGETS))
     p.add_argument(
         "--modes",
         default=",".join(ALL_MODES),
@@ -67,6 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "protocol-level prepared statements in transaction mode: in 'prepared' it runs -M extended",
     )
     p.add_argument("--clients", default="1,10,100,500", help="comma list of pgbench client counts")
+    p.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="the src/ of another checkout (built in place) to run as target pg_doorman_baseline, so a change is "
+        "measured against the code before it in the same run",
+    )
     p.add_argument("--duration", type=int, default=10, help="seconds per pgbench run")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds per (mode, clients)")
     p.add_argument("--pool-size", type=int, default=20, help="server connections per pooler")
@@ -442,7 +448,9 @@ def main(argv: list[str] | None = None) -> int:
                     start_timeout=args.start_timeout,
                 )
             else:
-                d = work / "pg_doorman"
+                if name == "pg_doorman_baseline" and args.baseline_src is None:
+                    raise SystemExit("target pg_doorman_baseline needs --baseline-src")
+                d = work / name
                 d.mkdir()
                 t = PgDoorman(
                     d,
@@ -452,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
                     pool_size=args.pool_size,
                     start_timeout=args.start_timeout,
                     command=args.doorman_cmd,
+                    src=args.baseline_src if name == "pg_doorman_baseline" else None,
+                    name=name,
                 )
             stack.callback(t.stop)
             log(f"starting {name} ...")

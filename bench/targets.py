@@ -272,8 +272,13 @@ class PgDoorman(_Process):
         start_timeout: float = 20.0,
         extra_general: dict[str, object] | None = None,
         command: str | None = None,
+        src: Path | None = None,
+        name: str = "pg_doorman",
     ) -> None:
         super().__init__(workdir, creds, start_timeout)
+        # Another checkout's src/ (with its own compiled build) runs as a second target, e.g. the last release.
+        self.src = src or REPO / "src"
+        self.name = name
         self.server_host = server_host
         self.server_port = server_port
         self.pool_size = pool_size
@@ -314,7 +319,7 @@ class PgDoorman(_Process):
         cfg.write_text(yaml.safe_dump(self.config(), sort_keys=False))
         env = dict(os.environ)
         # Run from the work tree even when the package is not installed in the interpreter.
-        src = str(REPO / "src")
+        src = str(self.src)
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("PYTHONUNBUFFERED", "1")
         if self.command:
@@ -329,9 +334,9 @@ class PgDoorman(_Process):
         return self.proc.pid if self.proc is not None else None
 
     def version(self) -> str:
-        rev = _output(["git", "-C", str(REPO), "describe", "--always", "--dirty"])
+        rev = _output(["git", "-C", str(self.src), "describe", "--always", "--dirty"])
         hot_path = _output(
             [sys.executable, "-c", "import pg_doorman; print(pg_doorman.implementation())"],
-            env=dict(os.environ, PYTHONPATH=str(REPO / "src")),
+            env=dict(os.environ, PYTHONPATH=str(self.src)),
         )
         return f"pg_doorman {rev or '(no git)'} on Python {sys.version.split()[0]}, hot path {hot_path or '?'}"

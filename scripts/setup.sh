@@ -181,9 +181,9 @@ fi
 
 # ---------------------------------------------------------------- compiled hot path
 
-# The hot path (pg_doorman.COMPILED_MODULES) compiled by Cython next to its sources (setup.py). Rebuilt when a
-# source or a .pxd is newer than an extension; pg_doorman itself never runs a stale extension (it falls back to
-# the .py files, see src/pg_doorman/__init__.py). PG_DOORMAN_PURE_PYTHON=1 skips the build.
+# The hot path (pg_doorman.COMPILED_MODULES) compiled by Cython next to its sources (setup.py). Rebuilt when the
+# sources no longer hash to what the extensions were built from (src/pg_doorman/buildstamp.py); pg_doorman itself
+# never runs a stale extension (it falls back to the .py files). PG_DOORMAN_PURE_PYTHON=1 skips the build.
 hot_path_built() {
     "$VENV/bin/python" - <<'EOF' 2>/dev/null
 import glob, sys

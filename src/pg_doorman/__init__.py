@@ -10,25 +10,16 @@ from collections.abc import Sequence
 from importlib.machinery import ModuleSpec
 from types import ModuleType
 
+from pg_doorman import buildstamp
+
 __version__ = "0.1.0"
 
 PURE_PYTHON = os.environ.get("PG_DOORMAN_PURE_PYTHON") == "1"
 
 
-COMPILED_MODULES = ("connection", "ledger", "client", "prepared", "rewrite", "server", "pool/__init__")
+COMPILED_MODULES = ("connection", "ledger", "client", "prepared", "rewrite", "server", "pool/__init__", "context")
 """The hot path, compiled by Cython when it can be (setup.py). They share C types (client.pxd cimports
 server.pxd, ...), so they are used all together or not at all."""
-
-
-def _newest_pxd_mtime(package_dir: str) -> float:
-    """An extension is built from its .py and from .pxd files: its own and those it cimports (any of the
-    package's, to keep it simple)."""
-    mtime = 0.0
-    for folder, _, files in os.walk(package_dir):
-        for name in files:
-            if name.endswith(".pxd"):
-                mtime = max(mtime, os.path.getmtime(os.path.join(folder, name)))
-    return mtime
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -38,22 +29,34 @@ _unusable_reason = ""
 
 def compiled_build_problem(package_dir: str) -> str:
     """Why the compiled modules in ``package_dir`` must not be used ("" when they can be, or when there are none):
-    some are older than their .py or a .pxd, or only some of them were built (they share C types)."""
+    some were not built from the sources next to them (by content: see buildstamp.py), or carry no record of what
+    they were built from, or only some of them were built (they share C types)."""
     stale: list[str] = []
+    unrecorded: list[str] = []
     missing: list[str] = []
-    newest_pxd = _newest_pxd_mtime(package_dir)
+    recorded = buildstamp.read_manifest(package_dir)
+    current: dict[str, str] | None = None
     for name in COMPILED_MODULES:
         base = os.path.join(package_dir, *name.split("/"))
         module = "pg_doorman." + name.removesuffix("/__init__").replace("/", ".")
         built = [base + suffix for suffix in importlib.machinery.EXTENSION_SUFFIXES if os.path.exists(base + suffix)]
         if not built:
             missing.append(module)
-        elif os.path.exists(base + ".py") and max(os.path.getmtime(base + ".py"), newest_pxd) > os.path.getmtime(
-            built[0]
-        ):
+            continue
+        if not os.path.exists(base + ".py"):
+            continue  # installed without its source: nothing to compare with
+        if current is None:
+            current = buildstamp.source_digests(package_dir, COMPILED_MODULES)
+        # built[0] is the file the import system picks (EXTENSION_SUFFIXES is its order).
+        want = recorded.get(os.path.relpath(built[0], package_dir).replace(os.sep, "/"))
+        if want is None:
+            unrecorded.append(module)
+        elif want != current.get(name):
             stale.append(module)
     if stale:
-        return "compiled extensions older than their source: " + ", ".join(stale)
+        return "compiled extensions built from other sources than these: " + ", ".join(stale)
+    if unrecorded:
+        return f"compiled extensions with no record of their sources in {buildstamp.MANIFEST}: " + ", ".join(unrecorded)
     if missing and len(missing) < len(COMPILED_MODULES):
         return "compiled build incomplete, missing: " + ", ".join(missing)
     return ""
@@ -70,9 +73,9 @@ def _compiled_usable() -> bool:
 
 class _SourceFirstFinder:
     """Imports pg_doorman modules from their .py files instead of the compiled extensions next to them when
-    PG_DOORMAN_PURE_PYTHON=1 (CI runs the suite both ways), when a source is newer than its extension (an
-    edited file never runs as stale compiled code; scripts/setup.sh rebuilds it), or when only some of the
-    modules were compiled."""
+    PG_DOORMAN_PURE_PYTHON=1 (CI runs the suite both ways), when a source differs from what its extension was
+    built from (an edited file never runs as stale compiled code; scripts/setup.sh rebuilds it), or when only some
+    of the modules were compiled."""
 
     @classmethod
     def find_spec(

@@ -5,19 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import secrets
 import signal
 import socket
 import time
 from typing import cast
 
 from pg_doorman import __version__, implementation, sockets
-from pg_doorman.auth.scram import make_scram_verifier
-from pg_doorman.client import ClientConnection, pool_removed
+from pg_doorman.client import ClientConnection
 from pg_doorman.config import Config, ConfigError, load_config
-from pg_doorman.pool import Pool
-from pg_doorman.protocol import messages
-from pg_doorman.protocol.errors import POOLER_SHUTDOWN
+from pg_doorman.connection import DRAIN_MAX_SECONDS, wait_for_drains
+from pg_doorman.context import ClientContext
+from pg_doorman.registry import PoolRegistry
 from pg_doorman.tasks import spawn
 
 log = logging.getLogger("pg_doorman")
@@ -27,50 +25,40 @@ WAIT_CHECK_INTERVAL = 0.1
 
 
 class Application:
-    """Everything one pg_doorman process serves: its config, its pools and its clients."""
+    """Everything one pg_doorman process serves: its config, its pools (`PoolRegistry`) and its clients.
+
+    Clients see it only through `context` (a `ClientContext`): the registry, the limits, the shutting-down flag
+    and the admit/client_closed/cancel callbacks below.
+    """
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.pools: dict[tuple[str, str], Pool] = {}
-        self.databases: set[str] = set()
+        self.registry = PoolRegistry()
         self.clients: set[ClientConnection] = set()
-        self.cancel_keys: dict[int, ClientConnection] = {}
-        self.shutting_down = False
-        self.login_timeout = 60.0
-        self.max_message_size = config.general.max_message_size
-        self._next_pid = 0
-        self._plain_verifiers: dict[str, str] = {}
-        self._dummy_verifier: str | None = None
+        self.context = ClientContext(
+            self.registry, config.general, admit=self.admit, client_closed=self.client_closed, cancel=self.cancel
+        )
         self._servers: list[asyncio.Server] = []
         self._stop: asyncio.Event | None = None
         self._stop_mode = "immediate"
         self._janitor: asyncio.Task[None] | None = None
         self._wait_ticker: asyncio.Task[None] | None = None
-        self._build_pools(config)
+        self._apply(config)
 
-    # ------------------------------------------------------------------ pools
+    @property
+    def shutting_down(self) -> bool:
+        """No new logins, and clients go when their transaction ends (kept in the context clients read)."""
+        return self.context.shutting_down
 
-    def _build_pools(self, config: Config) -> None:
-        old = self.pools
-        new: dict[tuple[str, str], Pool] = {}
-        for settings in config.all_pool_settings():
-            key = (settings.database, settings.username)
-            existing = old.get(key)
-            if existing is not None and existing.settings == settings:
-                new[key] = existing
-            else:
-                pool = Pool(settings)
-                if existing is not None:
-                    pool.scram_client_key = existing.scram_client_key
-                new[key] = pool
-        for key, pool in old.items():
-            if new.get(key) is not pool:
-                pool.retire()
-                self._move_waiters(pool, new.get(key))
-        self.pools = new
-        self.databases = {db for db, _ in new}
-        self.max_message_size = config.general.max_message_size
+    @shutting_down.setter
+    def shutting_down(self, value: bool) -> None:
+        self.context.shutting_down = value
+
+    def _apply(self, config: Config) -> None:
+        """Put a (re)loaded configuration into effect: pools, client limits, socket options."""
+        self.registry.reload(config.all_pool_settings())
         general = config.general
+        self.context.configure(general)
         sockets.current = sockets.SocketOptions(
             keepalive_idle=general.tcp_keepalives_idle,
             keepalive_interval=general.tcp_keepalives_interval,
@@ -80,76 +68,31 @@ class Application:
             linger=general.tcp_so_linger if general.tcp_so_linger > 0 else None,
         )
 
-    @staticmethod
-    def _move_waiters(retired: Pool, successor: Pool | None) -> None:
-        """Clients waiting on a pool a reload replaced wait on its successor (a retired pool opens nothing)."""
-        waiters = list(retired.waiters)
-        retired.waiters.clear()
-        for client in waiters:
-            if not client.waiting:
-                continue
-            if successor is None:
-                client.checkout_failed(pool_removed())
-                continue
-            client.move_to_pool(successor)
-            successor.enqueue(client)
-
-    def find_pool(self, database: str, user: str) -> Pool | None:
-        return self.pools.get((database, user))
-
-    def has_database(self, database: str) -> bool:
-        return database in self.databases
-
-    def plain_verifier(self, password: str) -> str:
-        """A SCRAM verifier for a plaintext password from the config, computed once."""
-        verifier = self._plain_verifiers.get(password)
-        if verifier is None:
-            verifier = self._plain_verifiers[password] = make_scram_verifier(password)
-        return verifier
-
-    def dummy_verifier(self) -> str:
-        """A SCRAM verifier nobody knows the password of: unknown users are challenged against it."""
-        if self._dummy_verifier is None:
-            self._dummy_verifier = make_scram_verifier(secrets.token_urlsafe(24))
-        return self._dummy_verifier
-
-    def admin_credentials(self) -> tuple[str, str]:
-        general = self.config.general
-        return general.admin_username, general.admin_password
-
     # ---------------------------------------------------------------- clients
 
-    def client_opened(self, client: ClientConnection) -> bool:
-        """Count a new connection; True when it is over max_connections."""
+    def admit(self, client: ClientConnection) -> bool:
+        """Count a new connection; False when it is over max_connections (it is then not counted at all)."""
+        if len(self.clients) >= self.config.general.max_connections:
+            limit = self.config.general.max_connections
+            log.info("client from %s refused: max_connections (%d) reached", client.peer, limit)
+            return False
         self.clients.add(client)
         if self.config.general.log_client_connections:
             log.info("client connected from %s", client.peer)
-        return len(self.clients) > self.config.general.max_connections
+        return True
 
     def client_closed(self, client: ClientConnection) -> None:
         self.clients.discard(client)
-        if client.pid and self.cancel_keys.get(client.pid) is client:
-            del self.cancel_keys[client.pid]
+        self.registry.forget_cancel_key(client)
         if self.config.general.log_client_disconnections and client.user:
             log.info("client %s (%s@%s) disconnected", client.peer, client.user, client.database)
         if self.shutting_down and not self.clients and self._stop is not None:
             self._stop.set()
 
-    def register_cancel_key(self, client: ClientConnection) -> tuple[int, int]:
-        """pg_doorman's own BackendKeyData for a client: a unique pid and a random secret."""
-        while True:
-            self._next_pid = self._next_pid % 0x7FFFFFFF + 1
-            if self._next_pid not in self.cancel_keys:
-                break
-        secret = secrets.randbits(31)
-        self.cancel_keys[self._next_pid] = client
-        return self._next_pid, secret
-
     def cancel(self, pid: int, secret: int) -> None:
         """A CancelRequest: forward it to the server running this client's query, if any."""
-        client = self.cancel_keys.get(pid)
-        if client is None or not secrets.compare_digest(secret.to_bytes(4, "big", signed=True),
-                                                        client.secret.to_bytes(4, "big", signed=True)):
+        client = self.registry.cancel_target(pid, secret)
+        if client is None:
             log.info("cancel request with unknown key ignored")
             return
         server = client.server
@@ -172,7 +115,7 @@ class Application:
         general = self.config.general
         backlog = general.backlog or min(general.max_connections, 4096)
         server: asyncio.Server = await loop.create_server(
-            lambda: cast(asyncio.Protocol, ClientConnection(self)),
+            lambda: cast(asyncio.Protocol, ClientConnection(self.context)),
             host=general.host,
             port=general.port,
             reuse_address=True,
@@ -184,7 +127,7 @@ class Application:
             if os.path.exists(path):
                 os.unlink(path)
             unix: asyncio.Server = await loop.create_unix_server(
-                lambda: cast(asyncio.Protocol, ClientConnection(self)), path=path, backlog=backlog
+                lambda: cast(asyncio.Protocol, ClientConnection(self.context)), path=path, backlog=backlog
             )
             os.chmod(path, general.unix_socket_permissions)
             self._servers.append(unix)
@@ -195,11 +138,10 @@ class Application:
             "pg_doorman %s listening on %s with %d pool(s); hot path: %s",
             __version__,
             addrs,
-            len(self.pools),
+            len(self.registry),
             implementation(),
         )
-        for pool in self.pools.values():
-            pool.maintain(time.monotonic())
+        self.registry.maintain(time.monotonic())
         self._janitor = loop.create_task(self._maintenance())
         self._wait_ticker = loop.create_task(self._tick_pools())
 
@@ -207,19 +149,12 @@ class Application:
         """Every 100 ms: the pools' clocks, and query_wait_timeout for waiting clients (no timer per wait)."""
         while True:
             await asyncio.sleep(WAIT_CHECK_INTERVAL)
-            now = time.monotonic()
-            for pool in list(self.pools.values()):
-                pool.tick(now)
+            self.registry.tick(time.monotonic())
 
     async def _maintenance(self) -> None:
         while True:
             await asyncio.sleep(MAINTENANCE_INTERVAL)
-            now = time.monotonic()
-            for pool in list(self.pools.values()):
-                try:
-                    pool.maintain(now)
-                except Exception:
-                    log.exception("maintenance of pool %s failed", pool.name)
+            self.registry.maintain(time.monotonic())
 
     def reload(self) -> bool:
         try:
@@ -231,7 +166,7 @@ class Application:
         if (general.host, general.port) != (old_general.host, old_general.port):
             log.warning("general.host/port changed: a restart is needed for that part")
         self.config = config
-        self._build_pools(config)
+        self._apply(config)
         log.info("configuration reloaded from %s", config.path)
         return True
 
@@ -261,8 +196,10 @@ class Application:
             if self._stop is not None:
                 self._stop.set()
             return
-        log.info("SIGINT: no new connections; waiting up to %.1fs for transactions to finish",
-                 self.config.general.shutdown_timeout)
+        log.info(
+            "SIGINT: no new connections; waiting up to %.1fs for transactions to finish",
+            self.config.general.shutdown_timeout,
+        )
         self._stop_mode = "graceful"
         if self._stop is not None:
             self._stop.set()
@@ -292,11 +229,12 @@ class Application:
         if self._wait_ticker is not None:
             self._wait_ticker.cancel()
         for client in list(self.clients):
-            if client.transport is not None:
-                client.write(messages.error_response(POOLER_SHUTDOWN, "pooler is shut down now"))
-            client.close()
-        for pool in self.pools.values():
+            client.fail_shutdown()
+        for pool in self.registry.pools.values():
             pool.close_all()
+        # The shutdown notices (these and the graceful shutdown's) are read only if their connections are not
+        # reset by process exit while the clients are still sending: wait for those drains (bounded).
+        await wait_for_drains(DRAIN_MAX_SECONDS)
         await asyncio.sleep(0)
         if self.config.general.unix_socket_dir:
             path = os.path.join(self.config.general.unix_socket_dir, f".s.PGSQL.{self.config.general.port}")

@@ -3,6 +3,7 @@
 import cython
 
 from pg_doorman cimport codes, sessionhints
+from pg_doorman.context cimport ClientContext
 from pg_doorman.pool cimport Pool
 from pg_doorman.prepared cimport Expect
 from pg_doorman.ledger cimport ServerLedger
@@ -22,10 +23,11 @@ cdef class ClientConnection(Borrower):
     cdef public list _queued
     cdef public Py_ssize_t _queued_bytes
     cdef public object _rx
+    cdef public object _login_wait
     cdef public object _rx_waiter
     cdef public Py_ssize_t _skip
-    cdef public object app
     cdef public object application_name
+    cdef public ClientContext context
     cdef public object database
     cdef public bint is_admin
     cdef public tuple param_token

@@ -13,24 +13,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import secrets
 from time import monotonic
 from typing import TYPE_CHECKING
 
 from pg_doorman import codes, sessionhints, sockets
-from pg_doorman.auth.md5 import md5_verifier, verify_md5_response
-from pg_doorman.auth.scram import AuthError, ScramServer, parse_scram_verifier
+from pg_doorman.admin import Console, is_admin_database, login_decision
+from pg_doorman.admission import OverLimitClient
+from pg_doorman.auth.client_login import ClientLogin, LoginFailed
+from pg_doorman.auth.policy import choose_method
 from pg_doorman.ledger import ServerLedger
 from pg_doorman.prepared import Expect
 from pg_doorman.protocol import messages
 from pg_doorman.protocol.errors import (
     ADMIN_SHUTDOWN,
     CONNECTION_FAILURE,
-    FEATURE_NOT_SUPPORTED,
     INTERNAL_ERROR,
-    INVALID_AUTHORIZATION,
     INVALID_CATALOG_NAME,
-    INVALID_PASSWORD,
     OUT_OF_MEMORY,
     POOLER_SHUTDOWN,
     QUERY_CANCELED,
@@ -51,10 +49,15 @@ from pg_doorman.server import SYNCABLE_REPORTED, Borrower, ServerConnection
 from pg_doorman.tasks import spawn
 
 if TYPE_CHECKING:
-    from pg_doorman.app import Application
+    from pg_doorman.context import ClientContext
     from pg_doorman.pool import Pool
 
 log = logging.getLogger("pg_doorman.client")
+
+# Bytes a client may have buffered before its login has taken them: a few startup-phase messages (each capped
+# far below this) and the first queries of a client that pipelines them behind its login. Beyond it reading
+# pauses until the login coroutine wants more.
+_MAX_BUFFERED_AT_LOGIN = 64 * 1024
 
 
 # Client message types the forwarder must look at: Query, Sync, FunctionCall, Terminate and the extended-protocol
@@ -94,6 +97,12 @@ NOT_SETTABLE = frozenset(
         "scram_iterations",
     }
 )
+
+# Reported parameters whose value PostgreSQL respells ("euc-jp" -> "EUC_JP", "iso" -> "ISO, MDY", "utc" -> "UTC",
+# "true" -> "on"). application_name is reported as sent (only cut to 63 bytes), and often unique per client: it
+# would cost every such login a server round trip and the pool a cache entry.
+RESPELLED = frozenset(SYNCABLE_REPORTED - {"application_name"})
+MAX_SPELLINGS = 4096  # pool.spelling entries; past that a new spelling is asked of a server at every login
 
 _NAMED_KINDS = type_table({"PBDC": 1})
 _MAX_QUEUED_WHILE_WAITING = 256 * 1024
@@ -158,13 +167,14 @@ class ClientConnection(Borrower):
     __slots__ = (
         "_carry",
         "_deferred_begin",
+        "_login_wait",
         "_queued",
         "_queued_bytes",
         "_rx",
         "_rx_waiter",
         "_skip",
-        "app",
         "application_name",
+        "context",
         "database",
         "is_admin",
         "param_token",
@@ -178,8 +188,8 @@ class ClientConnection(Borrower):
         "wait_deadline",
     )
 
-    def __init__(self, app: Application) -> None:
-        self.app = app
+    def __init__(self, context: ClientContext) -> None:
+        self.context = context
         self.set_transport(None)
         self.state = codes.CLIENT_STARTUP
         self.pool: Pool | None = None
@@ -197,8 +207,11 @@ class ClientConnection(Borrower):
         self.application_name = ""
         self.is_admin = False
         self.peer = ""
-        self._rx = MessageBuffer(app.max_message_size)
+        self._rx = MessageBuffer(context.max_message_size)
         self._rx_waiter: asyncio.Future[None] | None = None
+        # What the login coroutine waits for besides the client's bytes: a server from the pool, or the end of its
+        # parameter sync (see _lend_at_login). Failed when the connection ends.
+        self._login_wait: asyncio.Future[None] | None = None
         self._queued: list[bytes] = []
         self._skip = 0
         self._carry = b""
@@ -209,12 +222,17 @@ class ClientConnection(Borrower):
     # ------------------------------------------------------------- asyncio API
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.set_transport(transport)  # type: ignore[arg-type]
-        sockets.configure(transport.get_extra_info("socket"))
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix"
-        too_many = self.app.client_opened(self)
-        spawn(self._login(too_many))
+        if not self.context.admit(self):
+            # Over max_connections: a small protocol answers it and this object is dropped (see admission.py).
+            refuser = OverLimitClient(self.context)
+            transport.set_protocol(refuser)
+            refuser.connection_made(transport)
+            return
+        self.set_transport(transport)  # type: ignore[arg-type]
+        sockets.configure(transport.get_extra_info("socket"))
+        spawn(self._login())
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -229,10 +247,15 @@ class ClientConnection(Borrower):
                 if self._queued_bytes > _MAX_QUEUED_WHILE_WAITING:
                     self.pause_reading()  # a client that keeps sending while it waits: hold it back
             elif state == codes.CLIENT_STARTUP:
-                self._rx.feed(data)
+                rx = self._rx
+                rx.feed(data)
+                if len(rx) > _MAX_BUFFERED_AT_LOGIN:
+                    self.pause_reading()  # the login coroutine resumes it when it needs more (_wait_rx)
                 waiter = self._rx_waiter
                 if waiter is not None and not waiter.done():
                     waiter.set_result(None)
+            elif state == codes.CLIENT_CLOSED:
+                self.discard_input(len(data))  # closing after an error (fail): read and dropped, see connection.py
         except Exception:
             # A bug met on this client's bytes: it loses its connection (with an ErrorResponse, and its server is
             # cleaned or closed as after any disconnect); everyone else goes on.
@@ -265,10 +288,11 @@ class ClientConnection(Borrower):
     # ---------------------------------------------------------------- helpers
 
     def fail(self, err: PoolerError) -> None:
-        """Send an ErrorResponse and close the connection."""
-        if self.transport is not None and not self.transport.is_closing():
-            self.write(messages.error_response(err.sqlstate, err.message, severity="FATAL", detail=err.detail))
-            self.close_transport()
+        """Send a FATAL ErrorResponse and close the connection in the way that lets the client read it even while
+        it is still sending (`Connection.close_after_error`); what the client held goes back at once. A client
+        between transactions was sent a ReadyForQuery last: its error waits for its next message (or a moment)."""
+        error = messages.error_response(err.sqlstate, err.message, severity="FATAL", detail=err.detail)
+        self.close_after_error(error, self.state == codes.CLIENT_IDLE)
         self._teardown()
 
     # -------------------------------------------------------------- forwarding
@@ -286,12 +310,12 @@ class ClientConnection(Borrower):
             data = _drop_copy_messages(data)
             if not data:
                 return
-        if self.app.shutting_down and self._deferred_begin is None:  # an answered BEGIN is a transaction
+        if self.context.shutting_down and self._deferred_begin is None:  # an answered BEGIN is a transaction
             self.fail(PoolerError(POOLER_SHUTDOWN, "pooler is shut down now"))
             return
         if pool.retired:
             # A reload replaced this client's pool: a retired pool opens no servers, so move to its successor.
-            successor = self.app.find_pool(self.database, self.user)
+            successor = self.context.registry.pool_for(self.database, self.user)
             if successor is None:
                 self.fail(pool_removed())
                 return
@@ -325,6 +349,11 @@ class ClientConnection(Borrower):
     def attach_server(self, server: ServerConnection) -> None:
         """Called by the pool when a server becomes available for this waiting client."""
         self._attach(server)
+        waiter = self._login_wait
+        if waiter is not None:  # lent at login (_lend_at_login): no queued bytes yet
+            if not waiter.done():
+                waiter.set_result(None)
+            return
         queued = self._queued
         self._queued = []
         self.resume_reading()
@@ -372,7 +401,11 @@ class ClientConnection(Borrower):
                 sets.append(
                     f"pg_catalog.set_config({messages.string_literal(name)}, {messages.string_literal(value)}, false)"
                 )
-                theirs[name] = value
+                if name not in SYNCABLE_REPORTED:
+                    # PostgreSQL reports the others with ParameterStatus when they change, in its own spelling;
+                    # when it sends none, the value it had is the client's in another spelling ("iso" for
+                    # "ISO, MDY"), and stays what the server knows.
+                    theirs[name] = value
         extras = {name for name, _ in mine if name not in SYNCABLE_REPORTED}
         for name in server.extra_keys - extras:
             resets.append(f"RESET {messages.quote_ident(name)}")
@@ -404,7 +437,7 @@ class ClientConnection(Borrower):
             return
         self._skip = 0
         kinds = CLIENT_KIND
-        limit = self.app.max_message_size
+        limit = self.context.max_message_size
         terminate_at = -1
         while True:
             if n - pos < 5:
@@ -485,7 +518,7 @@ class ClientConnection(Borrower):
                 self._message_completed(ledger)
             return
         self._skip = 0
-        limit = self.app.max_message_size
+        limit = self.context.max_message_size
         rewriter = self.rewriter
         assert rewriter is not None
         out: list[bytes] = []
@@ -640,7 +673,7 @@ class ClientConnection(Borrower):
             self.fail(
                 PoolerError(
                     OUT_OF_MEMORY,
-                    f"message of {length} bytes exceeds the maximum allowed size of {self.app.max_message_size}",
+                    f"message of {length} bytes exceeds the maximum allowed size of {self.context.max_message_size}",
                 )
             )
 
@@ -652,7 +685,7 @@ class ClientConnection(Borrower):
         self.server = None
         self.state = codes.CLIENT_IDLE
         server.release()
-        if self.app.shutting_down:
+        if self.context.shutting_down:
             self.fail_shutdown()
 
     def fail_shutdown(self) -> None:
@@ -739,55 +772,76 @@ class ClientConnection(Borrower):
             return
         previous = self.state
         self.state = codes.CLIENT_CLOSED
+        login_wait = self._login_wait
+        if login_wait is not None and not login_wait.done():
+            login_wait.set_exception(ConnectionResetError("the client connection ended during login"))
         if previous == codes.CLIENT_WAITING and self.pool is not None:
             self.pool.remove_waiter(self)
         server = self.server
         if server is not None:
             self.server = None
             server.release()
-        self.app.client_closed(self)
+        self.context.client_closed(self)
 
     # ------------------------------------------------------------------ login
+    # The decisions live in sans-I/O objects (auth.client_login.ClientLogin for the password exchange,
+    # auth.policy.choose_method for the method, admin.Console for the admin session); what follows feeds them
+    # bytes, writes their replies and waits.
 
     async def _read_packet(self) -> bytes:
+        """The next startup-phase packet; its length is capped at PostgreSQL's 10 000 bytes from the header."""
         while True:
             packet = self._rx.startup_packet()
             if packet is not None:
                 return packet
             await self._wait_rx()
 
-    async def _read_message(self) -> tuple[int, bytes]:
+    async def _read_message(self, limit: int) -> tuple[int, bytes]:
+        """The next typed message; a declared length over ``limit`` is refused (08P01) before its body arrives."""
         while True:
-            for kind, body in self._rx.messages():
-                return kind, body
+            message = self._rx.next_message(limit)
+            if message is not None:
+                return message
             await self._wait_rx()
 
     async def _wait_rx(self) -> None:
+        self.resume_reading()  # data_received pauses reading while the login has not consumed what it holds
         self._rx_waiter = asyncio.get_running_loop().create_future()
         try:
             await self._rx_waiter
         finally:
             self._rx_waiter = None
 
-    async def _login(self, too_many: bool) -> None:
+    async def _login(self) -> None:
+        timeout = self.context.login_timeout
         try:
-            async with asyncio.timeout(self.app.login_timeout):
-                startup = await self._negotiate(too_many)
+            async with asyncio.timeout(timeout if timeout > 0 else None):
+                startup = await self._negotiate()
                 if startup is None:
                     return
                 await self._authenticate(startup)
+        except LoginFailed as err:
+            log.info("client %s login failed: %s%s", self.peer, err.message, f" ({err.why})" if err.why else "")
+            self.fail(err)
         except PoolerError as err:
             log.info("client %s login failed: %s", self.peer, err.message)
             self.fail(err)
+        except TimeoutError:  # before OSError, of which it is a subclass
+            log.info("client %s did not log in within client_login_timeout (%gs)", self.peer, timeout)
+            self.fail(
+                PoolerError(
+                    QUERY_CANCELED,
+                    "canceling authentication due to timeout",
+                    detail=f"pg_doorman's client_login_timeout is {timeout:g}s",
+                )
+            )
         except (ConnectionError, OSError):
             self.close()
-        except TimeoutError:
-            self.fail(PoolerError(INVALID_AUTHORIZATION, "client did not finish login in time"))
         except Exception:
             log.exception("unexpected error during client login")
-            self.fail(PoolerError("XX000", "internal error during login"))
+            self.fail(PoolerError(INTERNAL_ERROR, "internal error during login"))
 
-    async def _negotiate(self, too_many: bool) -> StartupMessage | None:
+    async def _negotiate(self) -> StartupMessage | None:
         """Answer SSL/GSS requests and cancels; return the StartupMessage (None when the connection is done)."""
         while True:
             first = parse_first_packet(await self._read_packet())
@@ -795,48 +849,72 @@ class ClientConnection(Borrower):
                 self.write(b"N")
                 continue
             if isinstance(first, CancelRequest):
-                self.app.cancel(first.pid, first.secret)
+                self.context.cancel(first.pid, first.secret)
                 self.close()
                 return None
-            if too_many:
-                raise PoolerError(TOO_MANY_CONNECTIONS, "sorry, too many clients already")
-            if self.app.shutting_down:
+            if self.context.shutting_down:
                 raise PoolerError(ADMIN_SHUTDOWN, "the pooler is shutting down")
             return first
 
     async def _authenticate(self, startup: StartupMessage) -> None:
+        """Authenticate first, then route, as PostgreSQL does: before the password exchange succeeds the client
+        learns nothing about which databases or users exist."""
         if startup.minor_version > 0 or startup.protocol_options:
             self.write(messages.negotiate_protocol_version(0, startup.protocol_options))
         params = startup.params
-        self.user = startup.user
-        self.database = startup.database
+        user = self.user = startup.user
+        database = self.database = startup.database
         self.application_name = params.get("application_name", "")
-        if self.database in ADMIN_DATABASES:
+        if is_admin_database(database):
             await self._admin_login()
             return
-        pool = self.app.find_pool(self.database, self.user)
+        pool = self.context.registry.pool_for(database, user)
+        # Without a pool for (database, user) the user's password from another pool (if any) still decides the
+        # exchange: an unknown database then costs the same exchange, and the same 28P01, as a wrong password.
+        stored = pool.settings.password if pool is not None else self.context.registry.user_passwords.get(user)
+        login = await self._exchange(ClientLogin(user, choose_method(user, stored)))
         if pool is None:
-            if not self.app.has_database(self.database):
-                raise PoolerError(INVALID_CATALOG_NAME, f'no such database: "{self.database}"')
-            # Like PostgreSQL: an unknown user still goes through a (doomed) SCRAM exchange, so neither the
-            # reply nor its timing tells a prober which user names exist.
-            await self._check_password(self.app.dummy_verifier(), None)
-            raise PoolerError(INVALID_PASSWORD, f'password authentication failed for user "{self.user}"')
+            if self.context.registry.has_database(database):
+                raise PoolerError(
+                    INVALID_CATALOG_NAME, f'no pool is configured for user "{user}" in database "{database}"'
+                )
+            raise PoolerError(INVALID_CATALOG_NAME, f'database "{database}" does not exist')
         self.pool = pool
-        await self._check_password(pool.settings.password, pool)
+        key = login.client_key
+        if key is not None and pool.settings.password.startswith("SCRAM-SHA-256$") and pool.scram_client_key != key:
+            pool.scram_client_key = key
         try:
             defaults = await pool.startup_parameters()
         except PoolerError as err:
             raise PoolerError(
                 err.sqlstate if err.sqlstate != "08006" else CONNECTION_FAILURE,
-                f"could not connect to the server for {self.database}: {err.message}",
+                f"could not connect to the server for {database}: {err.message}",
             )
         self.transaction_mode = pool.transaction_mode
         if pool.settings.prepared_statements and pool.transaction_mode:
             self.track_statements()
-        self._finish_login(defaults, params)
+        await self._finish_login(defaults, params)
 
-    def _finish_login(self, defaults: dict[str, str], startup: dict[str, str]) -> None:
+    async def _exchange(self, login: ClientLogin) -> ClientLogin:
+        """Run a password exchange to its end: send its requests, feed it the client's answers."""
+        self.write(login.start())
+        while not login.done:
+            kind, body = await self._read_message(login.max_message_length)
+            reply = login.feed(kind, body)
+            if reply:
+                self.write(reply)
+        return login
+
+    async def _finish_login(self, defaults: dict[str, str], startup: dict[str, str]) -> None:
+        """Settle the client's session parameters, then send AuthenticationOk, ParameterStatus, BackendKeyData
+        and ReadyForQuery.
+
+        The client is told its parameters as PostgreSQL spells them (`client_encoding=euc-jp` is reported as
+        `EUC_JP`): a value the pool has not seen yet is applied on a server first and read back (the pool
+        remembers the answer). In session mode the client gets its server now, and its BackendKeyData carries
+        that backend's process id, as on a direct connection (pg_backend_pid(), NOTIFY's sender, tools that
+        terminate a session by pid); the cancel secret stays pg_doorman's own.
+        """
         pool = self.pool
         assert pool is not None
         tracked = {k: v for k, v in defaults.items() if k in SYNCABLE_REPORTED}
@@ -844,11 +922,34 @@ class ClientConnection(Borrower):
             if name not in NOT_SETTABLE and not name.startswith("_pq_."):
                 tracked[name] = value
         tracked.update(parse_options(startup.get("options", "")))
+        spelled = pool.spelling
+        unknown = False
+        for name, value in list(tracked.items()):
+            if name in RESPELLED and defaults.get(name) != value:
+                known = spelled.get((name, value))
+                if known is None:
+                    unknown = True
+                else:
+                    tracked[name] = known
         self.param_token = pool.intern_params(tracked)
-        self.pid, self.secret = self.app.register_cancel_key(self)
+        server_pid = 0
+        if unknown or not self.transaction_mode:
+            server = await self._lend_at_login(pool)
+            for name, value in list(tracked.items()):
+                if name in RESPELLED and name in server.params:
+                    tracked[name] = server.params[name]
+                    if len(spelled) < MAX_SPELLINGS:
+                        spelled[(name, value)] = tracked[name]
+            self.param_token = pool.intern_params(tracked)
+            server.param_token = self.param_token
+            if self.transaction_mode:
+                self.release_server()
+            else:
+                server_pid = int(server.pid)
+        self.pid, self.secret = self.context.registry.register_cancel_key(self, server_pid)
         out = [messages.AUTH_OK]
         shown = dict(defaults)
-        for name, value in tracked.items():
+        for name, value in self.param_token:
             if name in SYNCABLE_REPORTED:
                 shown[name] = value
         out.extend(messages.parameter_status(k, v) for k, v in shown.items())
@@ -856,75 +957,55 @@ class ClientConnection(Borrower):
         out.append(messages.READY_IDLE)
         self.write(b"".join(out))
         leftover = self._rx.take_all()
-        self.state = codes.CLIENT_IDLE
+        if self.server is None:
+            self.state = codes.CLIENT_IDLE
+        self.resume_reading()  # before the leftover: handling it may pause reading for its own reasons
         if leftover:
             self.data_received(leftover)
 
-    async def _check_password(self, stored: str, pool: Pool | None) -> None:
-        """Authenticate the client against ``stored`` (md5 verifier, SCRAM verifier, plaintext or empty)."""
-        if not stored:
-            return
-        if stored.startswith("md5") and len(stored) == 35:
-            salt = secrets.token_bytes(4)
-            self.write(messages.auth_md5(salt))
-            kind, body = await self._read_message()
-            if kind != 0x70 or not verify_md5_response(stored, salt, body):
-                raise PoolerError(INVALID_PASSWORD, f'password authentication failed for user "{self.user}"')
-            return
-        if stored.startswith("SCRAM-SHA-256$"):
-            verifier = parse_scram_verifier(stored)
+    async def _lend_at_login(self, pool: Pool) -> ServerConnection:
+        """A server for this client before its login completes, with the client's parameters applied (the
+        ParameterStatus replies of the sync update the client's parameters to PostgreSQL's spelling)."""
+        loop = asyncio.get_running_loop()
+        server = pool.checkout_nowait()
+        if server is not None:
+            self._attach(server)
         else:
-            verifier = parse_scram_verifier(self.app.plain_verifier(stored))
-        scram = ScramServer(verifier)
-        self.write(messages.auth_sasl(ScramServer.mechanisms()))
-        try:
-            kind, body = await self._read_message()
-            if kind != 0x70:
-                raise AuthError("expected SASL response")
-            self.write(messages.auth_sasl_continue(scram.handle_client_first(body)))
-            kind, body = await self._read_message()
-            if kind != 0x70:
-                raise AuthError("expected SASL response")
-            final = scram.handle_client_final(body)
-        except AuthError:
-            raise PoolerError(INVALID_PASSWORD, f'password authentication failed for user "{self.user}"')
-        self.write(messages.auth_sasl_final(final))
-        if pool is not None and stored.startswith("SCRAM-SHA-256$") and pool.scram_client_key != scram.client_key:
-            pool.scram_client_key = scram.client_key
+            self._login_wait = loop.create_future()
+            self.state = codes.CLIENT_WAITING
+            timeout = pool.settings.query_wait_timeout
+            self.wait_deadline = monotonic() + timeout if timeout > 0 else 0.0
+            pool.enqueue(self)
+            try:
+                await self._login_wait
+            finally:
+                self._login_wait = None
+        server = self.server
+        assert server is not None
+        if server.ledger.swallow:
+            self._login_wait = server.wait_until_synced(loop)
+            try:
+                await self._login_wait
+            finally:
+                self._login_wait = None
+        server = self.server
+        if server is None:  # lost while syncing (client.fail() already ran)
+            raise ConnectionResetError("the server was lost during login")
+        return server
 
     async def _admin_login(self) -> None:
-        admin_user, admin_password = self.app.admin_credentials()
-        if self.user != admin_user:
-            raise PoolerError(INVALID_PASSWORD, f'password authentication failed for user "{self.user}"')
-        await self._check_password(md5_verifier(admin_password, admin_user), None)
+        """The admin database: every user name gets the same md5 challenge; then the console answers."""
+        admin_user, admin_password = self.context.admin_credentials()
+        await self._exchange(ClientLogin(self.user, login_decision(self.user, admin_user, admin_password)))
         self.is_admin = True
-        self.write(
-            messages.AUTH_OK
-            + messages.parameter_status("server_version", "15.0 (pg_doorman)")
-            + messages.parameter_status("client_encoding", "UTF8")
-            + messages.parameter_status("DateStyle", "ISO, MDY")
-            + messages.parameter_status("standard_conforming_strings", "on")
-            + messages.backend_key_data(0, 0)
-            + messages.READY_IDLE
-        )
-        while True:
-            kind, _ = await self._read_message()
-            if kind == 0x58:  # Terminate
-                self.close()
-                return
-            if kind == 0x51:
-                self.write(
-                    messages.error_response(
-                        FEATURE_NOT_SUPPORTED,
-                        "the admin console is not available in this version of pg_doorman",
-                        severity="ERROR",
-                    )
-                    + messages.READY_IDLE
-                )
-            elif kind == 0x53:
-                self.write(messages.READY_IDLE)
-            elif kind not in (0x50, 0x42, 0x44, 0x45, 0x43, 0x48):
-                raise ProtocolViolation(f"unexpected message {chr(kind)!r} on the admin console")
+        console = Console()
+        self.write(console.startup_reply())
+        while not console.closed:
+            kind, body = await self._read_message(self.context.max_message_size)
+            reply = console.feed(kind, body)
+            if reply:
+                self.write(reply)
+        self.close()
 
 
 def parse_options(options: str) -> dict[str, str]:

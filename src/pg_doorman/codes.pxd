@@ -31,6 +31,7 @@ cdef enum:
 
     HINT_SET_CONFIG = 1
     HINT_ADVISORY = 2
+    HINT_TEMP = 4
 
     HIDE = 1
     SYNTHETIC_NEXT = 2

@@ -42,6 +42,7 @@ TX_FAILED = 69  # 'E'
 # sessionhints.session_hints(): what a statement's text suggests it does to the session (bits).
 HINT_SET_CONFIG = 1  # set_config(): settings change without a SET tag
 HINT_ADVISORY = 2  # advisory lock functions: a session-level lock may outlive the transaction
+HINT_TEMP = 4  # "temp": a temporary object (CREATE TEMP TABLE ... AS reports only "SELECT n") may outlive it
 
 # What ServerLedger.complete() tells the server's forwarding loop about one response (bits).
 HIDE = 1  # cut this message from the stream (the answer to a request the pooler inserted)

@@ -6,6 +6,11 @@ from pg_doorman cimport directio
 
 
 cdef class Connection:
+    cdef public double _drain_deadline
+    cdef public double _drain_idle_close_at
+    cdef public Py_ssize_t _drain_left
+    cdef public bytes _drain_notice
+    cdef public object _drain_timer
     cdef public int _fd
     cdef public bint _queued_in_transport
     cdef public bint _read_paused
@@ -17,6 +22,8 @@ cdef class Connection:
     cpdef forget_socket(self)
     cpdef close_transport(self)
     cpdef abort_transport(self)
+    cpdef close_after_error(self, bytes data, bint wait_for_input=*)
+    cpdef discard_input(self, Py_ssize_t size)
     cpdef write(self, data)
 
     @cython.locals(sent=Py_ssize_t)

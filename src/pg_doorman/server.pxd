@@ -36,17 +36,17 @@ cdef class ServerConnection(Connection):
     cdef public object _capture_buf
     cdef public dict _captured
     cdef public bytes _carry
+    cdef public object _cleanup
     cdef public object _cleanup_buf
-    cdef public bint _cleanup_deallocates
-    cdef public bint _cleanup_failed
-    cdef public bint _cleanup_resets
     cdef public object _inject_error
     cdef public object _login
     cdef public object _login_buf
     cdef public object _login_waiter
     cdef public Py_ssize_t _skip
+    cdef public object _synced_waiter
     cdef public bint cancel_sent
     cdef public bint capture_due
+    cdef public bint check_leftovers
     cdef public Borrower client
     cdef public double created_at
     cdef public double expires_at
@@ -57,6 +57,7 @@ cdef class ServerConnection(Connection):
     cdef public bint need_close_all
     cdef public bint need_deallocate_all
     cdef public bint need_reset_all
+    cdef public bint need_reset_query
     cdef public bint need_unlisten
     cdef public object param_token
     cdef public dict params

@@ -27,6 +27,7 @@ from pg_doorman.prepared import COMPLETES_TABLE, PARSE_SETTINGS, Expect, ServerS
 from pg_doorman.protocol import messages
 from pg_doorman.protocol.errors import CONNECTION_FAILURE, INTERNAL_ERROR, PoolerError, ServerError
 from pg_doorman.protocol.framing import MessageBuffer, type_table
+from pg_doorman.reset import CLOSE, PENDING, Cleanup, ResetPolicy
 
 if TYPE_CHECKING:
     from pg_doorman.client import ClientConnection
@@ -116,17 +117,17 @@ class ServerConnection(Connection):
         "_capture_buf",
         "_captured",
         "_carry",
+        "_cleanup",
         "_cleanup_buf",
-        "_cleanup_deallocates",
-        "_cleanup_failed",
-        "_cleanup_resets",
         "_inject_error",
         "_login",
         "_login_buf",
         "_login_waiter",
         "_skip",
+        "_synced_waiter",
         "cancel_sent",
         "capture_due",
+        "check_leftovers",
         "client",
         "created_at",
         "expires_at",
@@ -137,6 +138,7 @@ class ServerConnection(Connection):
         "need_close_all",
         "need_deallocate_all",
         "need_reset_all",
+        "need_reset_query",
         "need_unlisten",
         "param_token",
         "params",
@@ -170,6 +172,11 @@ class ServerConnection(Connection):
         self.need_close_all = False
         self.need_unlisten = False
         self.need_deallocate_all = False
+        # A reset query runs at every release (session mode, or server_reset_query_always): see reset.py.
+        self.need_reset_query = ResetPolicy.from_settings(pool.settings).reset_on_release
+        # Something this transaction did may outlive it (a CREATE, advisory-lock text seen by the client side):
+        # look for leftovers at release. Consumed by release().
+        self.check_leftovers = False
         self.cancel_sent = False
         self.used = False
         settings = pool.settings
@@ -180,12 +187,11 @@ class ServerConnection(Connection):
         # retired (False: must be parsed afresh).
         self.to_close: dict[bytes, bool] = {}
         self._skip = 0
+        self._synced_waiter: asyncio.Future[None] | None = None  # see wait_until_synced
         self._inject_error: ServerError | None = None
         self._carry = b""
         self._cleanup_buf = MessageBuffer()
-        self._cleanup_failed = False
-        self._cleanup_resets = False
-        self._cleanup_deallocates = False
+        self._cleanup: Cleanup | None = None
         self._login: ServerLogin | None = None
         self._login_buf = MessageBuffer()
         self._login_waiter: asyncio.Future[None] | None = None
@@ -352,6 +358,8 @@ class ServerConnection(Connection):
                     if self._inject_error is not None:
                         self._injected_command_failed()
                         return
+                    if self._synced_waiter is not None and not ledger.swallow:
+                        self._synced()
                 elif ledger.ready_for_lone_query(data[pos + 5]):
                     client = self.client
                     release = client is not None and client.transaction_mode
@@ -437,6 +445,8 @@ class ServerConnection(Connection):
                     if self._inject_error is not None:
                         self._injected_command_failed()
                         return
+                    if self._synced_waiter is not None and not ledger.swallow:
+                        self._synced()
                 elif kind == 83:
                     self._on_parameter_status(data[pos + 5 : end])
                 elif kind == 69:
@@ -646,8 +656,13 @@ class ServerConnection(Connection):
                 self.capture_due = True
             elif data.startswith(b"ROLLBACK\x00", at):  # also ROLLBACK TO SAVEPOINT, and COMMIT of a failed one
                 self._retire_opened()
-        elif first == 67 and data.startswith(b"CLOSE CURSOR ALL\x00", at):  # 'C'
-            self.need_close_all = False
+        elif first == 67:  # 'C'
+            if data.startswith(b"CLOSE CURSOR ALL\x00", at):
+                self.need_close_all = False
+            elif data.startswith(b"CREATE ", at):
+                # CREATE TABLE/VIEW/SEQUENCE/FUNCTION...: maybe a temporary object, which outlives the transaction
+                # (unless ON COMMIT DROP). Rare enough to pay for a look at release.
+                self.check_leftovers = True
 
     def _parse_settings_changed(
         self, before: tuple[tuple[str, str], ...], after: tuple[tuple[str, str], ...]
@@ -695,6 +710,9 @@ class ServerConnection(Connection):
         if hints & codes.HINT_SET_CONFIG:
             self.need_reset_all = True
             self.capture_due = True
+        if hints & (codes.HINT_ADVISORY | codes.HINT_TEMP):
+            # A session-level lock or a temporary object would outlive the transaction: look at release.
+            self.check_leftovers = True
 
     def _capture_settings(self) -> None:
         """The transaction is over but the client changed settings in it. PostgreSQL reports only a few of them
@@ -770,6 +788,23 @@ class ServerConnection(Connection):
             self._close_at_checkout(client)
         if sync_sql:
             self.inject(sync_sql)
+
+    def wait_until_synced(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+        """A future that completes once the replies to the queries the pooler injected (parameter sync, deferred
+        BEGIN) are all in: the server's parameters are then those the client will see. A failure of those
+        queries or of the connection fails the client instead (its login waits on the same future)."""
+        waiter: asyncio.Future[None] = loop.create_future()
+        if self.ledger.swallow:
+            self._synced_waiter = waiter
+        else:
+            waiter.set_result(None)
+        return waiter
+
+    def _synced(self) -> None:
+        waiter = self._synced_waiter
+        self._synced_waiter = None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def inject(self, sql: str) -> None:
         """Send a pooler-issued simple query whose whole reply is hidden from the client."""
@@ -857,43 +892,48 @@ class ServerConnection(Connection):
         ):
             self.close()
         elif self.ledger.tx_status == codes.TX_IDLE and not (
-            self.need_reset_all or self.need_close_all or self.need_unlisten or self.need_deallocate_all
+            self.need_reset_all
+            or self.need_close_all
+            or self.need_unlisten
+            or self.need_deallocate_all
+            or self.need_reset_query
+            or self.check_leftovers
         ):
             pool.checkin(self)
         else:
-            sql = self.cleanup_sql(pool.settings.cleanup_server_connections)
-            if sql:
-                self.start_cleanup(sql)
+            cleanup = self.cleanup_for_release()
+            self.check_leftovers = False
+            if cleanup is not None:
+                self.start_cleanup(cleanup)
             else:
                 pool.checkin(self)
 
-    def cleanup_sql(self, cleanup_enabled: bool) -> str:
-        parts = []
-        if self.ledger.tx_status != codes.TX_IDLE:
-            parts.append("ROLLBACK")
-        if cleanup_enabled:
-            if self.need_close_all:
-                parts.append("CLOSE ALL")
-            if self.need_unlisten:
-                parts.append("UNLISTEN *")
-            if self.need_deallocate_all:
-                parts.append("DEALLOCATE ALL")
-            if self.need_reset_all:
-                parts.append("RESET ALL")
-        return ";".join(parts)
+    def cleanup_for_release(self) -> Cleanup | None:
+        """What this session needs before another client may have it (reset.py decides), or None."""
+        return ResetPolicy.from_settings(self.pool.settings).cleanup(
+            in_transaction=self.ledger.tx_status != codes.TX_IDLE,
+            need_close_all=self.need_close_all,
+            need_unlisten=self.need_unlisten,
+            need_deallocate_all=self.need_deallocate_all,
+            need_reset_all=self.need_reset_all,
+            suspect_leftovers=self.check_leftovers,
+        )
 
-    def start_cleanup(self, sql: str) -> None:
-        """Run ``sql`` and return to the pool when its ReadyForQuery says the session is idle."""
+    def start_cleanup(self, cleanup: Cleanup) -> None:
+        """Send the cleanup's queries; the server returns to the pool when the last one ends clean
+        (`_on_cleanup_data`), and is closed otherwise."""
         assert self.transport is not None
         self.state = codes.SERVER_CLEANUP
         self._carry = b""
         self._cleanup_buf = MessageBuffer()
-        self._cleanup_failed = False
-        self._cleanup_resets = sql.endswith("RESET ALL")
-        self._cleanup_deallocates = "DEALLOCATE ALL" in sql
-        self.write(messages.query(sql))
+        self._cleanup = cleanup
+        self.write(cleanup.request())
 
     def _on_cleanup_data(self, data: bytes) -> None:
+        cleanup = self._cleanup
+        if cleanup is None:  # never: a cleanup is started before this state is entered
+            self.close()
+            return
         buf: MessageBuffer = self._cleanup_buf
         buf.feed(data)
         for kind, body in buf.messages():
@@ -901,26 +941,36 @@ class ServerConnection(Connection):
                 name, value = messages.parse_parameter_status(body)
                 self.params[name] = value
                 if name in SYNCABLE_REPORTED:
-                    # e.g. ROLLBACK undid a set_config(): the token must not keep naming the undone value.
+                    # e.g. ROLLBACK undid a set_config(), DISCARD ALL reset a SET: the token must not keep naming
+                    # the undone value.
                     self.refresh_param_token()
-            elif kind == 69:
-                self._cleanup_failed = True
-                log.warning(
-                    "cleanup failed on server pid=%s: %s", self.pid, messages.parse_error_fields(body).get("M")
-                )
-            elif kind == 90:
-                if not self.ledger.cleaned(body[0]) or self._cleanup_failed:
-                    self.close()
-                    return
-                self.need_reset_all = self.need_close_all = self.need_unlisten = False
-                self.need_deallocate_all = False
-                if self._cleanup_resets:
-                    self._forget_extra_params()
-                if self._cleanup_deallocates:
-                    self.forget_statements()
-                self.state = codes.SERVER_IDLE
-                self.pool.checkin(self)
+                continue
+            if kind == 90:
+                self.ledger.cleaned(body[0])  # the ledger keeps the transaction status
+            outcome = cleanup.feed(kind, body)
+            if outcome == PENDING:
+                continue
+            self._cleanup = None
+            if outcome == CLOSE:
+                if cleanup.failure:
+                    log.warning("cleanup failed on server pid=%s: %s; closing it", self.pid, cleanup.failure)
+                else:
+                    log.info(
+                        "server pid=%s: closing it instead of lending it again: the client left %s behind",
+                        self.pid,
+                        ", ".join(cleanup.leftovers),
+                    )
+                self.close()
                 return
+            self.need_reset_all = self.need_close_all = self.need_unlisten = False
+            self.need_deallocate_all = False
+            if cleanup.params_reset:
+                self._forget_extra_params()  # RESET ALL / DISCARD ALL: what the pooler SET is gone
+            if cleanup.statements_dropped:
+                self.forget_statements()  # DEALLOCATE ALL / DISCARD ALL
+            self.state = codes.SERVER_IDLE
+            self.pool.checkin(self)
+            return
 
     # ------------------------------------------------------------- flow control
 

@@ -22,4 +22,6 @@ cdef inline int session_hints(bytes data, Py_ssize_t start, Py_ssize_t end) noex
         hints |= codes.HINT_SET_CONFIG
     if memmem(text, n, b"dvisory", 7) != NULL or memmem(text, n, b"DVISORY", 7) != NULL:
         hints |= codes.HINT_ADVISORY
+    if memmem(text, n, b"temp", 4) != NULL or memmem(text, n, b"TEMP", 4) != NULL:
+        hints |= codes.HINT_TEMP
     return hints

@@ -1,9 +1,11 @@
 """Cheap signs in a statement's text that it may change session state that no command tag reveals.
 
 PostgreSQL tells a pooler about SET (CommandComplete "SET") but not about ``set_config(...)`` or advisory locks,
-which are function calls inside a SELECT. The client's forwarding loop looks for their names in every Query (and
-Parse) it passes on; a hit makes the server read its session settings back at the end of the transaction
-(set_config) or check for leftovers before it is lent again (advisory locks). A miss costs a few byte searches.
+which are function calls inside a SELECT, nor about a temporary table made by ``CREATE TEMP TABLE ... AS`` or
+``SELECT ... INTO TEMP`` (their tag is "SELECT n"). The client's forwarding loop looks for their names in every
+Query (and Parse) it passes on; a hit makes the server read its session settings back at the end of the transaction
+(set_config) or check for leftovers before it is lent again (advisory locks, temporary objects; "temp" also
+matches words like "template", which only costs that check). A miss costs a few byte searches.
 
 Best effort by nature: the names are found in lower or upper case as written in the statement, and not when a
 function the statement calls does the same thing inside.
@@ -24,4 +26,6 @@ def session_hints(data: bytes, start: int, end: int) -> int:
         hints |= codes.HINT_SET_CONFIG
     if data.find(b"dvisory", start, end) >= 0 or data.find(b"DVISORY", start, end) >= 0:
         hints |= codes.HINT_ADVISORY
+    if data.find(b"temp", start, end) >= 0 or data.find(b"TEMP", start, end) >= 0:
+        hints |= codes.HINT_TEMP
     return hints

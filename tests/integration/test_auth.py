@@ -1,11 +1,13 @@
 """Authentication through pg_doorman, both sides, with real clients (psycopg/libpq, asyncpg) and raw sockets.
 
-Client side: the kind of ``password`` in the config (md5 verifier, SCRAM verifier, plaintext, empty) decides which
-challenge pg_doorman sends (AuthenticationMD5Password = 5, AuthenticationSASL = 10, none = AuthenticationOk) and
-whether a given password is accepted.  Unknown database → 3D000, unknown user → 28P01 with the same text as a wrong
-password.  Server side: md5 pass-the-hash, SCRAM ClientKey passthrough, explicit ``server_username`` /
-``server_password`` and trust, checked with ``current_user`` / ``session_user``; a wrong ``server_password`` must
-come back to the client as PostgreSQL's 28P01 quickly.  Admin console login uses md5 only.
+Client side: the kind of ``password`` in the config (md5 verifier, SCRAM verifier, plaintext) decides which
+challenge pg_doorman sends (AuthenticationMD5Password = 5, AuthenticationSASL = 10) and whether a given password is
+accepted; an empty password refuses the login (28000) until access rules can say ``trust``.  As in PostgreSQL the
+client authenticates before it learns anything: an unknown user or an unknown database costs the same exchange and
+the same 28P01 as a wrong password, and 3D000 comes only after a correct one.  Server side: md5 pass-the-hash, SCRAM
+ClientKey passthrough, explicit ``server_username`` / ``server_password`` and trust, checked with ``current_user`` /
+``session_user``; a wrong ``server_password`` must come back to the client as PostgreSQL's 28P01 quickly.  The admin
+console challenges every user name with md5, alike.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 import asyncpg
 import psycopg
 import pytest
-from wire_client import RawWire, error_map, frame, startup_packet
+from wire_client import RawWire, WireClient, WireError, error_map, frame, startup_packet
 
 from pg_doorman.devcluster import TempPostgres
 
@@ -73,6 +75,19 @@ def first_error(port: int, params: dict[str, str]) -> dict[str, str]:
         return fields
 
 
+def login_error(port: int, user: str, password: str, database: str = "appdb") -> dict[str, str]:
+    """Log in with a password (md5 or SCRAM) expecting an ErrorResponse; return its fields."""
+    with pytest.raises(WireError) as info:
+        WireClient.connect(HOST, port, user=user, database=database, password=password, timeout=IO_TIMEOUT).close()
+    errors = [msg for msg in info.value.received if msg.type == "E"]
+    assert errors, info.value
+    return error_map(errors[-1].body)
+
+
+def wrong_md5_answer(wire: Wire, salt: bytes) -> None:
+    wire.send(frame(b"p", b"md5" + md5_hex(b"not the password" + salt).encode() + b"\0"))
+
+
 # ---------------------------------------------------------------- client helpers
 
 
@@ -100,7 +115,13 @@ def psycopg_login_error(proc: Any, user: str, password: str | None, db: str = "a
 
 async def _asyncpg_login(port: int, user: str, password: str, database: str) -> Any:
     conn = await asyncpg.connect(
-        host=HOST, port=port, user=user, password=password, database=database, ssl=False, timeout=10,
+        host=HOST,
+        port=port,
+        user=user,
+        password=password,
+        database=database,
+        ssl=False,
+        timeout=10,
         statement_cache_size=0,
     )
     try:
@@ -173,7 +194,7 @@ def client_auth_doorman(pg_trust: TempPostgres, doorman: StartDoorman, pool_conf
     return doorman(pool_config(pg_trust, users, pool_size=2, general={"max_message_size": "1MB"}))
 
 
-@pytest.mark.parametrize(("kind", "code"), [("md5", 5), ("scram", 10), ("plain", 10), ("empty", 0)])
+@pytest.mark.parametrize(("kind", "code"), [("md5", 5), ("scram", 10), ("plain", 10)])
 def test_auth_request_code_follows_configured_password(client_auth_doorman: Any, kind: str, code: int) -> None:
     user, password = CLIENT_USERS[kind]
     with Wire(client_auth_doorman.port) as wire:
@@ -213,11 +234,12 @@ def test_psycopg_right_and_wrong_password(client_auth_doorman: Any, kind: str) -
 
 
 @pytest.mark.parametrize(
-    ("kind", "method", "other"), [("md5", "md5", "scram-sha-256"), ("scram", "scram-sha-256", "md5"),
-                                  ("plain", "scram-sha-256", "md5")]
+    ("kind", "method", "other"),
+    [("md5", "md5", "scram-sha-256"), ("scram", "scram-sha-256", "md5"), ("plain", "scram-sha-256", "md5")],
 )
-def test_libpq_require_auth_sees_the_expected_method(client_auth_doorman: Any, kind: str, method: str,
-                                                     other: str) -> None:
+def test_libpq_require_auth_sees_the_expected_method(
+    client_auth_doorman: Any, kind: str, method: str, other: str
+) -> None:
     """libpq's require_auth fails the login client-side if the server asks for another method."""
     user, password = CLIENT_USERS[kind]
     assert who(client_auth_doorman, user, password, require_auth=method) == ("app", "app")
@@ -225,11 +247,25 @@ def test_libpq_require_auth_sees_the_expected_method(client_auth_doorman: Any, k
     assert "authentication method requirement" in message
 
 
-def test_empty_password_is_trust(client_auth_doorman: Any) -> None:
+def test_empty_password_is_refused(client_auth_doorman: Any) -> None:
+    """An empty password used to admit anybody from anywhere; until access rules exist it refuses the login
+    (28000, like PostgreSQL's "no pg_hba.conf entry"), before any challenge, and the log says why."""
     user, _ = CLIENT_USERS["empty"]
-    # No password at all, and libpq's require_auth=none proves no challenge was sent.
-    assert who(client_auth_doorman, user, None, require_auth="none") == ("app", "app")
-    assert who(client_auth_doorman, user, "anything") == ("app", "app")
+    fields = first_error(client_auth_doorman.port, {"user": user, "database": "appdb"})
+    assert fields["C"] == "28000", fields
+    assert (
+        fields["M"] == f'password authentication is not configured for user "{user}" (empty password; a trust '
+        "rule is needed)"
+    )
+    for password in (None, "", "anything"):
+        message = psycopg_login_error(client_auth_doorman, user, password)
+        assert "password authentication is not configured" in message
+    assert asyncpg_sqlstate(client_auth_doorman.port, user, "anything") == "28000"
+    assert "empty password" in client_auth_doorman.wait_for_log(
+        f'login failed: password authentication is not configured for user "{user}"'
+    )
+    # The other users are unaffected.
+    assert who(client_auth_doorman, *CLIENT_USERS["md5"]) == ("app", "app")
 
 
 @pytest.mark.parametrize("kind", ["md5", "scram", "plain"])
@@ -245,25 +281,81 @@ def test_psql_password_login(client_auth_doorman: Any) -> None:
     for kind in ("md5", "scram"):
         user, password = CLIENT_USERS[kind]
         env = {"PGPASSWORD": password, "PATH": "/usr/bin:/bin", "PGCONNECT_TIMEOUT": "10"}
-        args = ["psql", "-X", "-At", "-h", HOST, "-p", str(client_auth_doorman.port), "-U", user, "-d", "appdb",
-                "-c", "select current_user"]
+        args = [
+            "psql",
+            "-X",
+            "-At",
+            "-h",
+            HOST,
+            "-p",
+            str(client_auth_doorman.port),
+            "-U",
+            user,
+            "-d",
+            "appdb",
+            "-c",
+            "select current_user",
+        ]
         ok = subprocess.run(args, env=env, capture_output=True, text=True, timeout=20, check=False)
         assert ok.returncode == 0, ok.stderr
         assert ok.stdout.strip() == "app"
-        bad = subprocess.run(args, env={**env, "PGPASSWORD": "nope"}, capture_output=True, text=True, timeout=20,
-                             check=False)
+        bad = subprocess.run(
+            args, env={**env, "PGPASSWORD": "nope"}, capture_output=True, text=True, timeout=20, check=False
+        )
         assert bad.returncode == 2
         assert f'password authentication failed for user "{user}"' in bad.stderr
 
 
-def test_unknown_database_is_3d000(client_auth_doorman: Any) -> None:
+def test_database_is_checked_only_after_authentication(client_auth_doorman: Any) -> None:
+    """PostgreSQL authenticates before it reports a missing database, so database names cannot be probed: an
+    unknown database gets the user's usual challenge and, without the right password, the usual 28P01."""
     port = client_auth_doorman.port
-    fields = first_error(port, {"user": "u_md5", "database": "nosuchdb"})
-    assert fields["C"] == "3D000"
-    assert fields["S"] == "FATAL"
+    for database in ("nosuchdb", "appdb"):
+        code, wire = auth_request_code(port, "u_md5", database)
+        with wire:
+            assert code == 5
+            wrong_md5_answer(wire, b"")
+            kind, body = wire.read_message()
+            assert kind == b"E"
+            assert error_map(body)["C"] == "28P01"
+            assert error_map(body)["M"] == 'password authentication failed for user "u_md5"'
+            assert wire.closed_by_peer()
+    # Database defaults to the user name (no database here either): still the challenge first.
+    code, wire = auth_request_code(port, "u_md5", "")
+    wire.close()
+    assert code == 5
+    # The right password: now the client may learn that the database does not exist.
+    fields = login_error(port, "u_md5", "md5_secret", "nosuchdb")
+    assert (fields["C"], fields["S"]) == ("3D000", "FATAL")
+    assert fields["M"] == 'database "nosuchdb" does not exist'
     assert asyncpg_sqlstate(port, "u_md5", "md5_secret", "nosuchdb") == "3D000"
-    # Database defaults to the user name, which is no database here either.
-    assert first_error(port, {"user": "u_md5"})["C"] == "3D000"
+    assert asyncpg_sqlstate(port, "u_md5", "wrong", "nosuchdb") == "28P01"
+    assert asyncpg_sqlstate(port, "u_scram", "scram_secret", "nosuchdb") == "3D000"
+    # An unknown user in an unknown database: the doomed SCRAM exchange, then 28P01.
+    code, wire = auth_request_code(port, "nosuchuser", "nosuchdb")
+    wire.close()
+    assert code == 10
+    assert asyncpg_sqlstate(port, "nosuchuser", "whatever", "nosuchdb") == "28P01"
+
+
+def test_user_without_a_pool_in_an_existing_database(
+    pg_trust: TempPostgres, doorman: StartDoorman, pool_config: PoolConfig
+) -> None:
+    """A user configured only in another pool: authenticated with that password, then told there is no pool."""
+    config = pool_config(pg_trust, [{"username": "app", "password": md5_verifier("app_secret", "app")}])
+    other = pool_config(
+        pg_trust,
+        [{"username": "app2", "password": md5_verifier("app2_secret", "app2")}],
+        db="otherdb",
+        server_database="appdb",
+    )
+    config["pools"].update(other["pools"])
+    proc = doorman(config)
+    assert asyncpg_sqlstate(proc.port, "app2", "wrong", "appdb") == "28P01"
+    fields = login_error(proc.port, "app2", "app2_secret", "appdb")
+    assert fields["C"] == "3D000"
+    assert fields["M"] == 'no pool is configured for user "app2" in database "appdb"'
+    assert who(proc, "app2", "app2_secret", db="otherdb") == ("app2", "app2")
 
 
 def test_unknown_user_is_28p01_like_a_wrong_password(client_auth_doorman: Any) -> None:
@@ -272,9 +364,7 @@ def test_unknown_user_is_28p01_like_a_wrong_password(client_auth_doorman: Any) -
     unknown = psycopg_login_error(client_auth_doorman, "nosuchuser", "whatever")
     wrong = psycopg_login_error(client_auth_doorman, "u_md5", "whatever")
     # Same text (modulo the name) as a wrong password: nothing tells an unknown user from a known one.
-    assert unknown.split("FATAL:", 1)[1].replace("nosuchuser", "U") == wrong.split("FATAL:", 1)[1].replace(
-        "u_md5", "U"
-    )
+    assert unknown.split("FATAL:", 1)[1].replace("nosuchuser", "U") == wrong.split("FATAL:", 1)[1].replace("u_md5", "U")
     # A role that exists in PostgreSQL but is not configured in pg_doorman is just as unknown.
     assert asyncpg_sqlstate(port, "app2", "app2_pass") == "28P01"
     # An unknown user is challenged like a known one (PostgreSQL does the same), not refused at once.
@@ -293,13 +383,14 @@ def test_bad_auth_message_during_login_is_rejected(client_auth_doorman: Any) -> 
         assert kind == b"E"
         assert error_map(body)["C"] == "08P01"
         assert wire.closed_by_peer()
-    # Non-'p' message instead of the password → 28P01, connection closed.
+    # Non-'p' message instead of the password → 08P01 as in PostgreSQL, connection closed.
     code, wire = auth_request_code(client_auth_doorman.port, "u_md5")
     with wire:
         wire.send(frame(b"Q", b"select 1\0"))
         kind, body = wire.read_message()
         assert kind == b"E"
-        assert error_map(body)["C"] == "28P01"
+        assert error_map(body)["C"] == "08P01"
+        assert error_map(body)["M"] == "expected password response, got message type 81"
         assert wire.closed_by_peer()
     assert who(client_auth_doorman, "u_md5", "md5_secret") == ("app", "app")
 
@@ -315,7 +406,7 @@ def test_oversized_auth_message_is_refused_before_login(client_auth_doorman: Any
         wire.send(b"p" + struct.pack("!i", 64 * 1024 * 1024) + b"x" * 1000)
         kind_, body = wire.read_message()
         assert kind_ == b"E"
-        assert error_map(body)["C"] in ("53200", "08P01")
+        assert (error_map(body)["C"], error_map(body)["M"]) == ("08P01", "invalid message length")
         assert wire.closed_by_peer()
         assert time.monotonic() - started < 5
     assert who(client_auth_doorman, "u_md5", "md5_secret") == ("app", "app")
@@ -378,10 +469,13 @@ def test_explicit_server_credentials_on_scram_cluster(
     pg_scram: TempPostgres, doorman: StartDoorman, pool_config: PoolConfig, mode: str
 ) -> None:
     users = [
-        {"username": "alias", "password": md5_verifier("alias_pass", "alias"), "server_username": "app",
-         "server_password": "app_pass"},
-        {"username": "alias2", "password": "alias2_plain", "server_username": "app2",
-         "server_password": "app2_pass"},
+        {
+            "username": "alias",
+            "password": md5_verifier("alias_pass", "alias"),
+            "server_username": "app",
+            "server_password": "app_pass",
+        },
+        {"username": "alias2", "password": "alias2_plain", "server_username": "app2", "server_password": "app2_pass"},
     ]
     proc = doorman(pool_config(pg_scram, users, pool_mode=mode, pool_size=2))
     assert who(proc, "alias", "alias_pass") == ("app", "app")
@@ -394,30 +488,34 @@ def test_explicit_server_credentials_on_scram_cluster(
 def test_explicit_server_credentials_on_md5_cluster(
     pg_md5: TempPostgres, doorman: StartDoorman, pool_config: PoolConfig
 ) -> None:
-    users = [{"username": "alias", "password": "", "server_username": "app2", "server_password": "app2_pass"}]
+    users = [{"username": "alias", "password": "alias_pass", "server_username": "app2", "server_password": "app2_pass"}]
     proc = doorman(pool_config(pg_md5, users, pool_size=1))
-    assert who(proc, "alias", None) == ("app2", "app2")
+    assert who(proc, "alias", "alias_pass") == ("app2", "app2")
 
 
 def test_trust_cluster_without_credentials(
     pg_trust: TempPostgres, doorman: StartDoorman, pool_config: PoolConfig
 ) -> None:
-    proc = doorman(pool_config(pg_trust, [{"username": "app", "password": ""}, {"username": "app2", "password": ""}]))
-    assert who(proc, "app", None) == ("app", "app")
-    assert who(proc, "app2", None) == ("app2", "app2")
-    assert asyncpg_login(proc.port, "app2", "") == "app2"
+    """The client passwords are pg_doorman's own (PostgreSQL knows other ones): the trusted cluster never asks."""
+    users = [{"username": name, "password": md5_verifier(f"{name}_doorman", name)} for name in ("app", "app2")]
+    proc = doorman(pool_config(pg_trust, users))
+    assert who(proc, "app", "app_doorman") == ("app", "app")
+    assert who(proc, "app2", "app2_doorman") == ("app2", "app2")
+    assert asyncpg_login(proc.port, "app2", "app2_doorman") == "app2"
 
 
 def test_wrong_server_password_reaches_client_as_28p01(
     pg_hashed: TempPostgres, doorman: StartDoorman, pool_config: PoolConfig
 ) -> None:
-    users = [{"username": "alias", "password": "", "server_username": "app", "server_password": "not_app_pass"}]
+    users = [
+        {"username": "alias", "password": "alias_pass", "server_username": "app", "server_password": "not_app_pass"}
+    ]
     proc = doorman(pool_config(pg_hashed, users, pool_size=2, connect_timeout="3s"))
     started = time.monotonic()
-    assert asyncpg_sqlstate(proc.port, "alias", "") == "28P01"
-    message = psycopg_login_error(proc, "alias", None)
+    assert asyncpg_sqlstate(proc.port, "alias", "alias_pass") == "28P01"
+    message = psycopg_login_error(proc, "alias", "alias_pass")
     assert 'password authentication failed for user "app"' in message
-    fields = first_error(proc.port, {"user": "alias", "database": "appdb"})
+    fields = login_error(proc.port, "alias", "alias_pass")
     assert fields["C"] == "28P01"
     assert time.monotonic() - started < 10
     # pg_doorman itself is still fine: another pool of the same process works.
@@ -427,13 +525,13 @@ def test_wrong_server_password_does_not_affect_other_pools(
     pg_scram: TempPostgres, doorman: StartDoorman, pool_config: PoolConfig
 ) -> None:
     users = [
-        {"username": "bad", "password": "", "server_username": "app", "server_password": "nope"},
-        {"username": "good", "password": "", "server_username": "app", "server_password": "app_pass"},
+        {"username": "bad", "password": "bad_pass", "server_username": "app", "server_password": "nope"},
+        {"username": "good", "password": "good_pass", "server_username": "app", "server_password": "app_pass"},
     ]
     proc = doorman(pool_config(pg_scram, users, pool_size=1))
     for _ in range(3):
-        assert asyncpg_sqlstate(proc.port, "bad", "") == "28P01"
-        assert who(proc, "good", None) == ("app", "app")
+        assert asyncpg_sqlstate(proc.port, "bad", "bad_pass") == "28P01"
+        assert who(proc, "good", "good_pass") == ("app", "app")
 
 
 @pytest.mark.parametrize(
@@ -466,7 +564,7 @@ def test_non_ascii_passwords_both_sides(
 
 @pytest.fixture
 def admin_doorman(pg_trust: TempPostgres, doorman: StartDoorman, pool_config: PoolConfig) -> Any:
-    return doorman(pool_config(pg_trust, [{"username": "app", "password": ""}]))
+    return doorman(pool_config(pg_trust, ["app"]))
 
 
 def test_admin_login_uses_md5_and_queries_answer(admin_doorman: Any) -> None:
@@ -517,4 +615,32 @@ def test_admin_wrong_password_or_user_is_28p01(admin_doorman: Any) -> None:
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(dsn, connect_timeout=10)
     # A normal pool client is unaffected by admin failures.
-    assert who(admin_doorman, "app", None) == ("app", "app")
+    assert who(admin_doorman, "app", "app_pass") == ("app", "app")
+
+
+def test_admin_database_challenges_every_user_name_alike(admin_doorman: Any) -> None:
+    """Only the admin name used to get a password challenge, so the admin name could be found by probing. Now
+    every name gets md5 with a fresh salt and fails the same way with a wrong password."""
+    errors = {}
+    salts = set()
+    for user, database in [
+        ("admin", "pgdoorman"),
+        ("app", "pgdoorman"),
+        ("nosuchuser", "pgdoorman"),
+        ("admin2", "pgbouncer"),
+        ("app", "pgbouncer"),
+    ]:
+        with Wire(admin_doorman.port) as wire:
+            wire.send(startup_packet({"user": user, "database": database}))
+            kind, body = wire.read_message()
+            assert (kind, len(body), body[:4]) == (b"R", 8, struct.pack("!i", 5))
+            salts.add(body[4:8])
+            wrong_md5_answer(wire, body[4:8])
+            kind, body = wire.read_message()
+            assert kind == b"E"
+            fields = error_map(body)
+            errors[user, database] = (fields["S"], fields["C"], fields["M"].replace(user, "U"))
+            assert wire.closed_by_peer()
+    assert len(set(errors.values())) == 1, errors
+    assert errors["app", "pgdoorman"] == ("FATAL", "28P01", 'password authentication failed for user "U"')
+    assert len(salts) == 5

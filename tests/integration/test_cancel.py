@@ -23,7 +23,7 @@ import asyncpg
 import psycopg
 import pytest
 from psycopg import errors
-from wire_client import RawWire, error_map, query, startup_packet
+from wire_client import RawWire, error_map, md5_verifier, query, startup_packet
 
 from pg_doorman.devcluster import TempPostgres
 
@@ -34,19 +34,19 @@ HOST = "127.0.0.1"
 IO_TIMEOUT = 10.0
 CANCEL_CODE = 80877102
 QUICK = 5.0  # a canceled pg_sleep(30) must end well within this
+PASSWORDS = {"app": "app_pass", "app2": "app2_pass"}
 
 
 # ---------------------------------------------------------------- helpers
 
 
 class RawClient(RawWire):
-    """A trusted raw-protocol client that remembers the BackendKeyData pg_doorman gave it."""
+    """A raw-protocol client (md5 login) that remembers the BackendKeyData pg_doorman gave it."""
 
     def __init__(self, port: int, user: str = "app") -> None:
         super().__init__(port, IO_TIMEOUT, HOST)
         self.port = port
-        self.send(startup_packet({"user": user, "database": "appdb"}))
-        msgs = self.read_until(b"Z")
+        msgs = self.login({"user": user, "database": "appdb"}, PASSWORDS[user])
         keys = [body for kind, body in msgs if kind == b"K"]
         assert len(keys) == 1, msgs
         self.pid, self.secret = struct.unpack("!ii", keys[0])
@@ -107,7 +107,7 @@ def pool_executor() -> Any:
 def make_doorman(
     cluster: TempPostgres, doorman: StartDoorman, pool_config: PoolConfig, mode: str = "transaction", size: int = 4
 ) -> Any:
-    users = [{"username": "app", "password": ""}, {"username": "app2", "password": ""}]
+    users = [{"username": name, "password": md5_verifier(PASSWORDS[name], name)} for name in ("app", "app2")]
     return doorman(pool_config(cluster, users, pool_mode=mode, pool_size=size))
 
 
@@ -122,7 +122,7 @@ def test_psycopg_cancel(
 ) -> None:
     proc = make_doorman(pg_trust, doorman, pool_config, mode)
     tag = f"psycopg_{method}_{mode}"
-    with psycopg.connect(proc.dsn(password=""), autocommit=True, connect_timeout=10) as conn:
+    with psycopg.connect(proc.dsn(), autocommit=True, connect_timeout=10) as conn:
         before = conn.execute("select pg_backend_pid()").fetchone()
         running: Future[Any] = pool_executor.submit(
             lambda: timed(lambda: conn.execute(f"select pg_sleep(30) /* {tag} */"))
@@ -149,7 +149,7 @@ def test_psycopg_cancel_inside_transaction(
 ) -> None:
     proc = make_doorman(pg_trust, doorman, pool_config, "transaction", size=1)
     tag = "cancel_in_tx"
-    with psycopg.connect(proc.dsn(password=""), connect_timeout=10) as conn:
+    with psycopg.connect(proc.dsn(), connect_timeout=10) as conn:
         conn.execute("create temp table if not exists t (x int)")  # opens a transaction
         running = pool_executor.submit(lambda: conn.execute(f"select pg_sleep(30) /* {tag} */"))
         wait_active(pg_trust, tag)
@@ -161,7 +161,7 @@ def test_psycopg_cancel_inside_transaction(
         assert conn.execute("select 1").fetchone() == (1,)
         conn.commit()
     # Another client gets a clean server afterwards (pool_size 1).
-    with psycopg.connect(proc.dsn(user="app", password=""), autocommit=True, connect_timeout=10) as other:
+    with psycopg.connect(proc.dsn(user="app"), autocommit=True, connect_timeout=10) as other:
         assert other.execute("select 2").fetchone() == (2,)
         assert other.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
 
@@ -319,7 +319,7 @@ def test_cancel_is_honoured_at_max_connections(
     pg_trust: TempPostgres, doorman: StartDoorman, pool_config: PoolConfig
 ) -> None:
     """With every client slot taken, a CancelRequest (its own short connection) still gets through."""
-    users = [{"username": "app", "password": ""}]
+    users = [{"username": "app", "password": md5_verifier("app_pass", "app")}]
     proc = doorman(pool_config(pg_trust, users, pool_size=2, general={"max_connections": 2}))
     a, b = RawClient(proc.port), RawClient(proc.port)
     try:
@@ -348,7 +348,9 @@ def test_asyncpg_timeout_cancels_and_connection_survives(
     proc = make_doorman(pg_trust, doorman, pool_config, "session")
 
     async def scenario() -> None:
-        conn = await asyncpg.connect(host=HOST, port=proc.port, user="app", database="appdb", ssl=False, timeout=10)
+        conn = await asyncpg.connect(
+            host=HOST, port=proc.port, user="app", password="app_pass", database="appdb", ssl=False, timeout=10
+        )
         try:
             started = time.monotonic()
             with pytest.raises(asyncio.TimeoutError):
@@ -364,7 +366,7 @@ def test_asyncpg_timeout_cancels_and_connection_survives(
 
 def test_psql_sigint_cancels(pg_trust: TempPostgres, doorman: StartDoorman, pool_config: PoolConfig) -> None:
     proc = make_doorman(pg_trust, doorman, pool_config)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")} | {"PGPASSWORD": "app_pass"}
     psql = subprocess.Popen(
         ["psql", "-X", "-h", HOST, "-p", str(proc.port), "-U", "app", "-d", "appdb",
          "-c", "select pg_sleep(30) /* psql_sigint */"],
@@ -383,5 +385,5 @@ def test_psql_sigint_cancels(pg_trust: TempPostgres, doorman: StartDoorman, pool
             psql.kill()
             psql.wait()
     assert not active_queries(pg_trust, "psql_sigint")
-    with psycopg.connect(proc.dsn(password=""), connect_timeout=10) as conn:
+    with psycopg.connect(proc.dsn(), connect_timeout=10) as conn:
         assert conn.execute("select 1").fetchone() == (1,)

@@ -71,12 +71,6 @@ def table(pg_trust: TempPostgres) -> Iterator[str]:
     pg_trust.psql(f"DROP TABLE IF EXISTS {name}", db="appdb")
 
 
-@pytest.fixture
-def single(doorman: StartDoorman, pool_config: MakePoolConfig, pg_trust: TempPostgres) -> Any:
-    """pg_doorman in transaction mode with one server connection for user ``app``."""
-    return doorman(pool_config(pg_trust, pool_size=1))
-
-
 # ---------------------------------------- session state does not leak
 
 
@@ -128,6 +122,27 @@ def test_state_set_inside_a_committed_transaction_is_reset(single: Any, pg_trust
         assert_no_foreign_statement(b, "p")
         assert b.execute("select * from pg_listening_channels()").fetchall() == []
         assert b.execute("select name from pg_cursors").fetchall() == []
+
+
+@pytest.fixture
+def member_role(pg_trust: TempPostgres) -> Iterator[str]:
+    """A fresh role that ``app`` is a member of (so ``app`` may ``SET ROLE`` to it); dropped afterwards."""
+    name = f"hyg_role_{uuid.uuid4().hex[:8]}"
+    pg_trust.psql(f"CREATE ROLE {name}; GRANT {name} TO app;", db="appdb")
+    yield name
+    pg_trust.psql(f"DROP ROLE IF EXISTS {name}", db="appdb")
+
+
+@pytest.mark.parametrize("how", ["SET ROLE {role}", "SET SESSION ROLE {role}", "BEGIN; SET ROLE {role}; COMMIT"])
+def test_set_role_does_not_reach_the_next_client(single: Any, member_role: str, how: str) -> None:
+    """RESET ALL leaves ``role`` and ``session_authorization`` alone: the next client would run as another role
+    (with its privileges). The cleanup resets them with SET SESSION AUTHORIZATION DEFAULT."""
+    with connect(single) as a, connect(single) as b:
+        pid = scalar(a, "select pg_backend_pid()")
+        a.execute(how.format(role=member_role))
+        assert scalar(b, "select pg_backend_pid()") == pid
+        assert scalar(b, "select current_user") == "app"
+        assert scalar(a, "select current_user") == "app"
 
 
 def test_cleanup_disabled_leaves_state_behind(

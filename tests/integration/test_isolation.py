@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -76,12 +77,6 @@ def direct_target(cluster: TempPostgres) -> Target:
 
 def pooled_target(proc: Any) -> Target:
     return Target("pg_doorman", proc.port, PASSWORD)
-
-
-@pytest.fixture
-def single(doorman: StartDoorman, pool_config: MakePoolConfig, pg_trust: TempPostgres) -> Any:
-    """pg_doorman in transaction mode with one server connection for user ``app``."""
-    return doorman(pool_config(pg_trust, pool_size=1))
 
 
 @pytest.fixture
@@ -345,6 +340,44 @@ def test_session_mode_backend_key_data_is_the_servers(
         assert len(keys) == 1
         pid = struct.unpack("!i", keys[0].body[:4])[0]
         assert rows(client.simple_query("select pg_backend_pid()")) == [[str(pid)]]
+
+
+def test_session_mode_cancel_and_terminate_by_the_given_pid(
+    doorman: StartDoorman, pool_config: MakePoolConfig, pg_trust: TempPostgres
+) -> None:
+    """Tools that act on the pid a session was given behave as on a direct connection: a cancel (libpq's, with
+    pg_doorman's secret) stops the running query, and pg_terminate_backend() on that pid ends that session."""
+    proc = doorman(pool_config(pg_trust, pool_size=2, pool_mode="session"))
+    with pooled_target(proc).psycopg() as a, pooled_target(proc).psycopg() as b:
+        pid = a.info.backend_pid
+        assert scalar(a, "select pg_backend_pid()") == pid
+        timer = threading.Timer(0.5, a.cancel)
+        timer.start()
+        try:
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                a.execute("select pg_sleep(20)")
+        finally:
+            timer.cancel()
+        assert scalar(a, "select 1") == 1  # the session goes on after the cancel
+        assert scalar(b, f"select pg_terminate_backend({pid})") is True
+        with pytest.raises(psycopg.OperationalError):
+            a.execute("select 1")
+
+
+def test_session_mode_login_waits_for_a_free_server(
+    doorman: StartDoorman, pool_config: MakePoolConfig, pg_trust: TempPostgres
+) -> None:
+    """A session-mode client gets its server at login: with the pool busy, its login waits for one (and is
+    refused with 53300 after query_wait_timeout), as its first query used to."""
+    proc = doorman(pool_config(pg_trust, pool_size=1, pool_mode="session", general={"query_wait_timeout": 1000}))
+    target = pooled_target(proc)
+    with target.psycopg() as a:
+        assert scalar(a, "select 1") == 1
+        with pytest.raises(psycopg.OperationalError) as refused:
+            target.psycopg()
+        assert "53300" in str(refused.value) or "query_wait_timeout" in str(refused.value)
+    with target.psycopg() as c:  # A is gone: its server is free again
+        assert scalar(c, "select 1") == 1
 
 
 # ---------------------------------------- session mode: protocol-level statements of the previous client

@@ -24,6 +24,7 @@ import asyncpg
 import psycopg
 import pytest
 from psycopg import errors as pg_errors
+from wire_client import md5_password_message, md5_verifier, startup_packet
 
 from pg_doorman.devcluster import TempPostgres
 
@@ -502,20 +503,21 @@ def test_large_result_streamed_to_slow_psycopg_reader(
 class RawClient:
     """A minimal protocol-3 client on a raw socket, so the test decides exactly how fast bytes are read."""
 
-    def __init__(self, host: str, port: int, user: str, db: str, rcvbuf: int = 64 * 1024) -> None:
+    def __init__(self, host: str, port: int, user: str, db: str, password: str, rcvbuf: int = 64 * 1024) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(30)
         self.sock.connect((host, port))
         self.buf = bytearray()
-        body = struct.pack("!I", 196608) + b"user\0" + user.encode() + b"\0database\0" + db.encode() + b"\0\0"
-        self.sock.sendall(struct.pack("!I", len(body) + 4) + body)
+        self.sock.sendall(startup_packet({"user": user, "database": db}))
         while True:
             kind, payload = self.read_message()
             if kind == ord("E"):
                 raise AssertionError(f"login failed: {payload!r}")
-            if kind == ord("R"):
-                assert struct.unpack("!I", payload[:4])[0] == 0, "this raw client only supports trust"
+            if kind == ord("R") and struct.unpack("!I", payload[:4])[0] == 5:
+                self.sock.sendall(md5_password_message(password, user, payload[4:8]))
+            elif kind == ord("R"):
+                assert struct.unpack("!I", payload[:4])[0] == 0, "this raw client only supports md5"
             if kind == ord("Z"):
                 break
 
@@ -549,12 +551,13 @@ class RawClient:
 def test_backpressure_bounds_memory_with_slow_reader(
     pg_trust: TempPostgres, doorman: StartDoorman, pool_config: PoolConfig
 ) -> None:
-    # Empty password for the client side and trust on the server: the raw client needs no auth code.
-    config = pool_config(pg_trust, users=[{"username": "app", "password": ""}], pool_size=1)
+    # An md5 password for the client side (the raw client answers it) and trust on the server.
+    users = [{"username": "app", "password": md5_verifier("app_pass", "app")}]
+    config = pool_config(pg_trust, users=users, pool_size=1)
     proc = doorman(config)
-    client = RawClient(proc.host, proc.port, "app", "appdb")
+    client = RawClient(proc.host, proc.port, "app", "appdb", password="app_pass")
     rows, width = 200_000, 1000  # ~200 MB of DataRow payload
-    with proc.connect(user="app", password="") as warm:  # load code paths before the baseline
+    with proc.connect(user="app") as warm:  # load code paths before the baseline
         warm.execute("SELECT repeat('x', 1000) FROM generate_series(1, 2000)").fetchall()
     baseline = rss_kib(proc.pid)
     peak = baseline

@@ -23,13 +23,13 @@ def replan_pool(pg_trust: TempPostgres, doorman: StartDoorman, pool_config: Pool
         "DROP TABLE IF EXISTS replan_t; CREATE TABLE replan_t (a int); INSERT INTO replan_t VALUES (1)", db="appdb"
     )
     pg_trust.psql("GRANT ALL ON replan_t TO app", db="appdb")
-    proc = doorman(pool_config(pg_trust, [{"username": "app", "password": ""}], pool_size=1))
+    proc = doorman(pool_config(pg_trust, ["app"], pool_size=1))
     yield proc
     pg_trust.psql("DROP TABLE IF EXISTS replan_t", db="appdb")
 
 
 def test_select_star_after_add_column_is_retried(replan_pool: Any, pg_trust: TempPostgres) -> None:
-    with psycopg.connect(replan_pool.dsn(password=""), autocommit=True, prepare_threshold=0) as conn:
+    with psycopg.connect(replan_pool.dsn(), autocommit=True, prepare_threshold=0) as conn:
         assert conn.execute("select * from replan_t").fetchall() == [(1,)]
         pg_trust.psql("ALTER TABLE replan_t ADD COLUMN b int DEFAULT 7", db="appdb")
         cur = conn.execute("select * from replan_t")
@@ -41,7 +41,7 @@ def test_select_star_after_add_column_is_retried(replan_pool: Any, pg_trust: Tem
 
 
 def test_inside_a_transaction_the_error_is_postgresqls(replan_pool: Any, pg_trust: TempPostgres) -> None:
-    with psycopg.connect(replan_pool.dsn(password=""), prepare_threshold=0) as conn:
+    with psycopg.connect(replan_pool.dsn(), prepare_threshold=0) as conn:
         assert conn.execute("select * from replan_t").fetchall() == [(1,)]
         conn.commit()
         conn.execute("select 1")  # opens a transaction
@@ -63,7 +63,9 @@ def test_asyncpg_statement_cache_after_add_column(replan_pool: Any, pg_trust: Te
     import asyncpg
 
     async def run() -> None:
-        conn = await asyncpg.connect(host=replan_pool.host, port=replan_pool.port, user="app", database="appdb")
+        conn = await asyncpg.connect(
+            host=replan_pool.host, port=replan_pool.port, user="app", password="app_pass", database="appdb"
+        )
         try:
             assert [tuple(r) for r in await conn.fetch("select * from replan_t")] == [(1,)]
             pg_trust.psql("ALTER TABLE replan_t ADD COLUMN d int DEFAULT 9", db="appdb")

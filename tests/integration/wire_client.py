@@ -52,6 +52,17 @@ def startup_packet(params: dict[str, str], version: int = PROTOCOL_3_0) -> bytes
     return struct.pack("!i", len(body) + 4) + body
 
 
+def md5_verifier(password: str, user: str) -> str:
+    """What PostgreSQL stores for an md5 password (``"md5" + md5(password + user)``), for test configs."""
+    return "md5" + hashlib.md5(password.encode() + user.encode()).hexdigest()
+
+
+def md5_password_message(password: str, user: str, salt: bytes) -> bytes:
+    """The PasswordMessage that answers AuthenticationMD5Password: ``"md5" + md5(md5(password + user) + salt)``."""
+    inner = md5_verifier(password, user)[3:]
+    return frame(b"p", _cstr("md5" + hashlib.md5(inner.encode() + salt).hexdigest()))
+
+
 def query(sql: str | bytes) -> bytes:
     return frame(b"Q", _cstr(sql))
 
@@ -306,6 +317,33 @@ class RawWire:
             msg = self.read_message()
             out.append(msg)
             if msg[0] == kind:
+                return out
+
+    def login(
+        self,
+        params: dict[str, str],
+        password: str | None = None,
+        *,
+        version: int = PROTOCOL_3_0,
+        pipelined: bytes = b"",
+    ) -> list[tuple[bytes, bytes]]:
+        """Start up with ``params`` and answer an md5 challenge with ``password``; return the messages up to
+        ReadyForQuery (or the first ErrorResponse), without the challenge itself. ``pipelined`` is sent right
+        behind the last login message (the password answer, or the StartupMessage when none is asked for)."""
+        packet = startup_packet(params, version)
+        if password is None:
+            self.send(packet + pipelined)
+        else:
+            self.send(packet)
+        out = []
+        while True:
+            kind, body = self.read_message()
+            if kind == b"R" and struct.unpack_from("!i", body)[0] == 5:
+                assert password is not None, "pg_doorman asked for a password and the test gave none"
+                self.send(md5_password_message(password, params["user"], body[4:8]) + pipelined)
+                continue
+            out.append((kind, body))
+            if kind in (b"Z", b"E"):
                 return out
 
     def closed_by_peer(self, timeout: float) -> bool:

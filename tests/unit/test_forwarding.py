@@ -42,6 +42,15 @@ class RecordingTransport:
     def abort(self) -> None:
         self.closed = True
 
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.closed = True  # what a client is sent last (Connection.close_after_error): closed for these tests
+
 
 def make_pair(
     tmp_path: Path, tracked: bool, client_class: type[ClientConnection] = ClientConnection
@@ -52,13 +61,13 @@ def make_pair(
         "pools: {db: {users: [{username: u, password: '', pool_size: 1}]}}\n" % ("true" if tracked else "false")
     )
     app = Application(load_config(path))
-    pool = app.pools[("db", "u")]
+    pool = app.registry.pools[("db", "u")]
     server = ServerConnection(pool)
     server.set_transport(RecordingTransport())  # type: ignore[arg-type]
     server.state = codes.SERVER_IDLE
     pool.servers.add(server)
     pool.idle.append(server)
-    client = client_class(app)
+    client = client_class(app.context)
     client.set_transport(RecordingTransport())  # type: ignore[arg-type]
     client.pool = pool
     client.state = codes.CLIENT_IDLE

@@ -22,7 +22,7 @@ def make_pool(tmp_path: Path, general: str = "") -> Pool:
         "general: {admin_username: a, admin_password: b, " + general + "}\n"
         "pools: {db: {users: [{username: u, password: '', pool_size: 3}]}}\n"
     )
-    return Application(load_config(path)).pools[("db", "u")]
+    return Application(load_config(path)).registry.pools[("db", "u")]
 
 
 def add_idle_server(pool: Pool) -> ServerConnection:

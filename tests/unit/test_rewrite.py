@@ -61,7 +61,7 @@ def app(tmp_path: Path) -> Application:
 
 @pytest.fixture
 def pool(app: Application) -> Any:
-    return app.pools[("db", "u")]
+    return app.registry.pools[("db", "u")]
 
 
 def new_server(pool: Any) -> ServerConnection:
@@ -458,7 +458,7 @@ def test_sql_statements_of_the_previous_client_are_closed_at_checkout(app: Appli
     assert a.query(messages.query("PREPARE leak AS SELECT 'secret'"), server, out)
     complete(server)
     server.statements.sql_prepare_completed()
-    b = ClientConnection(app)
+    b = ClientConnection(app.context)
     b.track_statements()
     server.transport.data.clear()  # type: ignore[union-attr]
     server.state = codes.SERVER_IDLE
@@ -538,7 +538,7 @@ def test_statements_parsed_before_an_unreported_setting_is_adopted_are_retired(
     transaction ends): statements this lending parsed under it were keyed without it. Only settings statements
     are keyed by count: a SET statement_timeout in every transaction must not make the cache churn."""
     server = new_server(pool)
-    client = ClientConnection(app)
+    client = ClientConnection(app.context)
     client.pool = pool
     client.transaction_mode = False  # no release at the end of the capture: only its bookkeeping is looked at
     client.track_statements()

@@ -21,6 +21,8 @@ from pg_doorman.sessionhints import session_hints
         ("SELECT SET_CONFIG('x.y', '1', false)", codes.HINT_SET_CONFIG),
         ("SELECT pg_advisory_lock(1)", codes.HINT_ADVISORY),
         ("select PG_ADVISORY_LOCK(1), set_config('a.b', '', false)", codes.HINT_ADVISORY | codes.HINT_SET_CONFIG),
+        ("CREATE TEMP TABLE t AS SELECT 1", codes.HINT_TEMP),
+        ("select 1 into temporary t", codes.HINT_TEMP),
     ],
 )
 def test_session_hints(sql: str, hints: int) -> None:

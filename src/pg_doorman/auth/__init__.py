@@ -1,7 +1,8 @@
 """Authentication: the password math (MD5, SCRAM-SHA-256, SASLprep) for both sides of the pooler.
 
-Everything here is sans-I/O: pure functions and small state machines over bytes. The connection code
-decides which method to run, feeds in message bodies and sends back what these return.
+Everything here is sans-I/O: pure functions and small state machines over bytes. `policy.choose_method` decides
+which method a client gets, `client_login.ClientLogin` runs that exchange and `backend.ServerLogin` logs in to
+PostgreSQL; the connection code only feeds in message bodies and sends back what these return.
 """
 
 from __future__ import annotations

@@ -52,6 +52,11 @@ _GENERAL: tuple[_Key, ...] = (
         format_duration(_D.query_wait_timeout),
         "How long a client may wait for a free server connection before it gets an error.",
     ),
+    _Key(
+        "client_login_timeout",
+        format_duration(_D.client_login_timeout),
+        "A client must finish startup and authentication within this time, or it is disconnected; 0 = no limit.",
+    ),
     _Key("idle_timeout", format_duration(_D.idle_timeout), "Close server connections idle this long; 0 = never."),
     _Key("server_lifetime", format_duration(_D.server_lifetime), "Close server connections this old; 0 = never."),
     _Key(
@@ -109,6 +114,16 @@ _GENERAL: tuple[_Key, ...] = (
     _Key("log_client_connections", _D.log_client_connections, "Log every client connection."),
     _Key("log_client_disconnections", _D.log_client_disconnections, "Log every client disconnection."),
     _Key("application_name", _D.application_name, "application_name sent to PostgreSQL (pools may override)."),
+    _Key(
+        "server_reset_query",
+        _D.server_reset_query,
+        "Run when a session-mode client leaves its server (as in PgBouncer); '' = none. Pools may override.",
+    ),
+    _Key(
+        "server_reset_query_always",
+        _D.server_reset_query_always,
+        "Also run server_reset_query after every transaction in transaction mode.",
+    ),
     _Key("worker_threads", _D.worker_threads, "Accepted for compatibility with the original pg_doorman."),
     _Key(
         "startup_parameters",
@@ -150,6 +165,7 @@ _POOL: tuple[_Key, ...] = (
         True,
         "Reset session state (RESET ALL, DEALLOCATE ALL...) when a client leaves a dirty server connection.",
     ),
+    _Key("server_reset_query", "DISCARD ALL", "Override of general.server_reset_query.", commented_out=True),
     _Key("application_name", "mydb_pool", "Override of general.application_name.", commented_out=True),
     _Key("prepared_statements_cache_size", 4096, "Override of the general setting.", commented_out=True),
     _Key("server_prepared_statements_cache_size", 1024, "Override of the general setting.", commented_out=True),

@@ -104,6 +104,19 @@ def _startup_parameters_size(parameters: dict[str, str]) -> int:
     return sum(len(name.encode()) + len(value.encode()) + 2 for name, value in parameters.items())
 
 
+def _reset_query(section: Section) -> str | None:
+    """``server_reset_query``: SQL sent as one Query message (so no NUL); "" means no reset query."""
+    value = section.optional_string("server_reset_query")
+    if value is not None and "\0" in value:
+        section.error("server_reset_query", "must not contain NUL bytes")
+        return None
+    return value
+
+
+def _first_set(value: str | None, default: str) -> str:
+    return default if value is None else value
+
+
 def _existing_file(section: Section, key: str) -> str | None:
     """A path setting, resolved against the directory of the file that set it and checked to exist."""
     value = section.optional_string(key, allow_empty=False)
@@ -166,6 +179,7 @@ def _read_general(root: Section) -> General:
         max_connections=s.integer("max_connections", 8192, minimum=1),
         connect_timeout=s.duration("connect_timeout", 3.0),
         query_wait_timeout=s.duration("query_wait_timeout", 5.0),
+        client_login_timeout=s.duration("client_login_timeout", 60.0),
         idle_timeout=s.duration("idle_timeout", 600.0),
         server_lifetime=s.duration("server_lifetime", 1200.0),
         retain_connections_time=s.duration("retain_connections_time", 30.0),
@@ -191,6 +205,8 @@ def _read_general(root: Section) -> General:
         log_client_connections=s.boolean("log_client_connections", True),
         log_client_disconnections=s.boolean("log_client_disconnections", True),
         application_name=s.string("application_name", "pg_doorman"),
+        server_reset_query=_first_set(_reset_query(s), "DISCARD ALL"),
+        server_reset_query_always=s.boolean("server_reset_query_always", False),
         worker_threads=s.integer("worker_threads", 1, minimum=1),
         startup_parameters=_startup_parameters(s),
         tls_certificate=_existing_file(s, "tls_certificate"),
@@ -327,6 +343,8 @@ def _read_pool(name: str, s: Section, general: General) -> PoolConfig:
         idle_timeout=s.optional_duration("idle_timeout"),
         server_lifetime=s.optional_duration("server_lifetime"),
         cleanup_server_connections=s.boolean("cleanup_server_connections", True),
+        server_reset_query=_reset_query(s),
+        server_reset_query_always=s.optional_boolean("server_reset_query_always"),
         application_name=s.optional_string("application_name"),
         prepared_statements_cache_size=s.optional_integer("prepared_statements_cache_size"),
         server_prepared_statements_cache_size=s.optional_integer("server_prepared_statements_cache_size"),

@@ -132,13 +132,16 @@ class Section:
             return None
         return self.optional_integer(key, minimum=minimum, maximum=maximum)
 
-    def boolean(self, key: str, default: bool) -> bool:
+    def optional_boolean(self, key: str) -> bool | None:
         def convert(value: object) -> bool:
             if not isinstance(value, bool):
                 raise ValueError(f"expected true or false, got {describe(value)}")
             return value
 
-        value = self._convert(key, convert)
+        return self._convert(key, convert)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.optional_boolean(key)
         return default if value is None else value
 
     def optional_duration(self, key: str) -> float | None:

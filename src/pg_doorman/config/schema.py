@@ -99,6 +99,7 @@ class General:
     max_connections: int = 8192
     connect_timeout: float = 3.0
     query_wait_timeout: float = 5.0
+    client_login_timeout: float = 60.0
     idle_timeout: float = 600.0
     server_lifetime: float = 1200.0
     retain_connections_time: float = 30.0
@@ -124,6 +125,8 @@ class General:
     log_client_connections: bool = True
     log_client_disconnections: bool = True
     application_name: str = "pg_doorman"
+    server_reset_query: str = "DISCARD ALL"
+    server_reset_query_always: bool = False
     worker_threads: int = 1
     startup_parameters: dict[str, str] = field(default_factory=dict)
     tls_certificate: str | None = None
@@ -176,6 +179,8 @@ class PoolConfig:
     idle_timeout: float | None = None
     server_lifetime: float | None = None
     cleanup_server_connections: bool = True
+    server_reset_query: str | None = None
+    server_reset_query_always: bool | None = None
     application_name: str | None = None
     prepared_statements_cache_size: int | None = None
     server_prepared_statements_cache_size: int | None = None
@@ -211,6 +216,8 @@ class PoolSettings:
     query_wait_timeout: float
     server_idle_check_timeout: float
     cleanup_server_connections: bool
+    server_reset_query: str  # "" = none; run at release in session mode (or always, see reset.py)
+    server_reset_query_always: bool
     application_name: str
     prepared_statements: bool  # effective: False in session mode, where no remapping is needed
     prepared_statements_cache_size: int
@@ -281,6 +288,8 @@ def _resolve(general: General, pool: PoolConfig, user: UserConfig) -> PoolSettin
         query_wait_timeout=general.query_wait_timeout,
         server_idle_check_timeout=general.server_idle_check_timeout,
         cleanup_server_connections=pool.cleanup_server_connections,
+        server_reset_query=_first(pool.server_reset_query, general.server_reset_query),
+        server_reset_query_always=_first(pool.server_reset_query_always, general.server_reset_query_always),
         application_name=_first(user.application_name, pool.application_name, general.application_name),
         prepared_statements=general.prepared_statements and pool_mode == "transaction",
         prepared_statements_cache_size=cache_size,

@@ -19,6 +19,7 @@ cdef class Pool(Lender):
     cdef public object registry
     cdef public object default_params
     cdef public object scram_client_key
+    cdef public dict spelling
     cdef public object _params_future
     cdef public dict _param_tokens
     cdef public object _last_connect_error

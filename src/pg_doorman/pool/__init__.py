@@ -49,6 +49,9 @@ class Pool(Lender):
         self.registry = StatementRegistry(settings.prepared_statements_cache_size)
         self.default_params: dict[str, str] | None = None
         self.scram_client_key: bytes | None = None
+        # How PostgreSQL spells a reported parameter value a client sent (("client_encoding", "euc-jp") ->
+        # "EUC_JP"), learnt from the servers' ParameterStatus: a client is told its parameters in that spelling.
+        self.spelling: dict[tuple[str, str], str] = {}
         self._params_future: asyncio.Future[dict[str, str]] | None = None
         self._param_tokens: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
         self._last_connect_error: PoolerError | None = None

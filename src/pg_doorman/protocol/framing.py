@@ -68,6 +68,26 @@ class MessageBuffer:
             if pos:
                 del buf[:pos]
 
+    def next_message(self, limit: int) -> tuple[int, bytes] | None:
+        """Take one complete ``(type, body)`` message, or None while it is incomplete.
+
+        A declared length over ``limit`` (or under 4) is refused from the header alone, before its body is
+        waited for, with PostgreSQL's 08P01 "invalid message length": before authentication nobody may make the
+        pooler hold more than a small message.
+        """
+        buf = self._buf
+        if len(buf) < 5:
+            return None
+        length = int.from_bytes(buf[1:5], "big")
+        if length < 4 or length > limit:
+            raise ProtocolViolation("invalid message length")
+        if len(buf) < 1 + length:
+            return None
+        kind = buf[0]
+        body = bytes(buf[5 : 1 + length])
+        del buf[: 1 + length]
+        return kind, body
+
     def startup_packet(self) -> bytes | None:
         """Take one untyped startup-phase packet (length-prefixed, no type byte) if complete."""
         buf = self._buf

@@ -1,0 +1,215 @@
+"""Which pool serves a (database, user), and which client a CancelRequest is for (PgBouncer's objects.c).
+
+`PoolRegistry` is the one owner of both maps, so nothing else holds a pool or a cancel key by its own lookup:
+
+- **Pools.** `reload` builds them from the configuration: a pool whose settings did not change is kept (with its
+  servers, waiters and statement cache), a changed one is replaced by a new pool (the SCRAM ClientKey learnt at a
+  client login carries over), a removed one is retired. The waiters of a replaced or removed pool move to its
+  successor or are told the pool is gone; its busy servers close when their clients give them back.
+  `pool_for` is the only question clients ask; the 100 ms tick and the 1 s maintenance visit every pool through
+  `tick` and `maintain`.
+- **Cancel keys.** Every logged-in client is registered under the (process id, secret) pair its BackendKeyData
+  told it. The pair is the key, not the process id alone: pg_doorman's random ids and the real backend ids that
+  session-mode clients are given come from different sources (and several PostgreSQL hosts), so two live
+  clients may share a process id. A lookup compares secrets in constant time; a registration is refused only on
+  an exact (pid, secret) clash, and then a fresh secret is drawn.
+
+No I/O of its own (what a reload sets off, idle servers of retired pools closing and stranded waiters told so, is
+the pools' and clients' doing): unit-tested without sockets (tests/unit/test_registry.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+from pg_doorman.client import pool_removed
+from pg_doorman.pool import Pool
+
+if TYPE_CHECKING:
+    from pg_doorman.client import ClientConnection
+    from pg_doorman.config import PoolSettings
+
+log = logging.getLogger("pg_doorman.registry")
+
+CancelKey = tuple[int, int]
+"""A BackendKeyData (process id, secret), as PostgreSQL sends them: two int32."""
+
+
+def new_cancel_key(randbits: Callable[[int], int] = secrets.randbits) -> CancelKey:
+    """A random BackendKeyData (process id, secret) for a client.
+
+    The process id is random and positive: sequential ids would tell anyone how many clients connected and let
+    a cancel be aimed at a neighbour's id. The secret is a full random 32 bits sent as PostgreSQL's signed int32.
+    ``randbits`` is replaceable for tests.
+    """
+    return _random_pid(randbits), _random_secret(randbits)
+
+
+def _random_pid(randbits: Callable[[int], int]) -> int:
+    pid = 0
+    while not pid:
+        pid = randbits(31)
+    return pid
+
+
+def _random_secret(randbits: Callable[[int], int]) -> int:
+    secret = randbits(32)
+    return secret - (1 << 32) if secret >= 1 << 31 else secret
+
+
+def _uint32(value: int) -> int:
+    """An int32 sent signed or unsigned, as one number (a CancelRequest carries what BackendKeyData sent)."""
+    return value & 0xFFFFFFFF
+
+
+class PoolRegistry:
+    """The pools of one pg_doorman process, by (database, user), and its clients by cancel key."""
+
+    __slots__ = ("_cancel_keys", "_randbits", "databases", "pools", "user_passwords")
+
+    def __init__(self, randbits: Callable[[int], int] = secrets.randbits) -> None:
+        self.pools: dict[tuple[str, str], Pool] = {}
+        self.databases: frozenset[str] = frozenset()
+        # The configured password of every user name, from the first pool that defines it: a client asking for a
+        # database it has no pool in is still challenged against it (see ClientConnection._authenticate).
+        self.user_passwords: dict[str, str] = {}
+        # uint32 process id -> [(secret as 4 bytes, client)]: almost always one entry (see the module docstring).
+        self._cancel_keys: dict[int, list[tuple[bytes, ClientConnection]]] = {}
+        self._randbits = randbits
+
+    # ------------------------------------------------------------------ pools
+
+    def reload(self, all_settings: Iterable[PoolSettings]) -> None:
+        """Make the pools those of ``all_settings`` (`Config.all_pool_settings()`): keep, replace or retire."""
+        all_settings = list(all_settings)
+        old = self.pools
+        new: dict[tuple[str, str], Pool] = {}
+        for settings in all_settings:
+            key = (settings.database, settings.username)
+            existing = old.get(key)
+            if existing is not None and existing.settings == settings:
+                new[key] = existing
+            else:
+                new[key] = self._create(settings, existing)
+        for key, pool in old.items():
+            if new.get(key) is not pool:
+                pool.retire()
+                self._move_waiters(pool, new.get(key))
+        self.pools = new
+        self.databases = frozenset(db for db, _ in new)
+        passwords: dict[str, str] = {}
+        for settings in all_settings:
+            passwords.setdefault(settings.username, settings.password)
+        self.user_passwords = passwords
+
+    @staticmethod
+    def _create(settings: PoolSettings, predecessor: Pool | None) -> Pool:
+        """A new pool; one that replaces ``predecessor`` keeps the SCRAM ClientKey a client login gave it."""
+        pool = Pool(settings)
+        if predecessor is not None:
+            pool.scram_client_key = predecessor.scram_client_key
+        return pool
+
+    @staticmethod
+    def _move_waiters(retired: Pool, successor: Pool | None) -> None:
+        """Clients waiting on a pool a reload replaced wait on its successor (a retired pool opens nothing)."""
+        waiters = list(retired.waiters)
+        retired.waiters.clear()
+        for client in waiters:
+            if not client.waiting:
+                continue
+            if successor is None:
+                client.checkout_failed(pool_removed())
+                continue
+            client.move_to_pool(successor)
+            successor.enqueue(client)
+
+    def pool_for(self, database: str, user: str) -> Pool | None:
+        """The pool that serves ``user`` in ``database``, or None.
+
+        Every pool comes from the configuration today, so this only finds. Hook point for pools created at login
+        (auth_query: a user the configuration does not list, whose password PostgreSQL is asked for): the login
+        looks the password up first (that awaits), then asks here; when no pool is found and the database allows
+        it, this is where the user's pool is built (with `_create`), added to ``pools`` and returned. Callers
+        already treat every answer as possibly new, and `reload` must then decide what becomes of such pools.
+        """
+        return self.pools.get((database, user))
+
+    def has_database(self, database: str) -> bool:
+        """Whether some pool serves ``database`` (for the error a client without a pool in it gets)."""
+        return database in self.databases
+
+    def __len__(self) -> int:
+        return len(self.pools)
+
+    def tick(self, now: float) -> None:
+        """Every 100 ms: the pools' clocks, and query_wait_timeout for waiting clients (no timer per wait)."""
+        for pool in list(self.pools.values()):
+            pool.tick(now)
+
+    def maintain(self, now: float) -> None:
+        """Every second: idle_timeout, server_lifetime and min_pool_size; one failing pool stops no other."""
+        for pool in list(self.pools.values()):
+            try:
+                pool.maintain(now)
+            except Exception:
+                log.exception("maintenance of pool %s failed", pool.name)
+
+    # ------------------------------------------------------------ cancel keys
+
+    def register_cancel_key(self, client: ClientConnection, pid: int = 0) -> CancelKey:
+        """Register ``client`` under a new cancel key and return it (to send in BackendKeyData and keep as the
+        client's ``pid``/``secret``).
+
+        The process id is ``pid`` when given (session mode: the backend lent to the client for good, so that
+        pg_backend_pid() and NOTIFY's sender match what the client was told), else a random one; the secret is
+        always pg_doorman's own random 32 bits. Only an exact (pid, secret) clash with a live client is refused:
+        the secret (and a random pid) is drawn again.
+        """
+        randbits = self._randbits
+        while True:
+            key = (pid or _random_pid(randbits), _random_secret(randbits))
+            if self._holder(*key) is None:
+                break
+        self._cancel_keys.setdefault(_uint32(key[0]), []).append((_uint32(key[1]).to_bytes(4, "big"), client))
+        return key
+
+    def cancel_target(self, pid: int, secret: int) -> ClientConnection | None:
+        """The client a CancelRequest with this key is for, or None.
+
+        All 32 bits of the secret count, compared in constant time: the process id alone is no proof (it is sent
+        in clear to every client and, even when random, guessable one connection at a time).
+        """
+        return self._holder(pid, secret)
+
+    def _holder(self, pid: int, secret: int) -> ClientConnection | None:
+        entries = self._cancel_keys.get(_uint32(pid))
+        if entries is None:
+            return None
+        wanted = _uint32(secret).to_bytes(4, "big")
+        found = None
+        for stored, client in entries:  # every entry compared: which one matched takes no different time
+            if secrets.compare_digest(stored, wanted):
+                found = client
+        return found
+
+    def forget_cancel_key(self, client: ClientConnection) -> None:
+        """A client closed: its key (the ``pid``/``secret`` it was registered under) no longer cancels."""
+        if not client.pid:
+            return
+        pid = _uint32(client.pid)
+        entries = self._cancel_keys.get(pid)
+        if entries is None:
+            return
+        kept = [entry for entry in entries if entry[1] is not client]
+        if not kept:
+            del self._cancel_keys[pid]
+        elif len(kept) != len(entries):
+            self._cancel_keys[pid] = kept
+
+    def cancel_key_count(self) -> int:
+        """How many clients a CancelRequest can reach (for tests and the admin console)."""
+        return sum(len(entries) for entries in self._cancel_keys.values())
