@@ -1,7 +1,7 @@
 # Cython declarations for prepared.py (used only by the optional compiled build, see setup.py); the .py file
 # runs unchanged without them.
 
-from pg_doorman cimport codes
+from pg_doorman cimport codes, sessionhints
 
 
 cdef class Expect
@@ -10,6 +10,7 @@ cdef class Expect
 cdef class Statement:
     cdef public Expect bind_expect
     cdef public Expect describe_expect
+    cdef public int hints
     cdef public bytes name
     cdef public bytes parse_message
     cdef public bytes query

@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pg_doorman import codes
+from pg_doorman import codes, sessionhints
 from pg_doorman.protocol import messages
 
 # What completes an expected response (codes used by the response queue in server.py).
@@ -90,12 +90,14 @@ class Statement:
 
     ``scope`` is one more part of the key, for statements whose meaning depends on the client beyond its settings
     (``EXECUTE name`` depends on the client's own ``PREPARE name``: the scope is that PREPARE's text).
-    ``sql_command`` is what `parse_sql_statement_command` recognises in the text (worked out once, here).
+    ``sql_command`` is what `parse_sql_statement_command` recognises in the text, ``hints`` the session changes
+    no command tag reports that the text suggests (sessionhints.py): both worked out once, here.
     """
 
     __slots__ = (
         "bind_expect",
         "describe_expect",
+        "hints",
         "name",
         "parse_message",
         "query",
@@ -117,6 +119,7 @@ class Statement:
         self.stale = False
         self.parse_message = messages.message(b"P", name + b"\x00" + query + b"\x00" + types)
         self.sql_command = parse_sql_statement_command(query) if _MAYBE_SQL_COMMAND.match(query) else None
+        self.hints = sessionhints.session_hints(query, 0, len(query))
         # What a Bind or a Describe of this statement owes. Such entries are never modified once queued, so one
         # of each per statement serves every request (no allocation per Bind).
         self.bind_expect = Expect(codes.BIND, stmt=self)

@@ -238,6 +238,8 @@ class StatementRewriter:
             ensure_prepared(bound, server, out)
             out.append(rebuild_with_name(b"B", body, start, end, bound.name))
             ledger.owe(expect)
+            if bound.hints:  # its text may change the session where no command tag tells (set_config, locks)
+                server.note_session_hints(bound.hints)
         elif kind == 68:  # 'D' Describe of a statement (the frame walk passes portals on)
             if body[-1:] != b"\x00":
                 raise ValueError("Describe without a terminated name")

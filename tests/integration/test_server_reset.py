@@ -312,22 +312,7 @@ def test_advisory_lock_found_by_the_check_closes_the_server(single: Any, pg_trus
     assert "left session-level advisory lock behind" in single.log_text()
 
 
-# sessionhints.py looks at the text of Query messages, and of Parse messages in the untracked forwarding loop.
-_PARSE_NOT_HINTED = pytest.mark.xfail(
-    reason="advisory-lock text in a Parse is not hinted when prepared statements are remapped "
-    "(client _forward_tracked), nor at a later Bind of the statement",
-    strict=True,
-)
-
-
-@pytest.mark.parametrize(
-    "protocol",
-    [
-        "simple",
-        pytest.param("extended", marks=_PARSE_NOT_HINTED),
-        pytest.param("prepared_rebind", marks=_PARSE_NOT_HINTED),
-    ],
-)
+@pytest.mark.parametrize("protocol", ["simple", "extended", "prepared_rebind"])
 def test_advisory_lock_left_behind_closes_the_server(single: Any, pg_trust: TempPostgres, protocol: str) -> None:
     """A session-level advisory lock outlives the transaction; lent on, the server would hold it for a stranger.
 

@@ -567,3 +567,18 @@ def test_long_names_are_one_statement_when_their_first_63_bytes_agree(server: Se
     owed(server)
     sent = send(rewriter, server, bind(long_b), describe(long_b))
     assert server_name in sent[0][1] and server_name in sent[1][1]
+
+
+def test_a_bound_statement_tells_the_server_what_its_text_suggests(server: ServerConnection) -> None:
+    """set_config() or an advisory lock in a statement's text (found once per pool statement): each Bind that
+    runs it arms the server's read-back of settings or its check for leftovers, also when the Parse was answered
+    locally long before (sessionhints.py)."""
+    rewriter = StatementRewriter()
+    send(rewriter, server, parse(b"lock", b"select pg_advisory_lock($1)"), parse(b"plain", b"select $1"))
+    assert not server.check_leftovers  # nothing ran yet
+    send(rewriter, server, bind(b"plain"))
+    assert not server.check_leftovers and not server.capture_due
+    send(rewriter, server, bind(b"lock"))
+    assert server.check_leftovers
+    send(rewriter, server, parse(b"", b"select set_config('x.y', $1, false)"), bind(b""))
+    assert server.capture_due
