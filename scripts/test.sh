@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up, lint (ruff), type-check (mypy, src/) and run the whole pytest suite (unit + integration), once with
+# Set up, lint (ruff check and ruff format --check), type-check (mypy, src/) and run the whole pytest suite (unit + integration), once with
 # the compiled hot path and once as pure Python.
 # Extra arguments go to pytest.  The exit code is pytest's; "no tests collected" (5) counts as failure.
 # Lint and type errors fail the run too (STRICT_LINT=0 only reports them, for quick local iterations).
@@ -11,6 +11,8 @@ bash scripts/setup.sh || exit 1
 lint_failed=0
 echo "== ruff check"
 .venv/bin/ruff check src tests bench || lint_failed=1
+echo "== ruff format --check"
+.venv/bin/ruff format --check src tests bench || lint_failed=1
 echo "== mypy (src)"
 .venv/bin/mypy || lint_failed=1
 

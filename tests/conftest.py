@@ -453,4 +453,3 @@ def single(doorman: StartDoorman, pg_trust: TempPostgres) -> DoormanProcess:
     """pg_doorman in front of ``pg_trust`` in transaction mode with one server connection for user ``app``:
     every client of the pool is served by the same backend, so whatever one leaves behind, the next one meets."""
     return doorman(make_pool_config(pg_trust, pool_size=1))
-

@@ -22,8 +22,7 @@ DEFAULT_CONFIG = "pg_doorman.yaml"
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -48,13 +47,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pg_doorman", description="PostgreSQL connection pooler (transaction and session pooling)."
     )
-    parser.add_argument("config", nargs="?", default=os.environ.get("CONFIG_FILE", DEFAULT_CONFIG),
-                        help=f"configuration file, YAML or TOML by extension (default {DEFAULT_CONFIG})")
+    parser.add_argument(
+        "config",
+        nargs="?",
+        default=os.environ.get("CONFIG_FILE", DEFAULT_CONFIG),
+        help=f"configuration file, YAML or TOML by extension (default {DEFAULT_CONFIG})",
+    )
     parser.add_argument("-t", "--test-config", action="store_true", help="validate the configuration and exit")
-    parser.add_argument("-l", "--log-level", default=os.environ.get("LOG_LEVEL", "info"),
-                        choices=["error", "warning", "warn", "info", "debug"], type=str.lower)
-    parser.add_argument("--log-format", "-F", default=os.environ.get("LOG_FORMAT", "text"),
-                        choices=["text", "json"])
+    parser.add_argument(
+        "-l",
+        "--log-level",
+        default=os.environ.get("LOG_LEVEL", "info"),
+        choices=["error", "warning", "warn", "info", "debug"],
+        type=str.lower,
+    )
+    parser.add_argument("--log-format", "-F", default=os.environ.get("LOG_FORMAT", "text"), choices=["text", "json"])
     parser.add_argument("-V", "--version", action="version", version=f"pg_doorman {__version__}")
     return parser
 

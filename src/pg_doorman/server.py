@@ -291,9 +291,7 @@ class ServerConnection(Connection):
         self.state = codes.SERVER_CLOSED
         waiter = self._login_waiter
         if waiter is not None and not waiter.done():
-            waiter.set_exception(
-                exc or PoolerError(CONNECTION_FAILURE, "server closed the connection during login")
-            )
+            waiter.set_exception(exc or PoolerError(CONNECTION_FAILURE, "server closed the connection during login"))
         self.pool.forget(self, previous)
         client = self.client
         self.client = None
@@ -664,9 +662,7 @@ class ServerConnection(Connection):
                 # (unless ON COMMIT DROP). Rare enough to pay for a look at release.
                 self.check_leftovers = True
 
-    def _parse_settings_changed(
-        self, before: tuple[tuple[str, str], ...], after: tuple[tuple[str, str], ...]
-    ) -> bool:
+    def _parse_settings_changed(self, before: tuple[tuple[str, str], ...], after: tuple[tuple[str, str], ...]) -> bool:
         """Whether two parameter tokens differ in a setting statements are keyed by (prepared.PARSE_SETTINGS)."""
         registry = self.pool.registry
         return bool(registry.settings_key(before) != registry.settings_key(after))

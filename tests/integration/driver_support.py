@@ -36,8 +36,10 @@ def direct(cluster: TempPostgres) -> psycopg.Connection[Any]:
 def create_table(cluster: TempPostgres, prefix: str) -> str:
     name = table_name(prefix)
     with direct(cluster) as conn:
-        conn.execute(f"CREATE TABLE {name} (client int NOT NULL, seq int NOT NULL, val bigint NOT NULL, "
-                     "PRIMARY KEY (client, seq))")
+        conn.execute(
+            f"CREATE TABLE {name} (client int NOT NULL, seq int NOT NULL, val bigint NOT NULL, "
+            "PRIMARY KEY (client, seq))"
+        )
     return name
 
 

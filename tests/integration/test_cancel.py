@@ -77,8 +77,7 @@ def send_cancel(port: int, pid: int, secret: int) -> None:
 def active_queries(cluster: TempPostgres, tag: str) -> list[int]:
     """PIDs of backends currently running a query containing ``tag``."""
     out = cluster.psql(
-        "select pid from pg_stat_activity where state = 'active' and pid <> pg_backend_pid() "
-        f"and query like '%{tag}%'"
+        f"select pid from pg_stat_activity where state = 'active' and pid <> pg_backend_pid() and query like '%{tag}%'"
     )
     return [int(line) for line in out.splitlines() if line]
 
@@ -117,8 +116,12 @@ def make_doorman(
 @pytest.mark.parametrize("mode", ["transaction", "session"])
 @pytest.mark.parametrize("method", ["cancel_safe", "cancel"])
 def test_psycopg_cancel(
-    pg_trust: TempPostgres, doorman: StartDoorman, pool_config: PoolConfig, pool_executor: ThreadPoolExecutor,
-    mode: str, method: str,
+    pg_trust: TempPostgres,
+    doorman: StartDoorman,
+    pool_config: PoolConfig,
+    pool_executor: ThreadPoolExecutor,
+    mode: str,
+    method: str,
 ) -> None:
     proc = make_doorman(pg_trust, doorman, pool_config, mode)
     tag = f"psycopg_{method}_{mode}"
@@ -368,9 +371,24 @@ def test_psql_sigint_cancels(pg_trust: TempPostgres, doorman: StartDoorman, pool
     proc = make_doorman(pg_trust, doorman, pool_config)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")} | {"PGPASSWORD": "app_pass"}
     psql = subprocess.Popen(
-        ["psql", "-X", "-h", HOST, "-p", str(proc.port), "-U", "app", "-d", "appdb",
-         "-c", "select pg_sleep(30) /* psql_sigint */"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            "psql",
+            "-X",
+            "-h",
+            HOST,
+            "-p",
+            str(proc.port),
+            "-U",
+            "app",
+            "-d",
+            "appdb",
+            "-c",
+            "select pg_sleep(30) /* psql_sigint */",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         wait_active(pg_trust, "psql_sigint")

@@ -54,7 +54,6 @@ JDBC_JARS = (
 )
 
 
-
 # ---------------------------------------------------------------- helpers
 
 
@@ -75,8 +74,9 @@ def check_summary(summary: dict[str, Any], *, clients: int, pool_size: int) -> N
     assert summary["multiServerClients"] >= clients // 2, summary
 
 
-def run_program(argv: list[str], *, cwd: Path, env_extra: dict[str, str] | None = None,
-                timeout: float = 150) -> dict[str, Any]:
+def run_program(
+    argv: list[str], *, cwd: Path, env_extra: dict[str, str] | None = None, timeout: float = 150
+) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env.update(env_extra or {})
     proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
@@ -98,20 +98,33 @@ def node_programs() -> Path:
     npm = shutil.which("npm")
     assert node and npm, "node and npm are needed for these tests: run scripts/setup.sh"
     if not all((NODE_DIR / "node_modules" / pkg / "package.json").exists() for pkg in ("pg", "postgres")):
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_DIR, check=True,
-                       timeout=300)
+        subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=NODE_DIR, check=True, timeout=300
+        )
     return NODE_DIR
 
 
 def node_config(proc: Any, table: str, clients: int, iterations: int, **extra: Any) -> dict[str, str]:
-    cfg = {"host": proc.host, "port": proc.port, "user": USER, "password": PASSWORD, "database": DB,
-           "table": table, "clients": clients, "iterations": iterations, **extra}
+    cfg = {
+        "host": proc.host,
+        "port": proc.port,
+        "user": USER,
+        "password": PASSWORD,
+        "database": DB,
+        "table": table,
+        "clients": clients,
+        "iterations": iterations,
+        **extra,
+    }
     return {"DRIVER_TEST_CONFIG": json.dumps(cfg)}
 
 
 @pytest.mark.parametrize("server_cache", [None, 2], ids=["default_cache", "server_cache_2"])
 def test_node_postgres_named_queries(
-    server_cache: int | None, node_programs: Path, pg_trust: TempPostgres, doorman: StartDoorman,
+    server_cache: int | None,
+    node_programs: Path,
+    pg_trust: TempPostgres,
+    doorman: StartDoorman,
     pool_config: PoolConfig,
 ) -> None:
     pool_size, clients, iterations = 3, 30, 40
@@ -119,8 +132,9 @@ def test_node_postgres_named_queries(
     proc = doorman(pool(pool_config, pg_trust, pool_size, server_cache))
     window = LogWindow(pg_trust)
 
-    summary = run_program(["node", "pg_named.js"], cwd=node_programs,
-                          env_extra=node_config(proc, table, clients, iterations))
+    summary = run_program(
+        ["node", "pg_named.js"], cwd=node_programs, env_extra=node_config(proc, table, clients, iterations)
+    )
 
     check_summary(summary, clients=clients, pool_size=pool_size)
     want_rows = clients * iterations
@@ -138,7 +152,10 @@ def test_node_postgres_named_queries(
 
 @pytest.mark.parametrize("server_cache", [None, 2], ids=["default_cache", "server_cache_2"])
 def test_postgresjs_pipelined_prepared(
-    server_cache: int | None, node_programs: Path, pg_trust: TempPostgres, doorman: StartDoorman,
+    server_cache: int | None,
+    node_programs: Path,
+    pg_trust: TempPostgres,
+    doorman: StartDoorman,
     pool_config: PoolConfig,
 ) -> None:
     pool_size, clients, rounds = 4, 25, 20
@@ -146,8 +163,11 @@ def test_postgresjs_pipelined_prepared(
     proc = doorman(pool(pool_config, pg_trust, pool_size, server_cache))
     window = LogWindow(pg_trust)
 
-    summary = run_program(["node", "postgresjs_pipeline.js"], cwd=node_programs,
-                          env_extra=node_config(proc, table, clients, rounds, fanout=12))
+    summary = run_program(
+        ["node", "postgresjs_pipeline.js"],
+        cwd=node_programs,
+        env_extra=node_config(proc, table, clients, rounds, fanout=12),
+    )
 
     check_summary(summary, clients=clients, pool_size=pool_size)
     want_rows = clients * rounds * 4
@@ -172,14 +192,21 @@ def java_program(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     jar = next((p for p in JDBC_JARS if p.exists()), None)
     assert jar is not None, f"no pgJDBC jar at {' or '.join(map(str, JDBC_JARS))}: run scripts/setup.sh"
     out = tmp_path_factory.mktemp("java")
-    subprocess.run([javac, "-d", str(out), "-cp", str(jar), str(JAVA_DIR / "DriverTest.java")], check=True,
-                   timeout=120, capture_output=True)
+    subprocess.run(
+        [javac, "-d", str(out), "-cp", str(jar), str(JAVA_DIR / "DriverTest.java")],
+        check=True,
+        timeout=120,
+        capture_output=True,
+    )
     return str(jar), out
 
 
 @pytest.mark.parametrize("server_cache", [None, 2], ids=["default_cache", "server_cache_2"])
 def test_pgjdbc_prepare_threshold_1_batches(
-    server_cache: int | None, java_program: tuple[str, Path], pg_trust: TempPostgres, doorman: StartDoorman,
+    server_cache: int | None,
+    java_program: tuple[str, Path],
+    pg_trust: TempPostgres,
+    doorman: StartDoorman,
     pool_config: PoolConfig,
 ) -> None:
     jar, classes = java_program
@@ -190,8 +217,18 @@ def test_pgjdbc_prepare_threshold_1_batches(
     url = f"jdbc:postgresql://{proc.host}:{proc.port}/{DB}?prepareThreshold=1&connectTimeout=20&socketTimeout=120"
 
     summary = run_program(
-        ["java", "-cp", f"{jar}{os.pathsep}{classes}", "DriverTest", url, USER, PASSWORD, table, str(clients),
-         str(iterations)],
+        [
+            "java",
+            "-cp",
+            f"{jar}{os.pathsep}{classes}",
+            "DriverTest",
+            url,
+            USER,
+            PASSWORD,
+            table,
+            str(clients),
+            str(iterations),
+        ],
         cwd=classes,
     )
 

@@ -64,8 +64,9 @@ CACHE_VARIANTS = ["default", "server_cache_2", "small_client_cache"]
 # ---------------------------------------------------------------- helpers
 
 
-def start_pool(doorman: StartDoorman, pool_config: PoolConfig, cluster: TempPostgres, pool_size: int,
-               variant: str = "default") -> Any:
+def start_pool(
+    doorman: StartDoorman, pool_config: PoolConfig, cluster: TempPostgres, pool_size: int, variant: str = "default"
+) -> Any:
     extra: dict[str, Any] = {}
     if variant == "server_cache_2":
         extra["server_prepared_statements_cache_size"] = 2
@@ -123,8 +124,9 @@ async def asyncpg_client(dsn: str, c: int, table: str, iterations: int, cache_si
             batch = [(c, i * 10 + k, c + i + k) for k in range(i % 4 + 1)]
             async with conn.transaction():
                 await conn.executemany(f"INSERT INTO {table} (client, seq, val) VALUES ($1, $2, $3)", batch)
-                row = await conn.fetchrow(f"SELECT count(*) AS n, coalesce(sum(val), 0) AS s FROM {table} "
-                                          "WHERE client = $1", c)
+                row = await conn.fetchrow(
+                    f"SELECT count(*) AS n, coalesce(sum(val), 0) AS s FROM {table} WHERE client = $1", c
+                )
                 want = (rows + len(batch), total + sum(b[2] for b in batch))
                 assert row is not None and (row["n"], row["s"]) == want, (c, i, row, want)
                 row = await adder.fetchrow(1, 2, "tx")
@@ -135,8 +137,9 @@ async def asyncpg_client(dsn: str, c: int, table: str, iterations: int, cache_si
                 # An error inside a transaction, rollback, then the same statements keep working.
                 with pytest.raises(asyncpg.DivisionByZeroError):
                     async with conn.transaction():
-                        await conn.execute(f"INSERT INTO {table} (client, seq, val) VALUES ($1, $2, $3)",
-                                           c, 100000 + i, 10**6)
+                        await conn.execute(
+                            f"INSERT INTO {table} (client, seq, val) VALUES ($1, $2, $3)", c, 100000 + i, 10**6
+                        )
                         await conn.fetchval("SELECT 100 / $1::int", 0)
                 rollbacks += 1
                 assert await conn.fetchval("SELECT 100 / $1::int", 4) == 25
@@ -144,8 +147,10 @@ async def asyncpg_client(dsn: str, c: int, table: str, iterations: int, cache_si
             if i % 6 == 3:
                 # A cursor: a named portal fetched in chunks (Execute with a row limit, PortalSuspended).
                 async with conn.transaction():
-                    seen = [r["g"] async for r in conn.cursor(
-                        "SELECT g FROM generate_series(1, $1::int) AS g", 35, prefetch=8)]
+                    seen = [
+                        r["g"]
+                        async for r in conn.cursor("SELECT g FROM generate_series(1, $1::int) AS g", 35, prefetch=8)
+                    ]
                 assert seen == list(range(1, 36)), (c, i)
     finally:
         await conn.close(timeout=10)
@@ -165,8 +170,7 @@ def test_asyncpg_statement_cache_executemany_prepare(
     dsn = f"postgresql://{USER}:{PASSWORD}@{proc.host}:{proc.port}/{DB}"
 
     async def main() -> list[dict[str, Any]]:
-        return await asyncio.gather(*(asyncpg_client(dsn, c, table, iterations, cache_size)
-                                      for c in range(clients)))
+        return await asyncio.gather(*(asyncpg_client(dsn, c, table, iterations, cache_size) for c in range(clients)))
 
     results = asyncio.run(main())
 
@@ -376,8 +380,10 @@ def create_orm_tables(cluster: TempPostgres, base: Any) -> None:
 
 def orm_totals(cluster: TempPostgres, parent_table: str, child_table: str) -> tuple[int, int, int]:
     with direct(cluster) as conn:
-        row = conn.execute(f"SELECT (SELECT count(*) FROM {parent_table}), (SELECT count(*) FROM {child_table}), "
-                           f"(SELECT coalesce(sum(value), 0) FROM {child_table})").fetchone()
+        row = conn.execute(
+            f"SELECT (SELECT count(*) FROM {parent_table}), (SELECT count(*) FROM {child_table}), "
+            f"(SELECT coalesce(sum(value), 0) FROM {child_table})"
+        ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1]), int(row[2])
 
@@ -418,19 +424,27 @@ def test_sqlalchemy_asyncpg_orm_selectinload(
         failures = 0
         async with sessions() as session:
             for r in range(rounds):
-                parent = parent_cls(worker=w, name=f"w{w}-r{r}",
-                                    children=[child_cls(value=w * 1000 + r * 10 + k) for k in range(r % 4 + 1)])
+                parent = parent_cls(
+                    worker=w,
+                    name=f"w{w}-r{r}",
+                    children=[child_cls(value=w * 1000 + r * 10 + k) for k in range(r % 4 + 1)],
+                )
                 session.add(parent)
                 await session.flush()  # INSERT ... RETURNING for the parent, then the children
-                await session.execute(update(child_cls).where(child_cls.parent_id == parent.id)
-                                      .values(value=child_cls.value + 1))
+                await session.execute(
+                    update(child_cls).where(child_cls.parent_id == parent.id).values(value=child_cls.value + 1)
+                )
                 pid = (await session.execute(text("SELECT pg_backend_pid()"))).scalar_one()
                 pids[w].add(pid)
                 await session.commit()
                 session.expunge_all()
 
-                result = await session.execute(select(parent_cls).where(parent_cls.worker == w)
-                                               .options(selectinload(parent_cls.children)).order_by(parent_cls.id))
+                result = await session.execute(
+                    select(parent_cls)
+                    .where(parent_cls.worker == w)
+                    .options(selectinload(parent_cls.children))
+                    .order_by(parent_cls.id)
+                )
                 orm_check(list(result.scalars()), w, r)
                 await session.commit()
 
@@ -447,8 +461,9 @@ def test_sqlalchemy_asyncpg_orm_selectinload(
         return failures
 
     async def main() -> list[int]:
-        engine = create_async_engine(f"postgresql+asyncpg://{USER}:{PASSWORD}@{proc.host}:{proc.port}/{DB}",
-                                     pool_size=workers, max_overflow=0)
+        engine = create_async_engine(
+            f"postgresql+asyncpg://{USER}:{PASSWORD}@{proc.host}:{proc.port}/{DB}", pool_size=workers, max_overflow=0
+        )
         try:
             sessions = async_sessionmaker(engine, expire_on_commit=False)
             return await asyncio.gather(*(worker(sessions, w) for w in range(workers)))
@@ -481,8 +496,12 @@ def test_sqlalchemy_psycopg_orm_selectinload(
     # prepare_threshold=0: every statement is a named one from its first use. (With the default of 5 hardly
     # any would be: SQLAlchemy's pool rolls back each connection it gets back, and psycopg forgets and
     # deallocates all its statements at every rollback -- which it then does here, through the pooler.)
-    engine = create_engine(f"postgresql+psycopg://{USER}:{PASSWORD}@{proc.host}:{proc.port}/{DB}",
-                           pool_size=workers, max_overflow=0, connect_args={"prepare_threshold": 0})
+    engine = create_engine(
+        f"postgresql+psycopg://{USER}:{PASSWORD}@{proc.host}:{proc.port}/{DB}",
+        pool_size=workers,
+        max_overflow=0,
+        connect_args={"prepare_threshold": 0},
+    )
     sessions = sessionmaker(engine, expire_on_commit=False)
     prepared_seen = threading.Event()
 
@@ -491,18 +510,26 @@ def test_sqlalchemy_psycopg_orm_selectinload(
         session: Session
         with sessions() as session:
             for r in range(rounds):
-                parent = parent_cls(worker=w, name=f"w{w}-r{r}",
-                                    children=[child_cls(value=w * 1000 + r * 10 + k) for k in range(r % 4 + 1)])
+                parent = parent_cls(
+                    worker=w,
+                    name=f"w{w}-r{r}",
+                    children=[child_cls(value=w * 1000 + r * 10 + k) for k in range(r % 4 + 1)],
+                )
                 session.add(parent)
                 session.flush()
-                session.execute(update(child_cls).where(child_cls.parent_id == parent.id)
-                                .values(value=child_cls.value + 1))
+                session.execute(
+                    update(child_cls).where(child_cls.parent_id == parent.id).values(value=child_cls.value + 1)
+                )
                 pids[w].add(session.execute(text("SELECT pg_backend_pid()")).scalar_one())
                 session.commit()
                 session.expunge_all()
 
-                result = session.execute(select(parent_cls).where(parent_cls.worker == w)
-                                         .options(selectinload(parent_cls.children)).order_by(parent_cls.id))
+                result = session.execute(
+                    select(parent_cls)
+                    .where(parent_cls.worker == w)
+                    .options(selectinload(parent_cls.children))
+                    .order_by(parent_cls.id)
+                )
                 orm_check(list(result.scalars()), w, r)
                 dbapi_conn = session.connection().connection.dbapi_connection
                 assert dbapi_conn is not None
@@ -589,8 +616,10 @@ def test_pgbench_prepared(
     pool_size, clients, per_client = 2, 20, 100
     table = table_name("pgbench")
     with direct(pg_trust) as conn:
-        conn.execute(f"CREATE TABLE {table} (id bigserial PRIMARY KEY, client int NOT NULL, val int NOT NULL, "
-                     "triple int NOT NULL)")
+        conn.execute(
+            f"CREATE TABLE {table} (id bigserial PRIMARY KEY, client int NOT NULL, val int NOT NULL, "
+            "triple int NOT NULL)"
+        )
     proc = start_pool(doorman, pool_config, pg_trust, pool_size, variant)
     window = LogWindow(pg_trust)
     script_a = tmp_path / "a.sql"
@@ -604,9 +633,29 @@ def test_pgbench_prepared(
     # with any transaction pooler, broken only by query_wait_timeout).
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env.update(PGPASSWORD=PASSWORD, PGCONNECT_TIMEOUT="10", LC_ALL="C")
-    argv = [PGBENCH, "-h", proc.host, "-p", str(proc.port), "-U", USER, "-n", "-M", "prepared",
-            "-c", str(clients), "-j", str(clients), "-t", str(per_client),
-            "-f", f"{script_a}@1", "-f", f"{script_b}@1", DB]
+    argv = [
+        PGBENCH,
+        "-h",
+        proc.host,
+        "-p",
+        str(proc.port),
+        "-U",
+        USER,
+        "-n",
+        "-M",
+        "prepared",
+        "-c",
+        str(clients),
+        "-j",
+        str(clients),
+        "-t",
+        str(per_client),
+        "-f",
+        f"{script_a}@1",
+        "-f",
+        f"{script_b}@1",
+        DB,
+    ]
     out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=150, check=False, cwd=tmp_path)
     output = out.stdout + out.stderr
     assert out.returncode == 0, f"pgbench exited {out.returncode}:\n{output[-4000:]}"
@@ -615,8 +664,9 @@ def test_pgbench_prepared(
     assert (done, expected, failed) == (clients * per_client, clients * per_client, 0), output[-4000:]
 
     with direct(pg_trust) as conn:
-        row = conn.execute(f"SELECT count(*), count(DISTINCT client), count(*) FILTER (WHERE triple <> val * 3) "
-                           f"FROM {table}").fetchone()
+        row = conn.execute(
+            f"SELECT count(*), count(DISTINCT client), count(*) FILTER (WHERE triple <> val * 3) FROM {table}"
+        ).fetchone()
     assert row == (clients * per_client, clients, 0)
     assert server_backends(pg_trust) <= pool_size
     check_eviction(proc, variant)

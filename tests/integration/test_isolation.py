@@ -462,9 +462,7 @@ def test_set_config_does_not_reach_the_next_client(
         (r"-c application_name=back\\slash", "SELECT current_setting('application_name')"),
     ],
 )
-def test_startup_options_are_applied_as_postgresql_reads_them(
-    targets: list[Target], options: str, query: str
-) -> None:
+def test_startup_options_are_applied_as_postgresql_reads_them(targets: list[Target], options: str, query: str) -> None:
     """A client's startup settings are replayed on whichever server it lands on; the result must be the session
     PostgreSQL itself makes of the same startup packet (list settings stay lists, backslashes stay)."""
     seen = []
@@ -486,9 +484,7 @@ def test_set_follows_its_client_and_only_its_client(targets: list[Target]) -> No
             seen_by_b = b.execute("SELECT current_setting('statement_timeout'), current_setting('search_path')")
             b_row = seen_by_b.fetchone()
             a.execute("RESET search_path")
-            a_row = a.execute(
-                "SELECT current_setting('statement_timeout'), current_setting('search_path')"
-            ).fetchone()
+            a_row = a.execute("SELECT current_setting('statement_timeout'), current_setting('search_path')").fetchone()
             outcomes.append((a_row, b_row))
     assert outcomes[0] == outcomes[1], outcomes
     assert outcomes[1][0] == ("1234ms", '"$user", public')

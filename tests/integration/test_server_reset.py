@@ -25,6 +25,7 @@ MakePoolConfig = Callable[..., dict[str, Any]]
 
 DEFAULT_SEARCH_PATH = '"$user", public'
 
+
 def direct(cluster: TempPostgres) -> psycopg.Connection[Any]:
     """A direct superuser connection to ``appdb`` (no pooler), for checking what PostgreSQL really has."""
     return psycopg.connect(cluster.dsn(db="appdb"), autocommit=True, connect_timeout=10)

@@ -134,9 +134,7 @@ def seq(
     def register(fn: Callable[[Ctx], list[Step]]) -> Callable[[Ctx], list[Step]]:
         name = fn.__name__
         assert name not in SEQUENCES, name
-        SEQUENCES[name] = Sequence(
-            name, fn, setup, ignore_context, (fn.__doc__ or "").strip(), known_difference
-        )
+        SEQUENCES[name] = Sequence(name, fn, setup, ignore_context, (fn.__doc__ or "").strip(), known_difference)
         return fn
 
     return register
@@ -580,8 +578,13 @@ def same_text_different_parameter_types(c: Ctx) -> list[Step]:
 def unnamed_reparse_different_types(c: Ctx) -> list[Step]:
     return [
         step(
-            parse("", "select $1 as v", [23]), bind("", "", ["1"]), execute(),
-            parse("", "select $1 as v", [25]), bind("", "", ["1"]), execute(), sync(),
+            parse("", "select $1 as v", [23]),
+            bind("", "", ["1"]),
+            execute(),
+            parse("", "select $1 as v", [25]),
+            bind("", "", ["1"]),
+            execute(),
+            sync(),
         )
     ]
 
@@ -628,8 +631,12 @@ def describe_empty_query_extended(c: Ctx) -> list[Step]:
 def execute_row_limit_portal_suspended(c: Ctx) -> list[Step]:
     return [
         step(
-            parse("", "select g from generate_series(1, 5) g"), bind(),
-            execute("", 2), execute("", 2), execute("", 0), sync(),
+            parse("", "select g from generate_series(1, 5) g"),
+            bind(),
+            execute("", 2),
+            execute("", 2),
+            execute("", 0),
+            sync(),
         )
     ]
 
@@ -683,9 +690,14 @@ def pipeline_error_in_middle(c: Ctx) -> list[Step]:
 def pipeline_parse_error_in_middle_named(c: Ctx) -> list[Step]:
     return [
         step(
-            parse("s1", "select 1 as v"), bind("", "s1"), execute(),
-            parse("s2", "selec 2"), bind("", "s2"), execute(),
-            parse("s3", "select 3 as v"), sync(),
+            parse("s1", "select 1 as v"),
+            bind("", "s1"),
+            execute(),
+            parse("s2", "selec 2"),
+            bind("", "s2"),
+            execute(),
+            parse("s3", "select 3 as v"),
+            sync(),
         ),
         step(bind("", "s1"), execute(), sync()),
         step(bind("", "s2"), execute(), sync()),
@@ -1132,7 +1144,9 @@ def large_bind_parameter(c: Ctx) -> list[Step]:
     return [
         step(
             parse("s1", "select length($1::text) as n, md5($1::text) as h"),
-            bind("", "s1", ["z" * BIG]), execute(), sync(),
+            bind("", "s1", ["z" * BIG]),
+            execute(),
+            sync(),
         )
     ]
 
@@ -1147,7 +1161,10 @@ def binary_result_format(c: Ctx) -> list[Step]:
     return [
         step(
             parse("", "select 1::int4 as i, 'x'::text as t, 2.5::float8 as f"),
-            bind("", "", [], [], [1]), describe("P"), execute(), sync(),
+            bind("", "", [], [], [1]),
+            describe("P"),
+            execute(),
+            sync(),
         )
     ]
 
@@ -1157,7 +1174,10 @@ def mixed_result_formats(c: Ctx) -> list[Step]:
     return [
         step(
             parse("s1", "select 1::int4 as i, 'x'::text as t"),
-            bind("", "s1", [], [], [0, 1]), describe("P"), execute(), sync(),
+            bind("", "s1", [], [], [0, 1]),
+            describe("P"),
+            execute(),
+            sync(),
         )
     ]
 
@@ -1167,7 +1187,9 @@ def binary_parameters(c: Ctx) -> list[Step]:
     return [
         step(
             parse("", "select $1::int4 + 1 as a, $2::int8 * 2 as b"),
-            bind("", "", [struct.pack("!i", 41), struct.pack("!q", 21)], [1]), execute(), sync(),
+            bind("", "", [struct.pack("!i", 41), struct.pack("!q", 21)], [1]),
+            execute(),
+            sync(),
         )
     ]
 
@@ -1182,7 +1204,9 @@ def null_parameters(c: Ctx) -> list[Step]:
     return [
         step(
             parse("", "select $1::int is null as isnull, coalesce($2::text, 'dflt') as c"),
-            bind("", "", [None, None]), execute(), sync(),
+            bind("", "", [None, None]),
+            execute(),
+            sync(),
         )
     ]
 
@@ -1439,7 +1463,11 @@ def shared_doorman(
     with open(log_path, "wb") as log_file:
         popen = subprocess.Popen(
             [sys.executable, "-m", "pg_doorman", str(config_path), "-l", "debug"],
-            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=tmp,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tmp,
         )
     proc = cf.DoormanProcess(
         popen=popen,
@@ -1555,6 +1583,8 @@ def test_startup_messages_match(env: Env) -> None:
         return [m.type for m in msgs if m.type != "S"], sorted(m for m in msgs if m.type == "S")
 
     assert shape(pooled) == shape(direct), (
-        "--- PostgreSQL ---\n" + "\n".join(map(describe_message, direct))
-        + "\n--- pg_doorman ---\n" + "\n".join(map(describe_message, pooled))
+        "--- PostgreSQL ---\n"
+        + "\n".join(map(describe_message, direct))
+        + "\n--- pg_doorman ---\n"
+        + "\n".join(map(describe_message, pooled))
     )

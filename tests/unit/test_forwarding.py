@@ -221,8 +221,11 @@ def test_stale_plan_error_reaches_the_client_when_replay_is_unsafe(tmp_path: Pat
         client, server = _prepared(tmp_path)
         if batch == "two_binds":
             feed(client, BIND + DESCRIBE_PORTAL + EXECUTE + BIND + EXECUTE + messages.SYNC, 4096)
-            reply = messages.BIND_COMPLETE + messages.message(b"T", b"\x00\x00") + ROW + messages.command_complete(
-                "SELECT 1"
+            reply = (
+                messages.BIND_COMPLETE
+                + messages.message(b"T", b"\x00\x00")
+                + ROW
+                + messages.command_complete("SELECT 1")
             )
             feed(server, reply + STALE + messages.READY_IDLE, 4096)
             assert bytes(client.transport.data) == reply + STALE + messages.READY_IDLE  # type: ignore[union-attr]

@@ -92,9 +92,7 @@ class ServerLogin:
         if code == 5:  # md5 with 4-byte salt
             salt = body[4:8]
             if creds.password is not None:
-                return messages.password_message(
-                    md5_response_for_password(creds.password, creds.user, salt) + b"\x00"
-                )
+                return messages.password_message(md5_response_for_password(creds.password, creds.user, salt) + b"\x00")
             if creds.md5_verifier is not None:
                 return messages.password_message(md5_salted_response(creds.md5_verifier, salt) + b"\x00")
             raise self._no_material("md5")
