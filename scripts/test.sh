@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up, lint (ruff check and ruff format --check), type-check (mypy, src/) and run the whole pytest suite (unit + integration), once with
-# the compiled hot path and once as pure Python.
+# Set up, lint (ruff check, ruff format --check), type-check (mypy, src/) and run the whole pytest suite
+# (unit + integration), once with the compiled hot path and once as pure Python.
 # Extra arguments go to pytest.  The exit code is pytest's; "no tests collected" (5) counts as failure.
 # Lint and type errors fail the run too (STRICT_LINT=0 only reports them, for quick local iterations).
 set -uo pipefail
