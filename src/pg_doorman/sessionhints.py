@@ -7,11 +7,12 @@ Query (and Parse) it passes on; a hit makes the server read its session settings
 (set_config) or check for leftovers before it is lent again (advisory locks, temporary objects; "temp" also
 matches words like "template", which only costs that check). A miss costs a few byte searches.
 
-Best effort by nature: the names are found in lower or upper case as written in the statement, and not when a
+Best effort by nature: the names are found in any letter case as written in the statement, and not when a
 function the statement calls does the same thing inside.
 
 This file is the pure-Python implementation. The compiled build never imports it: the `.pxd` next to it holds a
-C version (memmem, no Python objects), which the compiled client module cimports under the same name.
+C version (memchr for a rare letter of each word, no Python objects), which the compiled client module cimports
+under the same name.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from pg_doorman import codes
 
 
 def session_hints(data: bytes, start: int, end: int) -> int:
-    """codes.HINT_* bits for the statement text in data[start:end]."""
+    """codes.HINT_* bits for the statement text in data[start:end] (ASCII letters in any case)."""
+    text = data[start:end].lower()
     hints = 0
-    if data.find(b"_config", start, end) >= 0 or data.find(b"_CONFIG", start, end) >= 0:
+    if b"_config" in text:
         hints |= codes.HINT_SET_CONFIG
-    if data.find(b"dvisory", start, end) >= 0 or data.find(b"DVISORY", start, end) >= 0:
+    if b"advisory" in text:
         hints |= codes.HINT_ADVISORY
-    if data.find(b"temp", start, end) >= 0 or data.find(b"TEMP", start, end) >= 0:
+    if b"temp" in text:
         hints |= codes.HINT_TEMP
     return hints

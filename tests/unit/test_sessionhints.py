@@ -22,6 +22,8 @@ from pg_doorman.sessionhints import session_hints
         ("SELECT pg_advisory_lock(1)", codes.HINT_ADVISORY),
         ("select PG_ADVISORY_LOCK(1), set_config('a.b', '', false)", codes.HINT_ADVISORY | codes.HINT_SET_CONFIG),
         ("CREATE TEMP TABLE t AS SELECT 1", codes.HINT_TEMP),
+        ("select Pg_Advisory_Lock(1), Set_Config('a.b', '', false) into Temporary t", 7),
+        ("select 'advisor', '_confi', 'tem'", 0),  # near misses, including at the end of the text
         ("select 1 into temporary t", codes.HINT_TEMP),
     ],
 )
