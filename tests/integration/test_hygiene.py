@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg_helpers import close_quietly, connect, drop_socket, scalar
+from psycopg_helpers import close_quietly, connect, drop_socket, scalar, wait_until
 
 from pg_doorman.devcluster import TempPostgres
 
@@ -37,14 +37,6 @@ def direct(cluster: TempPostgres) -> psycopg.Connection[Any]:
 
 def server_default(cluster: TempPostgres, name: str) -> str:
     return cluster.psql(f"SHOW {name}", db="appdb")
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def assert_no_foreign_statement(conn: psycopg.Connection[Any], name: str) -> None:

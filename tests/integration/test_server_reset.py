@@ -8,14 +8,13 @@ Every test uses ``pool_size: 1``, so the next client lands on the same backend u
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg_helpers import close_quietly, connect, drop_socket, scalar
+from psycopg_helpers import close_quietly, connect, drop_socket, scalar, wait_until
 
 from pg_doorman.devcluster import TempPostgres
 from pg_doorman.reset import LEFTOVER_CHECK
@@ -29,14 +28,6 @@ DEFAULT_SEARCH_PATH = '"$user", public'
 def direct(cluster: TempPostgres) -> psycopg.Connection[Any]:
     """A direct superuser connection to ``appdb`` (no pooler), for checking what PostgreSQL really has."""
     return psycopg.connect(cluster.dsn(db="appdb"), autocommit=True, connect_timeout=10)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def advisory_locks(su: psycopg.Connection[Any], key: int) -> int:

@@ -60,7 +60,17 @@ def make_pair(
         "general: {admin_username: a, admin_password: b, prepared_statements: %s}\n"
         "pools: {db: {users: [{username: u, password: '', pool_size: 1}]}}\n" % ("true" if tracked else "false")
     )
-    app = Application(load_config(path))
+    return pair_in(Application(load_config(path)), transaction_mode=True, tracked=tracked, client_class=client_class)
+
+
+def pair_in(
+    app: Application,
+    *,
+    transaction_mode: bool,
+    tracked: bool,
+    client_class: type[ClientConnection] = ClientConnection,
+) -> tuple[ClientConnection, ServerConnection, Any]:
+    """A logged-in client of ``app``'s pool db/u and an idle server of that pool, both on recording transports."""
     pool = app.registry.pools[("db", "u")]
     server = ServerConnection(pool)
     server.set_transport(RecordingTransport())  # type: ignore[arg-type]
@@ -71,7 +81,7 @@ def make_pair(
     client.set_transport(RecordingTransport())  # type: ignore[arg-type]
     client.pool = pool
     client.state = codes.CLIENT_IDLE
-    client.transaction_mode = True
+    client.transaction_mode = transaction_mode
     if tracked:
         client.track_statements()
     client.param_token = server.param_token

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_forwarding import RecordingTransport
+from test_forwarding import pair_in
 
 from pg_doorman import codes
 from pg_doorman.app import Application
@@ -289,21 +289,7 @@ def test_reset_query_bad_values(tmp_path: Path, general: str, pool: str, problem
 
 
 def attach_pair(app: Application, transaction_mode: bool) -> tuple[ClientConnection, ServerConnection, Any]:
-    pool = app.registry.pools[("db", "u")]
-    server = ServerConnection(pool)
-    server.set_transport(RecordingTransport())  # type: ignore[arg-type]
-    server.state = codes.SERVER_IDLE
-    pool.servers.add(server)
-    pool.idle.append(server)
-    client = ClientConnection(app.context)
-    client.set_transport(RecordingTransport())  # type: ignore[arg-type]
-    client.pool = pool
-    client.state = codes.CLIENT_IDLE
-    client.transaction_mode = transaction_mode
-    if transaction_mode:
-        client.track_statements()
-    client.param_token = server.param_token
-    return client, server, pool
+    return pair_in(app, transaction_mode=transaction_mode, tracked=transaction_mode)
 
 
 def sent_queries(server: ServerConnection) -> list[str]:
