@@ -261,6 +261,14 @@ class DoormanProcess:
     def pid(self) -> int:
         return self.popen.pid
 
+    def rss_kib(self) -> int:
+        """Resident memory of the pg_doorman process (VmRSS), in KiB."""
+        with open(f"/proc/{self.pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise AssertionError(f"no VmRSS for pid {self.pid}")
+
     @property
     def returncode(self) -> int | None:
         """Exit code, or None while running (polls)."""

@@ -98,14 +98,6 @@ def direct_scalar(cluster: TempPostgres, sql: str, db: str = "appdb") -> Any:
         return row[0]
 
 
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for pid {pid}")
-
-
 # ---------------------------------------------------------------- 1. psql
 
 
@@ -559,14 +551,14 @@ def test_backpressure_bounds_memory_with_slow_reader(
     rows, width = 200_000, 1000  # ~200 MB of DataRow payload
     with proc.connect(user="app") as warm:  # load code paths before the baseline
         warm.execute("SELECT repeat('x', 1000) FROM generate_series(1, 2000)").fetchall()
-    baseline = rss_kib(proc.pid)
+    baseline = proc.rss_kib()
     peak = baseline
     stop = threading.Event()
 
     def sample() -> None:
         nonlocal peak
         while not stop.is_set():
-            peak = max(peak, rss_kib(proc.pid))
+            peak = max(peak, proc.rss_kib())
             time.sleep(0.01)
 
     sampler = threading.Thread(target=sample, daemon=True)

@@ -536,14 +536,6 @@ def test_many_bad_clients_concurrently(pooler: Any) -> None:
 # ---------------------------------------------------------------- before authentication: bounded cost
 
 
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for pid {pid}")
-
-
 def test_oversized_password_message_is_refused_at_once_without_buffering(
     pg_trust: TempPostgres, doorman: StartDoorman, pool_config: PoolConfig
 ) -> None:
@@ -552,7 +544,7 @@ def test_oversized_password_message_is_refused_at_once_without_buffering(
     pooler's memory."""
     pooler = doorman(pool_config(pg_trust, md5_users("app", "app2")))
     assert_serves(pooler)  # code paths loaded before the baseline
-    before = rss_kib(pooler.pid)
+    before = pooler.rss_kib()
     wires: list[Wire] = []
     senders: list[threading.Thread] = []
     try:
@@ -576,7 +568,7 @@ def test_oversized_password_message_is_refused_at_once_without_buffering(
         for sender in senders:  # refused at once: the rest of each body cannot be sent
             sender.join(5)
         time.sleep(0.3)
-        grown_mib = (rss_kib(pooler.pid) - before) / 1024
+        grown_mib = (pooler.rss_kib() - before) / 1024
         assert grown_mib < 20, f"RSS grew by {grown_mib:.1f} MiB for six refused clients"
         for wire in wires:
             started = time.monotonic()
