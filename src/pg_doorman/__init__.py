@@ -17,7 +17,17 @@ __version__ = "0.1.0"
 PURE_PYTHON = os.environ.get("PG_DOORMAN_PURE_PYTHON") == "1"
 
 
-COMPILED_MODULES = ("connection", "ledger", "client", "prepared", "rewrite", "server", "pool/__init__", "context")
+COMPILED_MODULES = (
+    "connection",
+    "ledger",
+    "client",
+    "prepared",
+    "rewrite",
+    "server",
+    "pool/__init__",
+    "context",
+    "stats",
+)
 """The hot path, compiled by Cython when it can be (setup.py). They share C types (client.pxd cimports
 server.pxd, ...), so they are used all together or not at all."""
 

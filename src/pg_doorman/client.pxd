@@ -2,7 +2,7 @@
 # unchanged without them.
 import cython
 
-from pg_doorman cimport codes, sessionhints
+from pg_doorman cimport clock, codes, sessionhints
 from pg_doorman.context cimport ClientContext
 from pg_doorman.pool cimport Pool
 from pg_doorman.prepared cimport Expect
@@ -27,6 +27,7 @@ cdef class ClientConnection(Borrower):
     cdef public object _rx_waiter
     cdef public Py_ssize_t _skip
     cdef public object application_name
+    cdef public double connected_at
     cdef public ClientContext context
     cdef public object database
     cdef public bint is_admin
@@ -42,7 +43,7 @@ cdef class ClientConnection(Borrower):
 
     @cython.locals(n=Py_ssize_t, pos=Py_ssize_t, end=Py_ssize_t, length=Py_ssize_t, limit=Py_ssize_t, kind=int,
                    k=int, terminate_at=Py_ssize_t, kinds=bytes, server=ServerConnection, ledger=ServerLedger,
-                   hints=int)
+                   hints=int, now="long long")
     cpdef _forward(self, bytes data)
 
     cpdef _message_completed(self, ServerLedger ledger)

@@ -16,7 +16,7 @@ import re
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from pg_doorman import codes, sessionhints, sockets
+from pg_doorman import clock, codes, sessionhints, sockets
 from pg_doorman.admin import Console, is_admin_database, login_decision
 from pg_doorman.admission import OverLimitClient
 from pg_doorman.auth.client_login import ClientLogin, LoginFailed
@@ -174,6 +174,7 @@ class ClientConnection(Borrower):
         "_rx_waiter",
         "_skip",
         "application_name",
+        "connected_at",
         "context",
         "database",
         "is_admin",
@@ -218,6 +219,12 @@ class ClientConnection(Borrower):
         self._deferred_begin: bytes | None = None
         self._queued_bytes = 0
         self.wait_deadline = 0.0  # monotonic time when waiting for a server ends in 53300; 0: no limit
+        # Statistics (views.ClientView): counted by the servers it holds, see ServerConnection._count_ready.
+        self.connected_at = monotonic()
+        self.xact_count = 0
+        self.query_count = 0
+        self.error_count = 0
+        self.wait_started = 0
 
     # ------------------------------------------------------------- asyncio API
 
@@ -344,6 +351,7 @@ class ClientConnection(Borrower):
         timeout = pool.settings.query_wait_timeout
         # No timer per wait: the pool checks its oldest waiter's deadline (Pool.expire_waiters, every 100 ms).
         self.wait_deadline = monotonic() + timeout if timeout > 0 else 0.0
+        self.wait_started = clock.now_us()
         pool.enqueue(self)
 
     def attach_server(self, server: ServerConnection) -> None:
@@ -377,6 +385,9 @@ class ClientConnection(Borrower):
 
     def move_to_pool(self, pool: Pool) -> None:
         """A reload replaced this client's pool: go on with its successor (a retired pool opens no servers)."""
+        if self.pool is not None:
+            self.pool.client_count -= 1
+        pool.client_count += 1
         self.pool = pool
         self.param_token = pool.intern_params(self.params)
 
@@ -418,11 +429,18 @@ class ClientConnection(Borrower):
 
     def _forward(self, data: bytes) -> None:
         """Walk client message headers (reporting what the server will owe to its ledger) and pass the bytes on."""
+        server = self.server
+        assert server is not None
+        server.bytes_sent += len(data)
+        if not server.query_start:
+            # The first message since the last ReadyForQuery: a query starts (and a transaction, if none is open).
+            now = clock.now_us()
+            server.query_start = now
+            if not server.xact_start:
+                server.xact_start = now
         if self.rewriter is not None:
             self._forward_tracked(data)
             return
-        server = self.server
-        assert server is not None
         ledger = server.ledger
         if self._carry:
             data = self._carry + data
@@ -775,8 +793,10 @@ class ClientConnection(Borrower):
         login_wait = self._login_wait
         if login_wait is not None and not login_wait.done():
             login_wait.set_exception(ConnectionResetError("the client connection ended during login"))
-        if previous == codes.CLIENT_WAITING and self.pool is not None:
-            self.pool.remove_waiter(self)
+        if self.pool is not None:
+            self.pool.client_count -= 1
+            if previous == codes.CLIENT_WAITING:
+                self.pool.remove_waiter(self)
         server = self.server
         if server is not None:
             self.server = None
@@ -880,6 +900,7 @@ class ClientConnection(Borrower):
                 )
             raise PoolerError(INVALID_CATALOG_NAME, f'database "{database}" does not exist')
         self.pool = pool
+        pool.client_count += 1
         key = login.client_key
         if key is not None and pool.settings.password.startswith("SCRAM-SHA-256$") and pool.scram_client_key != key:
             pool.scram_client_key = key

@@ -107,10 +107,12 @@ class PoolRegistry:
 
     @staticmethod
     def _create(settings: PoolSettings, predecessor: Pool | None) -> Pool:
-        """A new pool; one that replaces ``predecessor`` keeps the SCRAM ClientKey a client login gave it."""
+        """A new pool; one that replaces ``predecessor`` keeps the SCRAM ClientKey a client login gave it, and its
+        statistics (counters go on across a reload; the old pool's busy servers record into the same object)."""
         pool = Pool(settings)
         if predecessor is not None:
             pool.scram_client_key = predecessor.scram_client_key
+            pool.stats = predecessor.stats
         return pool
 
     @staticmethod
@@ -155,8 +157,16 @@ class PoolRegistry:
         for pool in list(self.pools.values()):
             try:
                 pool.maintain(now)
+                self._roll_stats(pool, now)
             except Exception:
                 log.exception("maintenance of pool %s failed", pool.name)
+
+    @staticmethod
+    def _roll_stats(pool: Pool, now: float) -> None:
+        """Close the pool's 15 s statistics period if it ended (stats.PoolStats.roll): O(servers), once a second."""
+        to_server = int(pool.stats_closed_bytes_sent) + sum(server.bytes_sent for server in pool.servers)
+        from_server = int(pool.stats_closed_bytes_received) + sum(server.bytes_received for server in pool.servers)
+        pool.stats.roll(now, to_server, from_server)
 
     # ------------------------------------------------------------ cancel keys
 

@@ -7,10 +7,11 @@
 # classes declared here (Borrower, Lender), which ClientConnection and Pool extend.
 import cython
 
-from pg_doorman cimport codes
+from pg_doorman cimport clock, codes
 from pg_doorman.connection cimport Connection
 from pg_doorman.ledger cimport ServerLedger
 from pg_doorman.prepared cimport Expect, ServerStatements
+from pg_doorman.stats cimport PoolStats
 
 
 cdef bytes _TAG_FIRST
@@ -21,6 +22,10 @@ cdef class ServerConnection
 cdef class Borrower(Connection):
     cdef public int state
     cdef public bint transaction_mode
+    cdef public long long xact_count
+    cdef public long long query_count
+    cdef public long long error_count
+    cdef public long long wait_started
 
     cpdef attach_server(self, ServerConnection server)
     cpdef release_server(self)
@@ -28,6 +33,7 @@ cdef class Borrower(Connection):
 
 cdef class Lender:
     cdef public double now
+    cdef public PoolStats stats
 
     cpdef checkin(self, ServerConnection server)
 
@@ -44,6 +50,8 @@ cdef class ServerConnection(Connection):
     cdef public object _login_waiter
     cdef public Py_ssize_t _skip
     cdef public object _synced_waiter
+    cdef public long long bytes_received
+    cdef public long long bytes_sent
     cdef public bint cancel_sent
     cdef public bint capture_due
     cdef public bint check_leftovers
@@ -63,6 +71,11 @@ cdef class ServerConnection(Connection):
     cdef public dict params
     cdef public object pid
     cdef public Lender pool
+    cdef public PoolStats pool_stats
+    cdef public long long query_count
+    cdef public long long query_start
+    cdef public long long xact_count
+    cdef public long long xact_start
     cdef public object secret
     cdef public int state
     cdef public ServerStatements statements
@@ -79,6 +92,9 @@ cdef class ServerConnection(Connection):
     cpdef _forward_tracked(self, bytes data)
 
     @cython.locals(ledger=ServerLedger, head=Expect, entry=Expect)
+    @cython.locals(start="long long", now="long long", stats=PoolStats, client=Borrower)
+    cdef void _count_ready(self, int status) noexcept
+    cdef void _count_error(self, bytes body)
     cpdef Py_ssize_t _on_client_error(self, bytes data, Py_ssize_t pos, Py_ssize_t end, list out)
     cpdef attach(self, Borrower client, str sync_sql)
     @cython.locals(statements=ServerStatements)

@@ -19,7 +19,7 @@ import random
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from pg_doorman import codes, sockets
+from pg_doorman import clock, codes, sockets
 from pg_doorman.auth.backend import ServerCredentials, ServerLogin
 from pg_doorman.connection import Connection
 from pg_doorman.ledger import ServerLedger
@@ -28,6 +28,7 @@ from pg_doorman.protocol import messages
 from pg_doorman.protocol.errors import CONNECTION_FAILURE, INTERNAL_ERROR, PoolerError, ServerError
 from pg_doorman.protocol.framing import MessageBuffer, type_table
 from pg_doorman.reset import CLOSE, PENDING, Cleanup, ResetPolicy
+from pg_doorman.stats import PoolStats
 
 if TYPE_CHECKING:
     from pg_doorman.client import ClientConnection
@@ -76,10 +77,15 @@ class Borrower(Connection):
     C calls and C fields, while cimports stay one-way (client -> pool -> server).
     """
 
-    __slots__ = ("state", "transaction_mode")
+    __slots__ = ("error_count", "query_count", "state", "transaction_mode", "wait_started", "xact_count")
 
     state: int  # codes.CLIENT_*
     transaction_mode: bool
+    # Statistics (SHOW CLIENTS): counted by the server it holds, at each ReadyForQuery and ErrorResponse.
+    xact_count: int
+    query_count: int
+    error_count: int
+    wait_started: int  # clock.now_us() when it began to wait for a server; 0 when not waiting
 
     @property
     def waiting(self) -> bool:
@@ -99,11 +105,12 @@ class Lender:
     """What a server calls on the pool that owns it (`pool.Pool`); a base class for the same reason as
     `Borrower`."""
 
-    __slots__ = ("now",)
+    __slots__ = ("now", "stats")
 
     # monotonic() as of the pool's last tick (every WAIT_CHECK_INTERVAL): server lifetimes and idle times need
     # no clock read per transaction.
     now: float
+    stats: PoolStats  # the pool's latency histograms and error counts
 
     def checkin(self, server: ServerConnection) -> None:
         """Take a clean, idle server back."""
@@ -125,6 +132,8 @@ class ServerConnection(Connection):
         "_login_waiter",
         "_skip",
         "_synced_waiter",
+        "bytes_received",
+        "bytes_sent",
         "cancel_sent",
         "capture_due",
         "check_leftovers",
@@ -144,12 +153,17 @@ class ServerConnection(Connection):
         "params",
         "pid",
         "pool",
+        "pool_stats",
+        "query_count",
+        "query_start",
         "secret",
         "state",
         "statements",
         "to_close",
         "tracked",
         "used",
+        "xact_count",
+        "xact_start",
     )
 
     def __init__(self, pool: Pool) -> None:
@@ -163,6 +177,15 @@ class ServerConnection(Connection):
         self.pid = 0
         self.secret = 0
         self.ledger = ServerLedger()  # what this server owes its client: the release and cleanliness rules
+        # Statistics. Bytes: sent to PostgreSQL, received from it. query_start/xact_start: clock.now_us() when the
+        # client's first message after a ReadyForQuery (after an idle ReadyForQuery) went out; 0 in between.
+        self.pool_stats = pool.stats
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        self.query_count = 0
+        self.xact_count = 0
+        self.query_start = 0
+        self.xact_start = 0
         self.need_reset_all = False
         # The client changed a setting (SET, RESET, set_config) in this transaction: before the server goes back
         # to the pool, read the session's settings so that they follow the client (_capture_settings).
@@ -259,6 +282,7 @@ class ServerConnection(Connection):
         try:
             state = self.state
             if state == codes.SERVER_ACTIVE:
+                self.bytes_received += len(data)
                 if self.tracked:
                     self._forward_tracked(data)
                 else:
@@ -359,6 +383,7 @@ class ServerConnection(Connection):
                     if self._synced_waiter is not None and not ledger.swallow:
                         self._synced()
                 elif ledger.ready_for_lone_query(data[pos + 5]):
+                    self._count_ready(data[pos + 5])
                     client = self.client
                     release = client is not None and client.transaction_mode
             elif kind == 83:  # 'S' ParameterStatus
@@ -371,6 +396,8 @@ class ServerConnection(Connection):
                 ledger.copy_ended()
                 if ledger.swallow:
                     self._note_inject_error(data[pos + 5 : end])
+                else:
+                    self._count_error(data[pos + 5 : end])
             elif kind == 71 or kind == 72 or kind == 87:  # 'G' 'H' 'W' CopyIn/CopyOut/CopyBoth
                 ledger.copy_started(kind)
             if ledger.swallow:
@@ -482,10 +509,12 @@ class ServerConnection(Connection):
                         start = end
                         out.extend(ledger.take_synthetic())
             if kind == 90:  # 'Z' ReadyForQuery
+                self._count_ready(data[pos + 5])
                 if ledger.ready(data[pos + 5]):
                     client = self.client
                     release = client is not None and client.transaction_mode
             elif kind == 69:  # 'E' ErrorResponse: the request failed, PostgreSQL skips to the next Sync
+                self._count_error(data[pos + 5 : end])
                 if out is None:
                     out = []
                 out.append(data[start:pos])
@@ -518,6 +547,33 @@ class ServerConnection(Connection):
                 self._capture_settings()
             else:
                 client.release_server()
+
+    def _count_ready(self, status: int) -> None:
+        """A ReadyForQuery for the client: a query ended (and with status 'I', a transaction); record durations."""
+        start = self.query_start
+        if not start:
+            return  # a further ReadyForQuery of one pipeline: its time is the first one's
+        now = clock.now_us()
+        self.query_start = 0
+        stats = self.pool_stats
+        stats.query.record(now - start)
+        self.query_count += 1
+        client = self.client
+        if client is not None:
+            client.query_count += 1
+        if status == 73:  # 'I'
+            stats.xact.record(now - self.xact_start)
+            self.xact_start = 0
+            self.xact_count += 1
+            if client is not None:
+                client.xact_count += 1
+
+    def _count_error(self, body: bytes) -> None:
+        """An ErrorResponse goes to the client: count it by SQLSTATE (rare: parsed here, off the common path)."""
+        self.pool_stats.count_error(messages.parse_error_fields(body).get("C", "XX000"))
+        client = self.client
+        if client is not None:
+            client.error_count += 1
 
     def _on_client_error(self, data: bytes, pos: int, end: int, out: list[bytes]) -> int:
         """An ErrorResponse for the client at data[pos:end]; returns where the bytes still to forward start

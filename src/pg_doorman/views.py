@@ -12,10 +12,11 @@ server a client holds, how long it has waited). When a field moves inside the co
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pg_doorman import codes
+from pg_doorman import clock, codes
+from pg_doorman.stats import AVERAGE_KEYS, Histogram
 
 if TYPE_CHECKING:
     from pg_doorman.client import ClientConnection
@@ -40,6 +41,19 @@ SERVER_STATES = {
 
 
 @dataclass(frozen=True, slots=True)
+class HistogramView:
+    """A Prometheus histogram: cumulative (le in seconds, count) pairs with +Inf last, count and sum."""
+
+    buckets: tuple[tuple[float, int], ...]
+    count: int
+    sum_seconds: float
+
+
+def histogram_view(histogram: Histogram) -> HistogramView:
+    return HistogramView(buckets=histogram.cumulative(), count=int(histogram.count), sum_seconds=histogram.sum_us / 1e6)
+
+
+@dataclass(frozen=True, slots=True)
 class ServerView:
     pool: str
     pid: int
@@ -50,6 +64,11 @@ class ServerView:
     last_used: float  # monotonic (the pool clock)
     prepared_statements: int  # pool statements prepared on this connection
     clean: bool  # nothing owed and nothing half-sent (ServerLedger.is_clean)
+    xact_count: int
+    query_count: int
+    bytes_sent: int  # to PostgreSQL
+    bytes_received: int  # from PostgreSQL
+    application_name: str  # as last set on the session
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +82,12 @@ class ClientView:
     server_pid: int  # the server it holds, 0 when none
     wait_deadline: float  # monotonic time its wait for a server ends (0: not waiting or no limit)
     is_admin: bool
+    xact_count: int
+    query_count: int
+    error_count: int  # ErrorResponses from PostgreSQL it received
+    connected_at: float  # monotonic, at accept
+    tls: bool
+    wait_started: float  # monotonic time it began to wait for a server (0: not waiting)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +115,38 @@ class PoolView:
     statement_cache_evictions: int
     server_statements: int
     server_statement_evictions: int
+    # Traffic (stats.py): totals since the pool was created, durations in microseconds.
+    xact_count: int = 0
+    query_count: int = 0
+    bytes_received: int = 0  # from clients (sent to PostgreSQL)
+    bytes_sent: int = 0  # to clients (received from PostgreSQL)
+    xact_time_us: int = 0
+    query_time_us: int = 0
+    wait_time_us: int = 0
+    wait_count: int = 0  # checkouts, waited or not
+    errors: int = 0  # ErrorResponses from PostgreSQL sent to clients
+    errors_by_sqlstate: dict[str, int] = field(default_factory=dict)
+    maxwait_us: int = 0  # how long the oldest waiting client has waited
+    oldest_active_age_ms: int = 0  # age of the oldest transaction running on a server of the pool
+    clients_active: int = 0  # holding a server
+    clients_idle: int = 0
+    paused: bool = False
+    # PgBouncer's SHOW STATS averages over the last 15 s period (stats.AVERAGE_KEYS).
+    avg_xact_count: int = 0
+    avg_query_count: int = 0
+    avg_recv: int = 0
+    avg_sent: int = 0
+    avg_errors: int = 0
+    avg_xact_time_us: int = 0
+    avg_query_time_us: int = 0
+    avg_wait_time_us: int = 0
+    # Percentiles over the last minute, keys "0.5", "0.9", "0.95", "0.99", microseconds.
+    query_percentiles_us: dict[str, int] = field(default_factory=dict)
+    xact_percentiles_us: dict[str, int] = field(default_factory=dict)
+    wait_percentiles_us: dict[str, int] = field(default_factory=dict)
+    query_histogram: HistogramView = HistogramView((), 0, 0.0)
+    xact_histogram: HistogramView = HistogramView((), 0, 0.0)
+    wait_histogram: HistogramView = HistogramView((), 0, 0.0)
 
 
 def server_view(server: ServerConnection) -> ServerView:
@@ -106,6 +163,11 @@ def server_view(server: ServerConnection) -> ServerView:
         last_used=server.last_used,
         prepared_statements=len(server.statements),
         clean=ledger.is_clean(),
+        xact_count=int(server.xact_count),
+        query_count=int(server.query_count),
+        bytes_sent=int(server.bytes_sent),
+        bytes_received=int(server.bytes_received),
+        application_name=server.params.get("application_name", ""),
     )
 
 
@@ -121,20 +183,51 @@ def client_view(client: ClientConnection) -> ClientView:
         server_pid=int(server.pid) if server is not None else 0,
         wait_deadline=client.wait_deadline if client.state == codes.CLIENT_WAITING else 0.0,
         is_admin=client.is_admin,
+        xact_count=int(client.xact_count),
+        query_count=int(client.query_count),
+        error_count=int(client.error_count),
+        connected_at=client.connected_at,
+        tls=False,  # no client TLS yet
+        wait_started=_monotonic_of(client.wait_started) if client.state == codes.CLIENT_WAITING else 0.0,
     )
+
+
+def _monotonic_of(us: int) -> float:
+    """A clock.now_us() reading as a time.monotonic() value (the same clock, other units)."""
+    return us / 1e6 if us else 0.0
 
 
 def pool_view(pool: Pool) -> PoolView:
     settings = pool.settings
     active = idle = other = 0
+    bytes_to_server = int(pool.stats_closed_bytes_sent)
+    bytes_from_server = int(pool.stats_closed_bytes_received)
+    now_us = clock.now_us()
+    oldest_xact = 0
     for server in pool.servers:
         if server.state == codes.SERVER_ACTIVE:
             active += 1
+            if server.xact_start and (not oldest_xact or server.xact_start < oldest_xact):
+                oldest_xact = server.xact_start
         elif server.state == codes.SERVER_IDLE:
             idle += 1
         else:
             other += 1
+        bytes_to_server += server.bytes_sent
+        bytes_from_server += server.bytes_received
+    waiting = 0
+    oldest_wait = 0
+    for client in pool.waiters:
+        if client.state == codes.CLIENT_WAITING:
+            waiting += 1
+            if client.wait_started and not oldest_wait:
+                oldest_wait = client.wait_started  # FIFO: the first one waiting is the oldest
     statements = pool.prepared_statement_stats()
+    stats = pool.stats
+    query, xact, wait = stats.query, stats.xact, stats.wait
+    query_pct, xact_pct, wait_pct = stats.window_percentiles()
+    averages = stats.averages
+    holding = sum(1 for server in pool.servers if server.client is not None)
     return PoolView(
         name=pool.name,
         database=settings.database,
@@ -146,7 +239,7 @@ def pool_view(pool: Pool) -> PoolView:
         servers_idle=idle,
         servers_other=other,
         servers_opening=pool.opening,
-        clients_waiting=sum(1 for client in pool.waiters if client.state == codes.CLIENT_WAITING),
+        clients_waiting=waiting,
         retired=pool.retired,
         checkouts=pool.stats_checkouts,
         waits=pool.stats_waits,
@@ -159,6 +252,28 @@ def pool_view(pool: Pool) -> PoolView:
         statement_cache_evictions=statements["cache_evictions"],
         server_statements=statements["server_statements"],
         server_statement_evictions=statements["server_evictions"],
+        xact_count=int(xact.count),
+        query_count=int(query.count),
+        bytes_received=bytes_to_server,
+        bytes_sent=bytes_from_server,
+        xact_time_us=int(xact.sum_us),
+        query_time_us=int(query.sum_us),
+        wait_time_us=int(wait.sum_us),
+        wait_count=int(wait.count),
+        errors=stats.errors,
+        errors_by_sqlstate=dict(stats.errors_by_sqlstate),
+        maxwait_us=max(0, now_us - oldest_wait) if oldest_wait else 0,
+        oldest_active_age_ms=max(0, now_us - oldest_xact) // 1000 if oldest_xact else 0,
+        clients_active=holding,
+        clients_idle=max(0, int(pool.client_count) - holding - waiting),
+        paused=bool(getattr(pool, "paused", False)),
+        **{key: int(averages.get(key, 0)) for key in AVERAGE_KEYS},
+        query_percentiles_us=query_pct,
+        xact_percentiles_us=xact_pct,
+        wait_percentiles_us=wait_pct,
+        query_histogram=histogram_view(query),
+        xact_histogram=histogram_view(xact),
+        wait_histogram=histogram_view(wait),
     )
 
 

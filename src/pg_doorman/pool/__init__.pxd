@@ -2,7 +2,7 @@
 # file runs unchanged without them.
 import cython
 
-from pg_doorman cimport codes
+from pg_doorman cimport clock, codes
 from pg_doorman.server cimport Borrower, Lender, ServerConnection
 
 
@@ -29,6 +29,9 @@ cdef class Pool(Lender):
     cdef public Py_ssize_t stats_servers_opened
     cdef public Py_ssize_t stats_connect_errors
     cdef public Py_ssize_t stats_server_statement_evictions
+    cdef public long long stats_closed_bytes_sent
+    cdef public long long stats_closed_bytes_received
+    cdef public Py_ssize_t client_count
 
     @cython.locals(server=ServerConnection, idle=list)
     cpdef ServerConnection checkout_nowait(self)

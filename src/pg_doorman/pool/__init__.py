@@ -14,11 +14,12 @@ from collections import deque
 from time import monotonic
 from typing import TYPE_CHECKING, cast
 
-from pg_doorman import codes
+from pg_doorman import clock, codes
 from pg_doorman.auth.backend import ServerCredentials
 from pg_doorman.prepared import StatementRegistry
 from pg_doorman.protocol.errors import PoolerError
 from pg_doorman.server import Lender, ServerConnection, login_error
+from pg_doorman.stats import PoolStats
 from pg_doorman.tasks import spawn
 
 if TYPE_CHECKING:
@@ -55,13 +56,18 @@ class Pool(Lender):
         self._params_future: asyncio.Future[dict[str, str]] | None = None
         self._param_tokens: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
         self._last_connect_error: PoolerError | None = None
-        # Counters read by the admin console and metrics (later).
+        # Latency histograms and error counts (stats.py); counters below are read through views.py.
+        self.stats = PoolStats()
+        self.client_count = 0  # logged-in clients of this pool (not counting the admin console's)
         self.stats_checkouts = 0
         self.stats_waits = 0
         self.stats_wait_timeouts = 0
         self.stats_servers_opened = 0
         self.stats_connect_errors = 0
         self.stats_server_statement_evictions = 0  # from servers already closed
+        # Traffic of servers already closed (live servers count their own: see views.pool_view).
+        self.stats_closed_bytes_sent = 0
+        self.stats_closed_bytes_received = 0
 
     # --------------------------------------------------------------- capacity
 
@@ -102,6 +108,7 @@ class Pool(Lender):
                 server.close()  # past server_lifetime while idle: never lent again
                 continue
             self.stats_checkouts += 1
+            self.stats.wait.record_zero()
             return server
         if self.size < self.settings.pool_size and not self.retired:
             self.open_server()
@@ -153,6 +160,9 @@ class Pool(Lender):
             client = waiters.popleft()
             if client.state == codes.CLIENT_WAITING:  # `client.waiting`, as a C field read (hot path)
                 self.stats_checkouts += 1
+                if client.wait_started:
+                    self.stats.wait.record(clock.now_us() - client.wait_started)
+                    client.wait_started = 0
                 client.attach_server(server)
                 return
         self.idle.append(server)
@@ -163,6 +173,8 @@ class Pool(Lender):
             return
         self.servers.discard(server)
         self.stats_server_statement_evictions += server.statements.evictions
+        self.stats_closed_bytes_sent += server.bytes_sent
+        self.stats_closed_bytes_received += server.bytes_received
         if previous_state == codes.SERVER_IDLE:
             try:
                 self.idle.remove(server)
