@@ -470,7 +470,7 @@ def test_log_level_warning_suppresses_info(doorman: StartDoorman, pool_config: M
 
 @pytest.mark.parametrize("fmt", ["yaml", "toml"])
 def test_generate_prints_a_valid_config(tmp_path: Path, fmt: str) -> None:
-    result = run_cli("generate", "-f", fmt)
+    result = run_cli("generate", "--reference", "-f", fmt)
     assert result.returncode == 0, result.stderr
     assert "pools" in result.stdout and "general" in result.stdout
     path = tmp_path / f"generated.{fmt}"
@@ -482,7 +482,7 @@ def test_generate_prints_a_valid_config(tmp_path: Path, fmt: str) -> None:
 
 def test_generate_to_output_file(tmp_path: Path) -> None:
     path = tmp_path / "out.toml"
-    result = run_cli("generate", "-o", str(path))
+    result = run_cli("generate", "--reference", "-o", str(path))
     assert result.returncode == 0, result.stderr
     assert path.exists()
     check = run_cli("-t", str(path))
