@@ -1,4 +1,5 @@
-"""Process lifecycle: listeners, pools, signals (SIGHUP reload, SIGINT graceful stop, SIGTERM immediate stop)."""
+"""Process lifecycle: listeners, pools, signals (SIGHUP reload, SIGINT graceful stop, SIGTERM immediate stop,
+SIGUSR2 logged and ignored), reload, and readiness for service managers (systemd notify, the ``-d`` launcher)."""
 
 from __future__ import annotations
 
@@ -8,20 +9,55 @@ import os
 import signal
 import socket
 import time
+from dataclasses import dataclass, field
 from typing import cast
 
-from pg_doorman import __version__, implementation, sockets
+from pg_doorman import __version__, events, implementation, sockets
 from pg_doorman.client import ClientConnection
-from pg_doorman.config import Config, ConfigError, load_config
+from pg_doorman.config import Config, ConfigError, load_config, startup_messages
 from pg_doorman.connection import DRAIN_MAX_SECONDS, wait_for_drains
 from pg_doorman.context import ClientContext
-from pg_doorman.registry import PoolRegistry
+from pg_doorman.registry import PoolChanges, PoolRegistry
+from pg_doorman.service import report_ready, sd_notify
 from pg_doorman.tasks import spawn
 
 log = logging.getLogger("pg_doorman")
 
 MAINTENANCE_INTERVAL = 1.0
 WAIT_CHECK_INTERVAL = 0.1
+
+# general keys read once at startup (inventory 2.9): a reload that changes them says a restart is needed.
+RESTART_ONLY_GENERAL = (
+    "host",
+    "port",
+    "backlog",
+    "unix_socket_dir",
+    "unix_socket_mode",
+    "worker_threads",
+    "tls_certificate",
+    "tls_private_key",
+    "tls_ca_cert",
+    "tls_mode",
+    "daemon_pid_file",
+    "syslog_prog_name",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    """What `Application.reload` did: ``ok`` False means the running configuration was kept (``message`` says why).
+
+    ``restart_required`` names the ``general`` keys that changed but take effect only after a restart.
+    """
+
+    ok: bool
+    message: str
+    restart_required: tuple[str, ...] = ()
+    changed: bool = True
+    warnings: tuple[str, ...] = field(default=())
+
+    def __bool__(self) -> bool:
+        return self.ok
 
 
 class Application:
@@ -43,6 +79,9 @@ class Application:
         self._stop_mode = "immediate"
         self._janitor: asyncio.Task[None] | None = None
         self._wait_ticker: asyncio.Task[None] | None = None
+        self._connected_at: dict[ClientConnection, float] = {}
+        self._unix_path: str | None = None
+        self.ready_fd: int | None = None  # the -d launcher's readiness pipe (service.daemonize)
         self._apply(config)
 
     @property
@@ -54,9 +93,9 @@ class Application:
     def shutting_down(self, value: bool) -> None:
         self.context.shutting_down = value
 
-    def _apply(self, config: Config) -> None:
+    def _apply(self, config: Config) -> PoolChanges:
         """Put a (re)loaded configuration into effect: pools, client limits, socket options."""
-        self.registry.reload(config.all_pool_settings())
+        changes = self.registry.reload(config.all_pool_settings())
         general = config.general
         self.context.configure(general)
         sockets.current = sockets.SocketOptions(
@@ -67,6 +106,7 @@ class Application:
             no_delay=general.tcp_no_delay,
             linger=general.tcp_so_linger if general.tcp_so_linger > 0 else None,
         )
+        return changes
 
     # ---------------------------------------------------------------- clients
 
@@ -77,15 +117,24 @@ class Application:
             log.info("client from %s refused: max_connections (%d) reached", client.peer, limit)
             return False
         self.clients.add(client)
+        self._connected_at[client] = time.monotonic()
         if self.config.general.log_client_connections:
             log.info("client connected from %s", client.peer)
         return True
 
     def client_closed(self, client: ClientConnection) -> None:
         self.clients.discard(client)
+        started = self._connected_at.pop(client, None)
         self.registry.forget_cancel_key(client)
         if self.config.general.log_client_disconnections and client.user:
-            log.info("client %s (%s@%s) disconnected", client.peer, client.user, client.database)
+            duration = time.monotonic() - started if started is not None else 0.0
+            log.info(
+                "client %s (%s@%s) disconnected, session duration %s",
+                client.peer,
+                client.user,
+                client.database,
+                _session_duration(duration),
+            )
         if self.shutting_down and not self.clients and self._stop is not None:
             self._stop.set()
 
@@ -131,6 +180,7 @@ class Application:
             )
             os.chmod(path, general.unix_socket_permissions)
             self._servers.append(unix)
+            self._unix_path = path
         addrs = ", ".join(
             str(sock.getsockname()) for srv in self._servers for sock in srv.sockets if sock.family != socket.AF_UNIX
         )
@@ -156,19 +206,54 @@ class Application:
             await asyncio.sleep(MAINTENANCE_INTERVAL)
             self.registry.maintain(time.monotonic())
 
-    def reload(self) -> bool:
+    def reload(self) -> ReloadResult:
+        """Re-read the configuration file and apply it (SIGHUP, the console's RELOAD, the API).
+
+        A file that does not load, or that this version must not run with, keeps the running configuration; the
+        result says why (also logged and recorded as an event). Pools whose settings did not change keep their
+        connections; changed ones are rebuilt, their connected clients staying connected (registry.reload).
+        """
+        sd_notify("RELOADING=1")
         try:
-            config = load_config(self.config.path)
+            return self._reload()
+        finally:
+            sd_notify("READY=1")
+
+    def _reload(self) -> ReloadResult:
+        path = self.config.path
+        try:
+            config = load_config(path)
         except (ConfigError, OSError) as exc:
-            log.error("reload failed, keeping the running configuration:\n%s", exc)
-            return False
-        general, old_general = config.general, self.config.general
-        if (general.host, general.port) != (old_general.host, old_general.port):
-            log.warning("general.host/port changed: a restart is needed for that part")
+            return self._reload_rejected(str(exc))
+        if config.refusals:
+            return self._reload_rejected("\n".join(config.refusals))
+        if config == self.config:
+            log.info("configuration reloaded from %s: unchanged", path)
+            events.record("RELOAD", f"config unchanged ({path})")
+            return ReloadResult(True, "configuration unchanged", changed=False)
+        old_general = self.config.general
+        restart = tuple(
+            key for key in RESTART_ONLY_GENERAL if getattr(config.general, key) != getattr(old_general, key)
+        )
+        for line in startup_messages(config):
+            log.warning("%s", line)
         self.config = config
-        self._apply(config)
-        log.info("configuration reloaded from %s", config.path)
-        return True
+        changes = self._apply(config)
+        message = f"configuration reloaded from {path}: {changes.describe()}"
+        if restart:
+            message += f"; restart needed for: {', '.join('general.' + key for key in restart)}"
+            log.warning(
+                "reload: these settings change only at restart and keep their running values: %s",
+                ", ".join("general." + key for key in restart),
+            )
+        log.info("%s", message)
+        events.record("RELOAD", message)
+        return ReloadResult(True, message, restart, warnings=tuple(startup_messages(config)))
+
+    def _reload_rejected(self, why: str) -> ReloadResult:
+        log.error("reload failed, keeping the running configuration:\n%s", why)
+        events.record("CONFIG_VALIDATION_ERROR", f"reload rejected: {why}")
+        return ReloadResult(False, f"reload failed, keeping the running configuration: {why}", changed=False)
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -176,12 +261,28 @@ class Application:
         await self.start()
         loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
         loop.add_signal_handler(signal.SIGINT, self._on_sigint)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        loop.add_signal_handler(signal.SIGUSR2, self._on_sigusr2)
+        sd_notify(f"READY=1\nSTATUS=serving {len(self.registry)} pool(s)\nMAINPID={os.getpid()}")
+        report_ready(self.ready_fd)
+        self.ready_fd = None
+        events.record("STARTUP", f"pg_doorman {__version__} started")
         await self._stop.wait()
+        sd_notify("STOPPING=1")
+        events.record("SHUTDOWN", f"{self._stop_mode} shutdown")
         if self._stop_mode == "graceful":
             await self._graceful_shutdown()
         await self.close()
         return 0
+
+    def _on_sighup(self) -> None:
+        log.info("SIGHUP: reloading the configuration")
+        self.reload()
+
+    def _on_sigusr2(self) -> None:
+        """The original's binary upgrade signal: never fatal here (Python's default action would kill us)."""
+        log.warning("SIGUSR2: binary upgrade is not available in this version; still serving (use SIGHUP to reload)")
+        events.record("UPGRADE", "SIGUSR2 ignored: binary upgrade is not available")
 
     def _on_sigterm(self) -> None:
         log.info("SIGTERM: stopping now")
@@ -236,9 +337,19 @@ class Application:
         # reset by process exit while the clients are still sending: wait for those drains (bounded).
         await wait_for_drains(DRAIN_MAX_SECONDS)
         await asyncio.sleep(0)
-        if self.config.general.unix_socket_dir:
-            path = os.path.join(self.config.general.unix_socket_dir, f".s.PGSQL.{self.config.general.port}")
+        if self._unix_path is not None:
             try:
-                os.unlink(path)
+                os.unlink(self._unix_path)
             except OSError:
                 pass
+
+
+def _session_duration(seconds: float) -> str:
+    """``1h02m03.456s``-style, the way an operator reads a session's length in a log line."""
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m{secs:06.3f}s"
+    if minutes:
+        return f"{minutes}m{secs:06.3f}s"
+    return f"{secs:.3f}s"

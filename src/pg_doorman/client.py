@@ -772,6 +772,12 @@ class ClientConnection(Borrower):
         pool = self.pool
         if pool is not None:
             pool.stats_wait_timeouts += 1
+        log.warning(
+            "client %s (%s@%s) disconnected: no server connection within query_wait_timeout",
+            self.peer,
+            self.user,
+            self.database,
+        )
         self.fail(
             PoolerError(
                 TOO_MANY_CONNECTIONS,

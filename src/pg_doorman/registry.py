@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pg_doorman.client import pool_removed
@@ -65,6 +66,22 @@ def _uint32(value: int) -> int:
     return value & 0xFFFFFFFF
 
 
+@dataclass(slots=True)
+class PoolChanges:
+    """What a `PoolRegistry.reload` did, by (database, user); pools not listed kept their connections."""
+
+    added: list[tuple[str, str]] = field(default_factory=list)
+    replaced: list[tuple[str, str]] = field(default_factory=list)
+    removed: list[tuple[str, str]] = field(default_factory=list)
+
+    def describe(self) -> str:
+        parts = []
+        for what, keys in (("added", self.added), ("rebuilt", self.replaced), ("removed", self.removed)):
+            if keys:
+                parts.append(f"{what}: " + ", ".join(f"{user}@{db}" for db, user in keys))
+        return "; ".join(parts) if parts else "no pool changed"
+
+
 class PoolRegistry:
     """The pools of one pg_doorman process, by (database, user), and its clients by cancel key."""
 
@@ -82,11 +99,15 @@ class PoolRegistry:
 
     # ------------------------------------------------------------------ pools
 
-    def reload(self, all_settings: Iterable[PoolSettings]) -> None:
-        """Make the pools those of ``all_settings`` (`Config.all_pool_settings()`): keep, replace or retire."""
+    def reload(self, all_settings: Iterable[PoolSettings]) -> PoolChanges:
+        """Make the pools those of ``all_settings`` (`Config.all_pool_settings()`): keep, replace or retire.
+
+        Returns which (database, user) pools were added, replaced (settings changed) and removed.
+        """
         all_settings = list(all_settings)
         old = self.pools
         new: dict[tuple[str, str], Pool] = {}
+        changes = PoolChanges()
         for settings in all_settings:
             key = (settings.database, settings.username)
             existing = old.get(key)
@@ -94,16 +115,20 @@ class PoolRegistry:
                 new[key] = existing
             else:
                 new[key] = self._create(settings, existing)
+                (changes.added if existing is None else changes.replaced).append(key)
         for key, pool in old.items():
             if new.get(key) is not pool:
                 pool.retire()
                 self._move_waiters(pool, new.get(key))
+                if key not in new:
+                    changes.removed.append(key)
         self.pools = new
         self.databases = frozenset(db for db, _ in new)
         passwords: dict[str, str] = {}
         for settings in all_settings:
             passwords.setdefault(settings.username, settings.password)
         self.user_passwords = passwords
+        return changes
 
     @staticmethod
     def _create(settings: PoolSettings, predecessor: Pool | None) -> Pool:

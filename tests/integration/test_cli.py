@@ -342,12 +342,16 @@ def test_sighup_with_broken_config_keeps_the_old_one(
 
 
 def test_check_good_config(tmp_path: Path) -> None:
+    """The original's two lines on stdout, nothing on stderr, exit 0."""
     path = tmp_path / "good.yaml"
     path.write_text(yaml.safe_dump(static_config()), encoding="utf-8")
     result = run_cli("-t", str(path))
     assert result.returncode == 0, result.stderr
-    assert f"the configuration file {path} syntax is ok" in result.stdout
-    assert f"configuration file {path} test is successful" in result.stdout
+    assert result.stdout.splitlines() == [
+        f"pg_doorman: the configuration file {path} syntax is ok",
+        f"pg_doorman: configuration file {path} test is successful",
+    ]
+    assert result.stderr == ""
 
 
 def test_check_bad_config_names_file_key_and_suggestion(tmp_path: Path) -> None:
@@ -357,11 +361,12 @@ def test_check_bad_config_names_file_key_and_suggestion(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     result = run_cli("-t", str(path))
-    assert result.returncode != 0
+    assert result.returncode == 78  # EX_CONFIG, as the original
     output = result.stdout + result.stderr
     assert "test is successful" not in output
     line = next((ln for ln in output.splitlines() if "pool_sise" in ln), None)
     assert line is not None, output
+    assert line.startswith("Config parse error: ")
     assert str(path) in line
     assert "pools.appdb.users[0].pool_sise" in line
     assert "pool_size" in line.replace("pool_sise", ""), f"no suggestion in {line!r}"
@@ -415,8 +420,11 @@ def test_toml_config_serves_clients(doorman: StartDoorman, pool_config: MakePool
 # ---------------------------------------- logging options
 
 
-def test_log_format_json(doorman: StartDoorman, pool_config: MakePoolConfig, pg_trust: TempPostgres) -> None:
-    proc = doorman(pool_config(pg_trust), extra_args=["--log-format", "json"])
+@pytest.mark.parametrize("flag", ["structured", "json"])
+def test_log_format_structured(
+    doorman: StartDoorman, pool_config: MakePoolConfig, pg_trust: TempPostgres, flag: str
+) -> None:
+    proc = doorman(pool_config(pg_trust), extra_args=["-F", flag])
     with connect(proc) as conn:
         assert scalar(conn, "select 1") == 1
     assert proc.stop() == 0
@@ -425,11 +433,13 @@ def test_log_format_json(doorman: StartDoorman, pool_config: MakePoolConfig, pg_
     records = []
     for ln in lines:
         record = json.loads(ln)  # every line is one JSON object
-        assert isinstance(record, dict)
-        assert {"level", "msg"} <= record.keys(), record
+        assert list(record) == ["timestamp", "level", "file", "line", "message"], record
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", record["timestamp"])
+        assert isinstance(record["line"], int) and record["file"].endswith(".py")
         records.append(record)
-    assert any("listening on" in r["msg"] and r["level"] == "info" for r in records)
-    assert any(r["level"] == "debug" for r in records)  # the fixture's -l debug still applies
+    assert any("listening on" in r["message"] and r["level"] == "INFO" for r in records)
+    assert any(r["level"] == "DEBUG" for r in records)  # the fixture's -l debug still applies
+    assert any(r["message"].startswith("Welcome to pg_doorman") for r in records)
 
 
 def test_log_level_warning_suppresses_info(doorman: StartDoorman, pool_config: MakePoolConfig, tmp_path: Path) -> None:
@@ -449,9 +459,9 @@ def test_log_level_warning_suppresses_info(doorman: StartDoorman, pool_config: M
     proc.wait_for_log("cannot open server connection", timeout=5)
     assert proc.stop() == 0
     text = proc.log_text()
-    levels = set(re.findall(r"^\S+ \S+ (\w+)", text, flags=re.MULTILINE))
-    assert "WARNING" in levels, text
-    assert levels <= {"WARNING", "ERROR", "CRITICAL"}, text
+    levels = set(re.findall(r"^\S+Z\s+(\w+) \S+:\d+: ", text, flags=re.MULTILINE))
+    assert "WARN" in levels, text
+    assert levels <= {"WARN", "ERROR"}, text
     assert "listening on" not in text and "client connected" not in text
 
 
@@ -460,7 +470,7 @@ def test_log_level_warning_suppresses_info(doorman: StartDoorman, pool_config: M
 
 @pytest.mark.parametrize("fmt", ["yaml", "toml"])
 def test_generate_prints_a_valid_config(tmp_path: Path, fmt: str) -> None:
-    result = run_cli("generate", "-f", fmt)
+    result = run_cli("generate", "--reference", "-f", fmt)
     assert result.returncode == 0, result.stderr
     assert "pools" in result.stdout and "general" in result.stdout
     path = tmp_path / f"generated.{fmt}"
@@ -472,7 +482,7 @@ def test_generate_prints_a_valid_config(tmp_path: Path, fmt: str) -> None:
 
 def test_generate_to_output_file(tmp_path: Path) -> None:
     path = tmp_path / "out.toml"
-    result = run_cli("generate", "-o", str(path))
+    result = run_cli("generate", "--reference", "-o", str(path))
     assert result.returncode == 0, result.stderr
     assert path.exists()
     check = run_cli("-t", str(path))

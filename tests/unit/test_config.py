@@ -18,6 +18,7 @@ from pg_doorman.config import (
     classify_password,
     generate_example_config,
     load_config,
+    startup_messages,
 )
 
 MD5 = "md5" + "0e9070b976a76706bb4bc4369e934be1"
@@ -520,7 +521,7 @@ def test_deprecated_cache_size_alias(write: Write, caplog: pytest.LogCaptureFixt
         f"{path}: general.client_prepared_statements_cache_size: deprecated key; "
         "use 'client_anonymous_prepared_cache_size'",
     )
-    assert "deprecated key" in caplog.text
+    assert "deprecated key" in startup_messages(config)[0]  # logged by the caller (startup, reload)
     both = "client_prepared_statements_cache_size: 16\nclient_anonymous_prepared_cache_size: 8"
     assert "set only 'client_anonymous_prepared_cache_size'" in single_problem(write("b.yaml", yaml_with(general=both)))
 
@@ -682,22 +683,23 @@ def test_durations_accepted_in_pools_and_users(write: Write, value: str, seconds
 
 def test_check_config_success(write: Write) -> None:
     path = write("pg_doorman.yaml", MINIMAL_YAML)
-    ok, text = check_config(path)
-    assert ok
-    assert text.splitlines() == [
+    report = check_config(path)
+    assert report.ok
+    assert report.stdout == (
         f"pg_doorman: the configuration file {path} syntax is ok",
         f"pg_doorman: configuration file {path} test is successful",
-    ]
+    )
+    assert report.stderr == ()
 
 
 def test_check_config_failure(write: Write) -> None:
     path = write("pg_doorman.yaml", yaml_with(general="port: x\nhots: y"))
-    ok, text = check_config(path)
-    assert not ok
-    assert text.splitlines() == [
-        f"{path}: general.port: expected an integer, got string 'x'",
-        f"{path}: general.hots: unknown key; did you mean 'host'?",
-    ]
+    report = check_config(path)
+    assert not report.ok
+    assert report.stderr == (
+        f"Config parse error: {path}: general.port: expected an integer, got string 'x'",
+        f"Config parse error: {path}: general.hots: unknown key; did you mean 'host'?",
+    )
 
 
 # -- generated example ----------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ inheritance for one pool. Reload is "load again and swap": objects are never mut
 
 from pg_doorman.config.errors import ConfigError
 from pg_doorman.config.example import generate_example_config
-from pg_doorman.config.loader import check_config, load_config
+from pg_doorman.config.loader import PARSE_ERROR, CheckReport, check_config, load_config, startup_messages
 from pg_doorman.config.schema import (
     Config,
     General,
@@ -21,6 +21,8 @@ from pg_doorman.config.schema import (
 from pg_doorman.config.units import format_duration, format_size, parse_duration, parse_file_mode, parse_size
 
 __all__ = [
+    "PARSE_ERROR",
+    "CheckReport",
     "Config",
     "ConfigError",
     "General",
@@ -38,4 +40,5 @@ __all__ = [
     "parse_duration",
     "parse_file_mode",
     "parse_size",
+    "startup_messages",
 ]

@@ -124,7 +124,18 @@ _GENERAL: tuple[_Key, ...] = (
         _D.server_reset_query_always,
         "Also run server_reset_query after every transaction in transaction mode.",
     ),
-    _Key("worker_threads", _D.worker_threads, "Accepted for compatibility with the original pg_doorman."),
+    _Key(
+        "worker_threads",
+        _D.worker_threads,
+        "Accepted for compatibility with the original pg_doorman; one process serves (worker processes: later).",
+    ),
+    _Key(
+        "daemon_pid_file",
+        "/run/pg_doorman/pg_doorman.pid",
+        "Pid file, written with -d (default /tmp/pg_doorman.pid) and in the foreground when set.",
+        commented_out=True,
+    ),
+    _Key("syslog_prog_name", "pg_doorman", "Log to syslog (/dev/log) under this name.", commented_out=True),
     _Key(
         "startup_parameters",
         {"jit": "off"},

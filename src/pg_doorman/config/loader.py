@@ -8,10 +8,11 @@ for its keys with a type, which both converts the value and declares the key as 
 
 from __future__ import annotations
 
-import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
+from pg_doorman.config import later
 from pg_doorman.config.errors import ConfigError, KeyPath, format_key_path
 from pg_doorman.config.reader import Problems, Section, describe
 from pg_doorman.config.schema import (
@@ -27,28 +28,17 @@ from pg_doorman.config.schema import (
 )
 from pg_doorman.config.sources import load_source
 
-logger = logging.getLogger(__name__)
-
-# Settings of the original (Rust) pg_doorman that this implementation does not have. They are rejected with
-# a clear message rather than as typos, and rather than silently ignored: an operator who sets
-# max_db_connections expects a cap, and must learn that there is none.
-_UNSUPPORTED_TOP = ("web", "prometheus", "talos")
-_UNSUPPORTED_GENERAL = (
-    "retain_connections_max", "proxy_copy_data_timeout", "tcp_socket_buffer_size", "unix_socket_buffer_size",
-    "max_concurrent_creates", "scaling_warm_pool_ratio", "scaling_fast_retries", "scaling_max_parallel_creates",
-    "max_memory_usage", "worker_cpu_affinity_pinning", "worker_stack_size", "max_blocking_threads",
-    "tokio_global_queue_interval", "tokio_event_interval", "query_interner_gc_interval_seconds",
-    "query_interner_anon_idle_ttl_seconds", "patroni_api_urls", "fallback_cooldown", "patroni_api_timeout",
-    "fallback_connect_timeout", "fallback_lifetime", "tls_rate_limit_per_second", "daemon_pid_file",
-    "syslog_prog_name",
-)  # fmt: skip
+# Settings of the original (Rust) pg_doorman that are not accepted yet: the pool-engine keys and the web listener
+# come with their implementation. They are rejected with a clear message rather than as typos, and rather than
+# silently ignored: an operator who sets max_db_connections expects a cap, and must learn that there is none.
+# Every other key of the original is accepted (config/later.py reports those not in effect yet).
+_UNSUPPORTED_TOP = ("web", "prometheus")
+_UNSUPPORTED_GENERAL = ("retain_connections_max", "proxy_copy_data_timeout", "max_memory_usage")
 _UNSUPPORTED_POOL = (
-    "scaling_warm_pool_ratio", "scaling_fast_retries", "max_db_connections", "min_connection_lifetime",
-    "reserve_pool_size", "reserve_pool_timeout", "min_guaranteed_pool_size", "patroni_api_urls",
-    "fallback_cooldown", "patroni_api_timeout", "fallback_connect_timeout", "fallback_lifetime",
-    "server_tls_mode", "server_tls_ca_cert", "server_tls_certificate", "server_tls_private_key", "auth_query",
+    "max_db_connections", "min_connection_lifetime", "reserve_pool_size", "reserve_pool_timeout",
+    "min_guaranteed_pool_size",
 )  # fmt: skip
-_UNSUPPORTED_USER = ("auth_pam_service",)
+_UNSUPPORTED_USER: tuple[str, ...] = ()
 
 # Startup packet keys the pooler sets itself (or that would change the session's identity behind its back).
 _RESERVED_PARAMETERS = ("user", "database", "replication", "options", "role", "session_authorization")
@@ -117,7 +107,7 @@ def _first_set(value: str | None, default: str) -> str:
     return default if value is None else value
 
 
-def _existing_file(section: Section, key: str) -> str | None:
+def existing_file(section: Section, key: str) -> str | None:
     """A path setting, resolved against the directory of the file that set it and checked to exist."""
     value = section.optional_string(key, allow_empty=False)
     if value is None:
@@ -141,7 +131,7 @@ def _pg_hba(section: Section) -> HbaSource | None:
     if table.has("path") == table.has("content"):
         section.error("pg_hba", "expected exactly one of 'path' or 'content'")
     content = table.optional_string("content")
-    path = _existing_file(table, "path")
+    path = existing_file(table, "path")
     table.finish()
     return HbaSource(path=path, content=content)
 
@@ -170,6 +160,7 @@ def _read_general(root: Section) -> General:
                 "deprecated key; use 'client_anonymous_prepared_cache_size'",
             )
 
+    daemon_pid_file, syslog_prog_name = later.read_general(s)
     general = General(
         admin_username=admin_username or "",
         admin_password=admin_password or "",
@@ -209,18 +200,31 @@ def _read_general(root: Section) -> General:
         server_reset_query_always=s.boolean("server_reset_query_always", False),
         worker_threads=s.integer("worker_threads", 1, minimum=1),
         startup_parameters=_startup_parameters(s),
-        tls_certificate=_existing_file(s, "tls_certificate"),
-        tls_private_key=_existing_file(s, "tls_private_key"),
-        tls_ca_cert=_existing_file(s, "tls_ca_cert"),
+        tls_certificate=existing_file(s, "tls_certificate"),
+        tls_private_key=existing_file(s, "tls_private_key"),
+        tls_ca_cert=existing_file(s, "tls_ca_cert"),
         tls_mode=s.optional_choice("tls_mode", TLS_MODES),
         server_tls_mode=s.choice("server_tls_mode", "allow", SERVER_TLS_MODES),
-        server_tls_ca_cert=_existing_file(s, "server_tls_ca_cert"),
-        server_tls_certificate=_existing_file(s, "server_tls_certificate"),
-        server_tls_private_key=_existing_file(s, "server_tls_private_key"),
+        server_tls_ca_cert=existing_file(s, "server_tls_ca_cert"),
+        server_tls_certificate=existing_file(s, "server_tls_certificate"),
+        server_tls_private_key=existing_file(s, "server_tls_private_key"),
         hba=s.string_list("hba"),
         pg_hba=_pg_hba(s),
+        daemon_pid_file=daemon_pid_file,
+        syslog_prog_name=syslog_prog_name,
     )
     _check_general(s, general)
+    if general.worker_threads > 1:
+        s.problems.note(
+            s.key_path("worker_threads"),
+            "not active yet in this version (worker processes: one process serves); accepted and ignored",
+        )
+    later.tls_notes(
+        s,
+        client_certificate=general.tls_certificate is not None,
+        tls_mode=general.tls_mode,
+        server_tls_mode=general.server_tls_mode,
+    )
     s.finish(_UNSUPPORTED_GENERAL)
     return general
 
@@ -266,6 +270,7 @@ def _read_user(s: Section) -> UserConfig | None:
         s.error("min_pool_size", f"must not exceed pool_size ({pool_size}), got {min_pool_size}")
     if server_password is not None and server_username is None:
         s.error("server_password", "requires server_username (the PostgreSQL role to log in as)")
+    later.read_user(s)
     s.finish(_UNSUPPORTED_USER)
     if username is None or password is None or pool_size is None:
         return None
@@ -328,7 +333,7 @@ def _read_users(pool: Section) -> tuple[UserConfig, ...]:
     return tuple(users)
 
 
-def _read_pool(name: str, s: Section, general: General) -> PoolConfig:
+def _read_pool(name: str, s: Section, general: General, server_tls_modes: dict[str, str]) -> PoolConfig:
     if not name:
         s.problems.add(s.path, "pool name (the database clients connect to) must not be empty")
     elif name.lower() in ADMIN_DATABASES:
@@ -360,15 +365,20 @@ def _read_pool(name: str, s: Section, general: General) -> PoolConfig:
             "startup_parameters",
             f"too large together with general.startup_parameters: at most {STARTUP_PARAMETERS_MAX_BYTES} bytes",
         )
+    server_tls_mode = later.read_pool(s)
+    if server_tls_mode is not None:
+        server_tls_modes[format_key_path(s.key_path("server_tls_mode"))] = server_tls_mode
     s.finish(_UNSUPPORTED_POOL)
     return pool
 
 
-def _read_pools(root: Section, general: General) -> dict[str, PoolConfig]:
+def _read_pools(root: Section, general: General, server_tls_modes: dict[str, str]) -> dict[str, PoolConfig]:
     section = root.table("pools")
     if section is None:
         return {}
-    return {name: _read_pool(name, pool_section, general) for name, pool_section in section.subtables()}
+    return {
+        name: _read_pool(name, pool_section, general, server_tls_modes) for name, pool_section in section.subtables()
+    }
 
 
 def load_config(path: str | Path) -> Config:
@@ -377,25 +387,64 @@ def load_config(path: str | Path) -> Config:
     problems = Problems(source)
     root = Section(problems, (), source.data)
     general = _read_general(root)
-    pools = _read_pools(root, general)
+    server_tls_modes = {"general.server_tls_mode": general.server_tls_mode}
+    pools = _read_pools(root, general, server_tls_modes)
+    later.read_talos(root)
     root.finish(_UNSUPPORTED_TOP)
     if problems.lines:
         raise ConfigError(problems.lines)
-    for warning in problems.warnings:
-        logger.warning("%s", warning)
-    return Config(path=str(path), general=general, pools=pools, warnings=tuple(problems.warnings))
+    refusals = later.refusal_lines(
+        source.main_file,
+        hba=bool(general.hba),
+        pg_hba=general.pg_hba is not None,
+        tls_mode=general.tls_mode,
+        server_tls_modes=server_tls_modes,
+    )
+    return Config(
+        path=str(path),
+        general=general,
+        pools=pools,
+        warnings=tuple(problems.warnings),
+        not_active=tuple(problems.notes),
+        refusals=tuple(refusals),
+    )
 
 
-def check_config(path: str | Path) -> tuple[bool, str]:
-    """What ``pg_doorman -t`` prints: nginx-style success lines, or every problem found.
+@dataclass(frozen=True, slots=True)
+class CheckReport:
+    """What ``pg_doorman -t`` prints: ``stdout`` on success, ``stderr`` for problems, warnings and notes."""
 
-    It only reads files; it does not connect to PostgreSQL (like the original).
+    ok: bool
+    stdout: tuple[str, ...]
+    stderr: tuple[str, ...]
+
+
+PARSE_ERROR = "Config parse error"
+
+
+def startup_messages(config: Config) -> list[str]:
+    """Warnings and not-active-yet notes of a loaded config, one line each (for -t, startup and reload logs)."""
+    return [*config.warnings, *config.not_active]
+
+
+def check_config(path: str | Path) -> CheckReport:
+    """``pg_doorman -t``: the original's nginx-style success lines, or ``Config parse error: …`` per problem.
+
+    It only reads files; it does not connect to PostgreSQL (like the original). A setting that is not active yet
+    is reported; one that would widen access if ignored (see config/later.py) fails the check.
     """
     try:
-        load_config(path)
+        config = load_config(path)
     except ConfigError as exc:
-        return False, str(exc)
-    return True, (
-        f"pg_doorman: the configuration file {path} syntax is ok\n"
-        f"pg_doorman: configuration file {path} test is successful"
+        return CheckReport(False, (), tuple(f"{PARSE_ERROR}: {line}" for line in exc.problems))
+    notes = tuple(f"pg_doorman: warning: {line}" for line in startup_messages(config))
+    if config.refusals:
+        return CheckReport(False, (), notes + tuple(f"{PARSE_ERROR}: {line}" for line in config.refusals))
+    return CheckReport(
+        True,
+        (
+            f"pg_doorman: the configuration file {path} syntax is ok",
+            f"pg_doorman: configuration file {path} test is successful",
+        ),
+        notes,
     )

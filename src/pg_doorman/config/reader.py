@@ -43,12 +43,16 @@ class Problems:
         self.source = source
         self.lines: list[str] = list(source.problems)
         self.warnings: list[str] = []
+        self.notes: list[str] = []  # accepted settings that are not in effect yet (see config/later.py)
 
     def add(self, path: KeyPath, message: str) -> None:
         self.lines.append(format_problem(self.source.file_of(path), path, message))
 
     def warn(self, path: KeyPath, message: str) -> None:
         self.warnings.append(format_problem(self.source.file_of(path), path, message))
+
+    def note(self, path: KeyPath, message: str) -> None:
+        self.notes.append(format_problem(self.source.file_of(path), path, message))
 
 
 class Section:
@@ -151,8 +155,11 @@ class Section:
         value = self.optional_duration(key)
         return default if value is None else value
 
+    def optional_size(self, key: str) -> int | None:
+        return self._convert(key, parse_size)
+
     def size(self, key: str, default: int) -> int:
-        value = self._convert(key, parse_size)
+        value = self.optional_size(key)
         return default if value is None else value
 
     def file_mode(self, key: str, default: str) -> str:

@@ -139,6 +139,8 @@ class General:
     server_tls_private_key: str | None = None
     hba: tuple[str, ...] = ()
     pg_hba: HbaSource | None = None
+    daemon_pid_file: str | None = None  # the original's default /tmp/pg_doorman.pid applies with -d
+    syslog_prog_name: str | None = None
 
     @property
     def unix_socket_permissions(self) -> int:
@@ -245,12 +247,20 @@ def _first(*values: _T | None) -> _T:
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    """A whole loaded configuration; ``warnings`` lists accepted-but-discouraged usage (deprecated keys)."""
+    """A whole loaded configuration.
+
+    ``warnings``: accepted but discouraged or without effect (deprecated keys, keys the original ignores).
+    ``not_active``: settings of the original accepted now and put into effect later (config/later.py).
+    ``refusals``: why pg_doorman must not start with this file (a setting it cannot honour would widen access);
+    ``-t`` fails and startup stops when there is any.
+    """
 
     path: str
     general: General
     pools: dict[str, PoolConfig] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    not_active: tuple[str, ...] = ()
+    refusals: tuple[str, ...] = ()
 
     def pool_settings(self, db: str, username: str) -> PoolSettings | None:
         """Resolve the pool for ``db`` and ``username`` (user → pool → general), or None if unknown."""
