@@ -26,13 +26,14 @@ from pg_doorman.config.schema import (
     password_problem,
 )
 from pg_doorman.config.sources import load_source
+from pg_doorman.config.web import read_web
 
 logger = logging.getLogger(__name__)
 
 # Settings of the original (Rust) pg_doorman that this implementation does not have. They are rejected with
 # a clear message rather than as typos, and rather than silently ignored: an operator who sets
 # max_db_connections expects a cap, and must learn that there is none.
-_UNSUPPORTED_TOP = ("web", "prometheus", "talos")
+_UNSUPPORTED_TOP = ("talos",)
 _UNSUPPORTED_GENERAL = (
     "retain_connections_max", "proxy_copy_data_timeout", "tcp_socket_buffer_size", "unix_socket_buffer_size",
     "max_concurrent_creates", "scaling_warm_pool_ratio", "scaling_fast_retries", "scaling_max_parallel_creates",
@@ -378,12 +379,13 @@ def load_config(path: str | Path) -> Config:
     root = Section(problems, (), source.data)
     general = _read_general(root)
     pools = _read_pools(root, general)
+    web = read_web(root, general.admin_password)
     root.finish(_UNSUPPORTED_TOP)
     if problems.lines:
         raise ConfigError(problems.lines)
     for warning in problems.warnings:
         logger.warning("%s", warning)
-    return Config(path=str(path), general=general, pools=pools, warnings=tuple(problems.warnings))
+    return Config(path=str(path), general=general, pools=pools, warnings=tuple(problems.warnings), web=web)
 
 
 def check_config(path: str | Path) -> tuple[bool, str]:
