@@ -23,6 +23,7 @@ import asyncio
 import gzip
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -285,6 +286,7 @@ class HttpConnection(asyncio.Protocol):
         self._request_started = 0.0
         self._closing = False
         self._paused = False
+        self._pending: deque[tuple[str, str, str, dict[str, str], bytes]] = deque()  # parsed, not answered yet
 
     # ------------------------------------------------------------------ asyncio callbacks
 
@@ -313,6 +315,7 @@ class HttpConnection(asyncio.Protocol):
         if self.transport is not None and self._paused and not self._closing:
             self._paused = False
             self.transport.resume_reading()
+            self._answer_pending()
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -320,25 +323,35 @@ class HttpConnection(asyncio.Protocol):
         if not self.parser.has_partial:
             self._request_started = time.monotonic()
         try:
-            complete = self.parser.feed(data)
+            self._pending.extend(self.parser.feed(data))
         except HttpError as exc:
+            self._pending.clear()
             self._fail(exc)
             return
-        for method, target, version, headers, body in complete:
+        self._answer_pending()
+
+    def _answer_pending(self) -> None:
+        """Answer the complete requests in order; stop while the peer does not read (resume_writing goes on)."""
+        answered = False
+        while self._pending and not self._paused and not self._closing:
+            method, target, version, headers, body = self._pending.popleft()
+            answered = True
             try:
                 request = make_request(method, target, version, headers, body, self.peer)
             except UnicodeDecodeError:
                 self._fail(HttpError(400, "malformed percent-encoding in the request target"))
                 return
-            if not self._answer(request) or self._closing:
+            if not self._answer(request):
                 return
-        if self.parser.has_partial:
-            if not complete or self._timer is None:
-                self._arm_request_timeout()
-            else:
+        if self._closing:
+            return
+        if self._pending:
+            self._arm_idle()  # waiting for the peer to read its answers: for idle_timeout at most
+        elif self.parser.has_partial:
+            if answered:
                 # The next pipelined request started in the same chunk: its clock starts now.
                 self._request_started = time.monotonic()
-                self._arm_request_timeout()
+            self._arm_request_timeout()
         else:
             self._arm_idle()
 
@@ -385,7 +398,20 @@ class HttpConnection(asyncio.Protocol):
 
     def _arm_idle(self) -> None:
         self._cancel_timer()
-        self._timer = asyncio.get_running_loop().call_later(self.server.limits.idle_timeout, self._close)
+        self._timer = asyncio.get_running_loop().call_later(self.server.limits.idle_timeout, self._idle_timed_out)
+
+    def shut(self) -> None:
+        """Close now: gracefully (flushing answers) unless the peer has stopped reading them."""
+        if self._paused and self.transport is not None:
+            self._closing = True
+            self._cancel_timer()
+            self.transport.abort()
+        else:
+            self._close()
+
+    def _idle_timed_out(self) -> None:
+        self._timer = None
+        self.shut()  # a peer that has not read its answers for idle_timeout would hold a graceful close forever
 
     def _arm_request_timeout(self) -> None:
         self._cancel_timer()
@@ -430,6 +456,6 @@ class HttpServer:
         if self._server is not None:
             self._server.close()
         for connection in list(self.connections):
-            connection._close()
+            connection.shut()
         if self._server is not None:
             await self._server.wait_closed()
