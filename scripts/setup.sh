@@ -4,7 +4,8 @@
 # Installs what the tests and the benchmark need, only when it is missing:
 #   postgresql-15, postgresql-client-15 (TempPostgres, psql, pgbench), pgbouncer (benchmark peer),
 #   nodejs/npm if `node`/`npm` is missing, default-jdk-headless if `javac` is missing and
-#   libpostgresql-jdbc-java if no pgJDBC jar is found (driver tests), python3-venv if `python3 -m venv` cannot work,
+#   libpostgresql-jdbc-java if no pgJDBC jar is found (driver tests), prometheus (promtool) and curl (web tests),
+#   python3-venv if `python3 -m venv` cannot work,
 # gcc and the Python headers (compiled hot path),
 # then creates .venv and installs the package with its test extras (editable), compiles the hot path (Cython,
 # in place), and runs `npm ci` in
@@ -69,6 +70,9 @@ if [ ! -f "$PGJDBC_M2" ] && [ ! -f /usr/share/java/postgresql.jar ]; then
 fi
 # The compiled hot path (setup.py, Cython) needs a C compiler and the headers of the Python that runs it.
 command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
+# promtool (Debian's prometheus package) checks deploy/prometheus/alerts.yaml; curl talks to the web listener.
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 if [ -n "$PYTHON" ] && ! "$PYTHON" -c 'import os, sysconfig; inc = sysconfig.get_paths()["include"]; raise SystemExit(not os.path.exists(os.path.join(inc, "Python.h")))' 2>/dev/null; then
     missing+=(python3-dev)
 fi

@@ -17,6 +17,7 @@ from pg_doorman.client import ClientConnection
 from pg_doorman.config import Config, ConfigError, load_config, startup_messages
 from pg_doorman.connection import DRAIN_MAX_SECONDS, wait_for_drains
 from pg_doorman.context import ClientContext
+from pg_doorman.observe.web import WebListener
 from pg_doorman.registry import PoolChanges, PoolRegistry
 from pg_doorman.service import report_ready, sd_notify
 from pg_doorman.tasks import spawn
@@ -82,6 +83,10 @@ class Application:
         self._connected_at: dict[ClientConnection, float] = {}
         self._unix_path: str | None = None
         self.ready_fd: int | None = None  # the -d launcher's readiness pipe (service.daemonize)
+        self.connections_accepted = 0  # every client connection accepted (cancel requests included)
+        self.connections_refused = 0  # of those, refused over max_connections
+        self.cancel_requests = 0
+        self.web: WebListener | None = None  # /metrics and the web console, when web.enabled
         self._apply(config)
 
     @property
@@ -112,7 +117,9 @@ class Application:
 
     def admit(self, client: ClientConnection) -> bool:
         """Count a new connection; False when it is over max_connections (it is then not counted at all)."""
+        self.connections_accepted += 1
         if len(self.clients) >= self.config.general.max_connections:
+            self.connections_refused += 1
             limit = self.config.general.max_connections
             log.info("client from %s refused: max_connections (%d) reached", client.peer, limit)
             return False
@@ -140,6 +147,7 @@ class Application:
 
     def cancel(self, pid: int, secret: int) -> None:
         """A CancelRequest: forward it to the server running this client's query, if any."""
+        self.cancel_requests += 1
         client = self.registry.cancel_target(pid, secret)
         if client is None:
             log.info("cancel request with unknown key ignored")
@@ -191,6 +199,9 @@ class Application:
             len(self.registry),
             implementation(),
         )
+        if self.config.web.enabled:
+            self.web = WebListener(self)
+            await self.web.start()
         self.registry.maintain(time.monotonic())
         self._janitor = loop.create_task(self._maintenance())
         self._wait_ticker = loop.create_task(self._tick_pools())
@@ -329,6 +340,8 @@ class Application:
             self._janitor.cancel()
         if self._wait_ticker is not None:
             self._wait_ticker.cancel()
+        if self.web is not None:
+            await self.web.stop()
         for client in list(self.clients):
             client.fail_shutdown()
         for pool in self.registry.pools.values():

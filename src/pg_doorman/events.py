@@ -1,39 +1,50 @@
-"""Recent lifecycle events (reloads, rejected reloads, shutdowns, level changes) for the console and the API.
+"""Recent operator-visible events of this process (PAUSE, RELOAD, KILL, ...): a small ring buffer.
 
-A bounded ring like the original's (1024 entries): `record` is cheap and never blocks, `recent` gives the newest
-last. Nothing on the per-transaction path writes here.
+The admin console records one event per mutating command, the web console's ``/api/events`` reads them. The
+ring is process-wide and bounded (``CAPACITY`` entries, oldest dropped first), so recording is O(1) and an
+event storm cannot grow memory. Events are plain frozen values with a wall-clock timestamp (what an operator
+correlates with other logs) and a sequence number (so a poller can ask for what is new since its last read).
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from dataclasses import dataclass
 
-MAX_EVENTS = 1024
+__all__ = ["CAPACITY", "Event", "clear", "recent", "record"]
+
+CAPACITY = 1024
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    timestamp: float  # time.time()
-    kind: str  # RELOAD, CONFIG_VALIDATION_ERROR, SHUTDOWN, ...
+    seq: int  # increasing from 1 in this process
+    timestamp: float  # time.time() when recorded
+    kind: str  # upper-case tag: "PAUSE", "RESUME", "RECONNECT", "KILL", "RELOAD", "RELOAD_FAILED", ...
     message: str
 
 
-_events: deque[Event] = deque(maxlen=MAX_EVENTS)
+_ring: deque[Event] = deque(maxlen=CAPACITY)
+_counter = itertools.count(1)
 
 
 def record(kind: str, message: str) -> Event:
-    event = Event(time.time(), kind, message)
-    _events.append(event)
+    """Append an event (the oldest one goes when the ring is full) and return it."""
+    event = Event(next(_counter), time.time(), kind, message)
+    _ring.append(event)
     return event
 
 
-def recent(limit: int | None = None) -> list[Event]:
-    """The last ``limit`` events (all kept when None), oldest first."""
-    events = list(_events)
-    return events if limit is None else events[-limit:] if limit > 0 else []
+def recent(limit: int | None = None, *, after: int = 0) -> list[Event]:
+    """Events oldest first: those with ``seq > after``, at most the newest ``limit`` of them."""
+    events = [event for event in _ring if event.seq > after] if after else list(_ring)
+    if limit is not None:
+        events = events[-limit:] if limit > 0 else []
+    return events
 
 
 def clear() -> None:
-    _events.clear()
+    """Forget every event (tests)."""
+    _ring.clear()

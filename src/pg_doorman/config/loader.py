@@ -27,12 +27,13 @@ from pg_doorman.config.schema import (
     password_problem,
 )
 from pg_doorman.config.sources import load_source
+from pg_doorman.config.web import read_web
 
-# Settings of the original (Rust) pg_doorman that are not accepted yet: the pool-engine keys and the web listener
-# come with their implementation. They are rejected with a clear message rather than as typos, and rather than
+# Settings of the original (Rust) pg_doorman that are not accepted yet: the pool-engine keys come with
+# their implementation. They are rejected with a clear message rather than as typos, and rather than
 # silently ignored: an operator who sets max_db_connections expects a cap, and must learn that there is none.
 # Every other key of the original is accepted (config/later.py reports those not in effect yet).
-_UNSUPPORTED_TOP = ("web", "prometheus")
+_UNSUPPORTED_TOP: tuple[str, ...] = ()
 _UNSUPPORTED_GENERAL = ("retain_connections_max", "proxy_copy_data_timeout", "max_memory_usage")
 _UNSUPPORTED_POOL = (
     "max_db_connections", "min_connection_lifetime", "reserve_pool_size", "reserve_pool_timeout",
@@ -389,6 +390,7 @@ def load_config(path: str | Path) -> Config:
     general = _read_general(root)
     server_tls_modes = {"general.server_tls_mode": general.server_tls_mode}
     pools = _read_pools(root, general, server_tls_modes)
+    web = read_web(root, general.admin_password)
     later.read_talos(root)
     root.finish(_UNSUPPORTED_TOP)
     if problems.lines:
@@ -407,6 +409,7 @@ def load_config(path: str | Path) -> Config:
         warnings=tuple(problems.warnings),
         not_active=tuple(problems.notes),
         refusals=tuple(refusals),
+        web=web,
     )
 
 

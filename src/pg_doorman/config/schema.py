@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
 from pg_doorman.config.units import parse_file_mode
+from pg_doorman.config.web import WebConfig
 
 PasswordKind = Literal["md5", "scram", "plain", "empty"]
 PoolMode = Literal["transaction", "session"]
@@ -261,6 +262,7 @@ class Config:
     warnings: tuple[str, ...] = ()
     not_active: tuple[str, ...] = ()
     refusals: tuple[str, ...] = ()
+    web: WebConfig = field(default_factory=WebConfig)
 
     def pool_settings(self, db: str, username: str) -> PoolSettings | None:
         """Resolve the pool for ``db`` and ``username`` (user → pool → general), or None if unknown."""
