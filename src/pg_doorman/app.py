@@ -11,6 +11,7 @@ import time
 from typing import cast
 
 from pg_doorman import __version__, implementation, sockets
+from pg_doorman.admin import AdminContext
 from pg_doorman.client import ClientConnection
 from pg_doorman.config import Config, ConfigError, load_config
 from pg_doorman.connection import DRAIN_MAX_SECONDS, wait_for_drains
@@ -37,6 +38,13 @@ class Application:
         self.clients: set[ClientConnection] = set()
         self.context = ClientContext(
             self.registry, config.general, admit=self.admit, client_closed=self.client_closed, cancel=self.cancel
+        )
+        self.admin = self.context.admin = AdminContext(
+            registry=self.registry,
+            clients=self.clients,
+            config=lambda: self.config,
+            reload=self.reload,
+            shutdown=self._on_sigint,
         )
         self._servers: list[asyncio.Server] = []
         self._stop: asyncio.Event | None = None
@@ -72,7 +80,9 @@ class Application:
 
     def admit(self, client: ClientConnection) -> bool:
         """Count a new connection; False when it is over max_connections (it is then not counted at all)."""
+        self.admin.accepted += 1
         if len(self.clients) >= self.config.general.max_connections:
+            self.admin.refused += 1
             limit = self.config.general.max_connections
             log.info("client from %s refused: max_connections (%d) reached", client.peer, limit)
             return False
@@ -91,6 +101,7 @@ class Application:
 
     def cancel(self, pid: int, secret: int) -> None:
         """A CancelRequest: forward it to the server running this client's query, if any."""
+        self.admin.cancel_requests += 1
         client = self.registry.cancel_target(pid, secret)
         if client is None:
             log.info("cancel request with unknown key ignored")
