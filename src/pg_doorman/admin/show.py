@@ -55,11 +55,20 @@ def _cols(spec: str, type_oid: int) -> list[Column]:
     return [Column(name, type_oid) for name in spec.split()]
 
 
+_wall_cache: dict[int, str] = {}
+
+
 def _wall(monotonic_at: float, now_wall: float, now_mono: float) -> str:
-    """A monotonic instant as PgBouncer prints times: ``2024-01-31 12:00:00 UTC``."""
+    """A monotonic instant as PgBouncer prints times: ``2024-01-31 12:00:00 UTC`` (one strftime per second)."""
     if monotonic_at <= 0:
         return ""
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now_wall - (now_mono - monotonic_at)))
+    second = int(now_wall - (now_mono - monotonic_at))
+    text = _wall_cache.get(second)
+    if text is None:
+        if len(_wall_cache) > 65536:
+            _wall_cache.clear()
+        text = _wall_cache[second] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(second))
+    return text
 
 
 def _ptr(ident: int) -> str:

@@ -45,27 +45,41 @@ def row_description(columns: Sequence[Column]) -> bytes:
     return messages.message(b"T", b"".join(parts))
 
 
-def _text(value: Value) -> bytes:
+_LENGTHS = [_I32(n) for n in range(256)]  # the length prefix of short values, packed once
+_SMALL_INTS = [str(n).encode() for n in range(1024)]
+
+
+def _text(value: Value) -> bytes | None:
+    if value is None:
+        return None
     if isinstance(value, str):
         return value.encode()
     if isinstance(value, bool):
         return b"1" if value else b"0"
+    if isinstance(value, int):
+        return _SMALL_INTS[value] if 0 <= value < 1024 else str(value).encode()
     if isinstance(value, float):
         return str(int(value)).encode() if value.is_integer() else f"{value:.6f}".rstrip("0").encode()
     return str(value).encode()
 
 
 def data_row(values: Sequence[Value]) -> bytes:
-    """One DataRow in text format; None is SQL NULL, bool is 1/0 (as PgBouncer shows flags)."""
-    parts = [_I16(len(values))]
-    append = parts.append
-    for value in values:
-        if value is None:
-            append(_NULL)
-            continue
-        raw = _text(value)
-        append(_I32(len(raw)))
-        append(raw)
+    """One DataRow in text format; None is SQL NULL, bool is 1/0 (as PgBouncer shows flags).
+
+    Built with comprehensions and one join (no per-value appends): this runs once per client in SHOW CLIENTS.
+    """
+    raws = [
+        value.encode()
+        if value.__class__ is str
+        else _SMALL_INTS[value]
+        if value.__class__ is int and 0 <= value < 1024
+        else _text(value)
+        for value in values
+    ]
+    parts: list[bytes] = [b""] * (2 * len(raws) + 1)
+    parts[0] = _I16(len(raws))
+    parts[1::2] = [_NULL if raw is None else _LENGTHS[len(raw)] if len(raw) < 256 else _I32(len(raw)) for raw in raws]
+    parts[2::2] = [raw or b"" for raw in raws]
     body = b"".join(parts)
     return b"D" + _I32(len(body) + 4) + body
 
