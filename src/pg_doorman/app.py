@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from pg_doorman import __version__, events, implementation, sockets
+from pg_doorman.admin import AdminContext
 from pg_doorman.client import ClientConnection
 from pg_doorman.config import Config, ConfigError, load_config, startup_messages
 from pg_doorman.connection import DRAIN_MAX_SECONDS, wait_for_drains
@@ -74,6 +75,14 @@ class Application:
         self.clients: set[ClientConnection] = set()
         self.context = ClientContext(
             self.registry, config.general, admit=self.admit, client_closed=self.client_closed, cancel=self.cancel
+        )
+        self.admin = self.context.admin = AdminContext(
+            registry=self.registry,
+            clients=self.clients,
+            config=lambda: self.config,
+            reload=self.reload,
+            shutdown=self._on_sigint,
+            connection_counts=lambda: (self.connections_accepted, self.connections_refused, self.cancel_requests),
         )
         self._servers: list[asyncio.Server] = []
         self._stop: asyncio.Event | None = None

@@ -17,7 +17,7 @@ from time import monotonic
 from typing import TYPE_CHECKING
 
 from pg_doorman import clock, codes, sessionhints, sockets
-from pg_doorman.admin import Console, is_admin_database, login_decision
+from pg_doorman.admin import MAX_CONSOLE_MESSAGE, Console, is_admin_database, login_decision
 from pg_doorman.admission import OverLimitClient
 from pg_doorman.auth.client_login import ClientLogin, LoginFailed
 from pg_doorman.auth.policy import choose_method
@@ -840,12 +840,15 @@ class ClientConnection(Borrower):
 
     async def _login(self) -> None:
         timeout = self.context.login_timeout
+        console: Console | None = None
         try:
             async with asyncio.timeout(timeout if timeout > 0 else None):
                 startup = await self._negotiate()
                 if startup is None:
                     return
-                await self._authenticate(startup)
+                console = await self._authenticate(startup)
+            if console is not None:  # outside client_login_timeout: a console session lasts
+                await self._serve_console(console)
         except LoginFailed as err:
             log.info("client %s login failed: %s%s", self.peer, err.message, f" ({err.why})" if err.why else "")
             self.fail(err)
@@ -882,9 +885,9 @@ class ClientConnection(Borrower):
                 raise PoolerError(ADMIN_SHUTDOWN, "the pooler is shutting down")
             return first
 
-    async def _authenticate(self, startup: StartupMessage) -> None:
+    async def _authenticate(self, startup: StartupMessage) -> Console | None:
         """Authenticate first, then route, as PostgreSQL does: before the password exchange succeeds the client
-        learns nothing about which databases or users exist."""
+        learns nothing about which databases or users exist. Returns the console of an admin login."""
         if startup.minor_version > 0 or startup.protocol_options:
             self.write(messages.negotiate_protocol_version(0, startup.protocol_options))
         params = startup.params
@@ -892,8 +895,7 @@ class ClientConnection(Borrower):
         database = self.database = startup.database
         self.application_name = params.get("application_name", "")
         if is_admin_database(database):
-            await self._admin_login()
-            return
+            return await self._admin_login()
         pool = self.context.registry.pool_for(database, user)
         # Without a pool for (database, user) the user's password from another pool (if any) still decides the
         # exchange: an unknown database then costs the same exchange, and the same 28P01, as a wrong password.
@@ -921,6 +923,7 @@ class ClientConnection(Borrower):
         if pool.settings.prepared_statements and pool.transaction_mode:
             self.track_statements()
         await self._finish_login(defaults, params)
+        return None
 
     async def _exchange(self, login: ClientLogin) -> ClientLogin:
         """Run a password exchange to its end: send its requests, feed it the client's answers."""
@@ -1020,15 +1023,18 @@ class ClientConnection(Borrower):
             raise ConnectionResetError("the server was lost during login")
         return server
 
-    async def _admin_login(self) -> None:
+    async def _admin_login(self) -> Console:
         """The admin database: every user name gets the same md5 challenge; then the console answers."""
         admin_user, admin_password = self.context.admin_credentials()
         await self._exchange(ClientLogin(self.user, login_decision(self.user, admin_user, admin_password)))
         self.is_admin = True
-        console = Console()
+        console = Console(self.context.admin)
         self.write(console.startup_reply())
+        return console
+
+    async def _serve_console(self, console: Console) -> None:
         while not console.closed:
-            kind, body = await self._read_message(self.context.max_message_size)
+            kind, body = await self._read_message(MAX_CONSOLE_MESSAGE)
             reply = console.feed(kind, body)
             if reply:
                 self.write(reply)

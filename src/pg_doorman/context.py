@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pg_doorman.admin import AdminContext
     from pg_doorman.client import ClientConnection
     from pg_doorman.config import General
     from pg_doorman.registry import PoolRegistry
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 class ClientContext:
     __slots__ = (
+        "admin",
         "admin_password",
         "admin_username",
         "admit",
@@ -52,6 +54,7 @@ class ClientContext:
         self.login_timeout = 0.0
         self.admin_username = ""
         self.admin_password = ""
+        self.admin: AdminContext | None = None  # what the admin console sees and may do (set by Application)
         self.configure(general)
 
     def configure(self, general: General) -> None:

@@ -252,6 +252,8 @@ def test_console_answers() -> None:
     assert ready == b"Z\0\0\0\5I"
     for kind in b"PBDECH":
         assert console.feed(kind, b"") == b""
+    reply = console.feed(0x53, b"")  # the extended-protocol batch fails once, at its Sync
+    assert fields(reply[:-6])["C"] == "0A000" and reply[-6:] == b"Z\0\0\0\5I"
     assert console.feed(0x53, b"") == b"Z\0\0\0\5I"
     with pytest.raises(ProtocolViolation):
         console.feed(ord("d"), b"copy data")

@@ -1,34 +1,45 @@
 """One admin console session, sans-I/O: messages in, replies out.
 
-The console commands (SHOW ..., PAUSE, RELOAD) come in a later release. Until then every query is answered with
-an ErrorResponse (0A000) and ReadyForQuery, so a client sees a clear "not available" instead of a hang, and the
-session goes on. Extended-protocol messages are swallowed up to their Sync, which gets ReadyForQuery. Anything
-else (COPY data, function calls, garbage) ends the session: the console has no use for it.
+Simple Query only. A Query may carry several statements (``SHOW POOLS; SHOW STATS``): each gets its answer, then
+one ReadyForQuery, all in one reply (the client connection writes it in one go). A failing statement gets an
+ErrorResponse with severity ERROR and ends the Query (as PostgreSQL does), the session goes on: unknown
+commands are 58000, an unknown database 3D000, an unknown SET parameter 42601. Extended-protocol messages are
+answered at their Sync with one 0A000 error (the console has no prepared statements). Anything else (COPY data,
+function calls, garbage) ends the session.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
+from pg_doorman.admin import commands
+from pg_doorman.admin.operations import SYNTAX_ERROR, AdminError
+from pg_doorman.admin.show import show
+from pg_doorman.admin.wire import Column, result_set
 from pg_doorman.auth.policy import Decision, Method, choose_method
 from pg_doorman.protocol import messages
-from pg_doorman.protocol.errors import FEATURE_NOT_SUPPORTED, ProtocolViolation
+from pg_doorman.protocol.errors import (
+    FEATURE_NOT_SUPPORTED,
+    INTERNAL_ERROR,
+    SYSTEM_ERROR,
+    PoolerError,
+    ProtocolViolation,
+)
 
-__all__ = ["Console", "login_decision"]
+if TYPE_CHECKING:
+    from pg_doorman.admin.operations import AdminContext
+
+__all__ = ["MAX_CONSOLE_MESSAGE", "Console", "login_decision"]
+
+log = logging.getLogger("pg_doorman.admin")
 
 _QUERY = 0x51  # 'Q'
 _SYNC = 0x53  # 'S'
 _TERMINATE = 0x58  # 'X'
 _EXTENDED = frozenset(b"PBDECH")  # Parse, Bind, Describe, Execute, Close, Flush: answered at their Sync
-
-_NOT_AVAILABLE = (
-    messages.error_response(
-        FEATURE_NOT_SUPPORTED,
-        "the admin console is not available in this version of pg_doorman",
-        severity="ERROR",
-    )
-    + messages.READY_IDLE
-)
+MAX_CONSOLE_MESSAGE = 1024 * 1024  # a console Query is a line of text; refuse megabytes before reading them
 
 _STARTUP_REPLY = (
     messages.AUTH_OK
@@ -36,8 +47,12 @@ _STARTUP_REPLY = (
     + messages.parameter_status("client_encoding", "UTF8")
     + messages.parameter_status("DateStyle", "ISO, MDY")
     + messages.parameter_status("standard_conforming_strings", "on")
+    + messages.parameter_status("integer_datetimes", "on")
     + messages.backend_key_data(0, 0)
     + messages.READY_IDLE
+)
+_EXTENDED_REFUSED = messages.error_response(
+    FEATURE_NOT_SUPPORTED, "the admin console accepts simple queries only", severity="ERROR"
 )
 
 
@@ -55,13 +70,27 @@ def login_decision(user: str, admin_username: str, admin_password: str) -> Decis
     return replace(doomed, reason=f'"{user}" is not the admin user')
 
 
+def _error(err: PoolerError) -> bytes:
+    return messages.error_response(err.sqlstate, err.message, severity="ERROR", detail=err.detail)
+
+
+def _unknown(text: str) -> AdminError:
+    return AdminError(
+        SYSTEM_ERROR,
+        f"unsupported query against the admin database: {text[:200]}",
+        detail="SHOW HELP lists the commands",
+    )
+
+
 class Console:
     """The admin session of one client, after its login. `closed` becomes true at Terminate."""
 
-    __slots__ = ("closed",)
+    __slots__ = ("_extended_failed", "closed", "ops")
 
-    def __init__(self) -> None:
+    def __init__(self, ops: AdminContext | None = None) -> None:
+        self.ops = ops
         self.closed = False
+        self._extended_failed = False
 
     @staticmethod
     def startup_reply() -> bytes:
@@ -71,12 +100,87 @@ class Console:
     def feed(self, kind: int, body: bytes) -> bytes:
         """One client message; returns the reply. Raises ProtocolViolation for a message the console refuses."""
         if kind == _QUERY:
-            return _NOT_AVAILABLE
+            return self.query(body.rstrip(b"\x00").decode("utf-8", errors="replace"))
         if kind == _SYNC:
-            return messages.READY_IDLE
+            failed, self._extended_failed = self._extended_failed, False
+            return (_EXTENDED_REFUSED if failed else b"") + messages.READY_IDLE
         if kind == _TERMINATE:
             self.closed = True
             return b""
         if kind in _EXTENDED:
+            self._extended_failed = True
             return b""
         raise ProtocolViolation(f"unexpected message {chr(kind)!r} on the admin console")
+
+    def query(self, sql: str) -> bytes:
+        """The whole answer to one Query: each statement's result, up to the first error, then ReadyForQuery."""
+        out: list[bytes] = []
+        if commands.is_tab_completion(sql):
+            column, values = commands.completion_rows(sql)
+            out.append(result_set([Column(column)], [(v,) for v in values], tag=f"SELECT {len(values)}"))
+            return b"".join(out) + messages.READY_IDLE
+        statements = commands.split_statements(sql)
+        if not statements:
+            return messages.EMPTY_QUERY_RESPONSE + messages.READY_IDLE
+        for text in statements:
+            try:
+                out.append(self.run(text))
+            except PoolerError as err:
+                out.append(_error(err))
+                break
+            except Exception:
+                log.exception("admin console: %r failed", text)
+                out.append(_error(AdminError(INTERNAL_ERROR, "internal error in the admin console")))
+                break
+        return b"".join(out) + messages.READY_IDLE
+
+    def run(self, text: str) -> bytes:
+        """One statement's reply (without ReadyForQuery); PoolerError for a command that fails."""
+        ops = self.ops
+        statement = commands.parse(text)
+        verb, args = statement.verb, statement.args
+        if ops is None:
+            raise AdminError(FEATURE_NOT_SUPPORTED, "the admin console is not available in this process")
+        if verb == "SHOW":
+            if len(args) != 1:
+                raise _unknown(text)
+            reply = show(ops, args[0])
+            if reply is None:
+                raise _unknown(text)
+            return reply
+        if verb == "SET":
+            return self._set(text)
+        database = args[0] if args else None
+        if len(args) > 1:
+            raise _unknown(text)
+        if verb == "PAUSE":
+            ops.pause(database)
+            return messages.command_complete("PAUSE")
+        if verb == "RESUME":
+            ops.resume(database)
+            return messages.command_complete("RESUME")
+        if verb == "RECONNECT":
+            ops.reconnect(database)
+            return messages.command_complete("RECONNECT")
+        if verb == "KILL":
+            ops.kill(database)
+            return messages.command_complete("KILL")
+        if args:
+            raise _unknown(text)
+        if verb == "RELOAD":
+            ops.reload()
+            return messages.command_complete("RELOAD")
+        if verb == "SHUTDOWN":
+            ops.shutdown()
+            return result_set([Column("success")], [("t",)], tag="SHUTDOWN")
+        raise _unknown(text)
+
+    def _set(self, text: str) -> bytes:
+        assert self.ops is not None
+        command = commands.parse_set(text)
+        if command.name != "log_level":
+            raise AdminError(SYNTAX_ERROR, f'unknown parameter "{command.name}"', detail="SET log_level = '...'")
+        if command.value is None:
+            raise AdminError(SYNTAX_ERROR, "SET log_level needs a value", detail="SET log_level = 'info'")
+        self.ops.set_log_level(command.value)
+        return messages.command_complete("SET")

@@ -17,7 +17,6 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pg_doorman import __version__, events, implementation, views
-from pg_doorman.config import ConfigError, load_config
 from pg_doorman.observe import procinfo
 from pg_doorman.observe.metrics import _stat
 
@@ -39,6 +38,8 @@ RESTART_REQUIRED = frozenset(
 )  # fmt: skip
 
 JSON = Any
+
+log = logging.getLogger("pg_doorman.web")
 
 
 class ApiError(Exception):
@@ -344,15 +345,16 @@ def _target_pools(app: Application, query: Mapping[str, str]) -> list[Pool]:
 def admin_action(app: Application, action: str, query: Mapping[str, str], who: str) -> JSON:
     """Run RELOAD / PAUSE / RESUME / RECONNECT as the admin console does; an event records who asked."""
     if action == "reload":
-        try:
-            load_config(app.config.path)  # the reason, if the file is bad (reload itself only logs it)
-        except (ConfigError, OSError) as exc:
-            events.record("CONFIG_VALIDATION_ERROR", f"reload via web API by {who} refused: {exc}")
-            raise ApiError(422, f"the configuration was not reloaded:\n{exc}")
-        if not app.reload():
-            raise ApiError(422, "the configuration was not reloaded (see the log)")
-        events.record("RELOAD", f"configuration reloaded via web API by {who}")
-        return {"ok": True, "action": "reload"}
+        result = app.reload()  # logs and records the event (RELOAD or CONFIG_VALIDATION_ERROR)
+        if not result.ok:
+            raise ApiError(422, f"the configuration was not reloaded:\n{result.message}")
+        log.info("reload requested via web API by %s", who)
+        return {
+            "ok": True,
+            "action": "reload",
+            "message": result.message,
+            "restart_required": list(result.restart_required),
+        }
     targets = _target_pools(app, query)
     missing = [p.name for p in targets if not callable(getattr(p, action, None))]
     if missing:

@@ -16,6 +16,7 @@ cdef class Pool(Lender):
     cdef public set servers
     cdef public Py_ssize_t opening
     cdef public bint retired
+    cdef public bint paused
     cdef public object registry
     cdef public object default_params
     cdef public object scram_client_key

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, cast
 from pg_doorman import clock, codes
 from pg_doorman.auth.backend import ServerCredentials
 from pg_doorman.prepared import StatementRegistry
-from pg_doorman.protocol.errors import PoolerError
+from pg_doorman.protocol.errors import ADMIN_SHUTDOWN, PoolerError
 from pg_doorman.server import Lender, ServerConnection, login_error
 from pg_doorman.stats import PoolStats
 from pg_doorman.tasks import spawn
@@ -29,6 +29,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("pg_doorman.pool")
 
 _MAX_PARAM_TOKENS = 4096
+
+
+def killed_error(database: str) -> PoolerError:
+    """What a client of a database the admin console KILLed is told (PostgreSQL's pg_terminate_backend wording)."""
+    return PoolerError(
+        ADMIN_SHUTDOWN,
+        "terminating connection due to administrator command",
+        detail=f'KILL of database "{database}" on the pg_doorman admin console',
+    )
 
 
 class Pool(Lender):
@@ -47,6 +56,7 @@ class Pool(Lender):
         self.servers: set[ServerConnection] = set()
         self.opening = 0
         self.retired = False
+        self.paused = False  # admin PAUSE: no server is lent until RESUME (see pause())
         self.registry = StatementRegistry(settings.prepared_statements_cache_size)
         self.default_params: dict[str, str] | None = None
         self.scram_client_key: bytes | None = None
@@ -99,6 +109,8 @@ class Pool(Lender):
 
     def checkout_nowait(self) -> ServerConnection | None:
         """An idle server, or None (then a new one is being opened if the pool has room)."""
+        if self.paused:
+            return None  # the caller waits in the queue; resume() hands servers out
         idle = self.idle
         while idle:
             server = idle.pop(0) if self.round_robin else idle.pop()
@@ -157,6 +169,8 @@ class Pool(Lender):
         server.state = codes.SERVER_IDLE
         waiters = self.waiters
         while waiters:
+            if self.paused:
+                break
             client = waiters.popleft()
             if client.state == codes.CLIENT_WAITING:  # `client.waiting`, as a C field read (hot path)
                 self.stats_checkouts += 1
@@ -333,6 +347,54 @@ class Pool(Lender):
         for server in list(self.idle):
             server.close()
         self.idle.clear()
+
+    # ------------------------------------------------------ admin operations
+
+    def pause(self) -> None:
+        """Admin PAUSE: lend no server until `resume` (new checkouts queue, up to query_wait_timeout); clients
+        that hold a server keep it and give it back as usual."""
+        self.paused = True
+
+    def resume(self) -> None:
+        """Admin RESUME: hand idle servers to the clients that queued meanwhile, open more for the rest."""
+        if not self.paused:
+            return
+        self.paused = False
+        idle = self.idle
+        while self.waiters and idle:
+            server = idle.pop()
+            if server.state == codes.SERVER_IDLE:
+                self.checkin(server)  # to the oldest waiting client, or back to idle when none is left
+        missing = min(len(self.waiters) - self.opening, self.settings.pool_size - self.size)
+        for _ in range(max(0, missing)):
+            if self.retired:
+                break
+            self.open_server()
+
+    def reconnect(self) -> int:
+        """Admin RECONNECT: close idle servers now and busy ones when they come back (their lifetime ends
+        now), so every connection lent from here on is a new one. Returns how many servers were affected."""
+        servers = list(self.servers)
+        for server in servers:
+            server.expires_at = 0.0  # checkin closes a server past its lifetime (see checkin)
+        for server in list(self.idle):
+            server.close()
+        self.idle.clear()
+        return len(servers)
+
+    def kill(self) -> int:
+        """Admin KILL: close every server now and fail the clients still queued. Clients that hold a server
+        lose it (they are told by the server's close); the caller drops the pool's other clients."""
+        waiters = list(self.waiters)
+        self.waiters.clear()
+        for client in waiters:
+            if client.waiting:
+                client.checkout_failed(killed_error(self.settings.database))
+        servers = list(self.servers)
+        for server in servers:
+            server.close()
+        self.idle.clear()
+        return len(servers)
 
     def close_all(self) -> None:
         self.retired = True

@@ -1,0 +1,709 @@
+"""The SHOW views of the admin console: snapshots (`pg_doorman.views`) and configuration in, result sets out.
+
+Where PgBouncer 1.18 has the same view (POOLS, STATS, CLIENTS, SERVERS, DATABASES, LISTS, USERS, CONFIG,
+VERSION), its columns come first, with its names, order and types, so that pgbouncer_exporter-style scrapers
+read them unchanged; the original PgDoorman's further columns follow. Per view:
+
+- POOLS: PgBouncer's 16 columns (cancel-request and ``sv_tested`` counts are 0: nothing here is in those
+  states), then ``cl_idle, cl_cancel_req, pool_size, avg_xact_time, paused, oldest_active_age_ms``.
+  ``cl_active`` counts clients holding a server; idle logged-in clients are ``cl_idle``.
+- STATS: one row per database, as PgBouncer (scrapers label it by database alone; two rows of one database
+  would collide), summed over the database's users; then ``total_errors, avg_errors``. Per-user numbers are
+  in POOLS_EXTENDED and the metrics.
+- CLIENTS / SERVERS: PgBouncer's 18 columns, then the original's ids and counters. The original's ``wait``
+  text (idle/read/write) is not there: PgBouncer's ``wait`` (seconds waited) takes the name.
+- DATABASES, LISTS, USERS, CONFIG, VERSION: PgBouncer's columns (the original's are the same or a prefix).
+
+Every view is O(pools + servers) except CLIENTS (O(clients)) and SOCKETS (reads /proc at most every 15 s).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from pg_doorman import __version__, views
+from pg_doorman.admin.commands import SHOW_SUBCOMMANDS
+from pg_doorman.admin.wire import INT4, INT8, NUMERIC, Column, Value, result_set
+from pg_doorman.config.units import format_duration
+
+if TYPE_CHECKING:
+    from pg_doorman.admin.operations import AdminContext
+    from pg_doorman.pool import Pool
+
+__all__ = ["SHOW_VIEWS", "show"]
+
+Rows = list[Sequence[Value]]
+
+HELP_ITEMS = (
+    "SHOW HELP|CONFIG|DATABASES|POOLS|POOLS_EXTENDED|POOLS_MEMORY|PREPARED_STATEMENTS",
+    "SHOW CLIENTS|SERVERS|CONNECTIONS|STATS|LISTS|USERS|STARTUP_PARAMETERS|SOCKETS|LOG_LEVEL|VERSION",
+    "SET log_level = 'error|warn|info|debug|trace|off|default'",
+    "PAUSE [db]",
+    "RESUME [db]",
+    "RECONNECT [db]",
+    "KILL [db]",
+    "RELOAD",
+    "SHUTDOWN",
+)
+
+
+def _cols(spec: str, type_oid: int) -> list[Column]:
+    return [Column(name, type_oid) for name in spec.split()]
+
+
+_wall_cache: dict[int, str] = {}
+
+
+def _wall(monotonic_at: float, now_wall: float, now_mono: float) -> str:
+    """A monotonic instant as PgBouncer prints times: ``2024-01-31 12:00:00 UTC`` (one strftime per second)."""
+    if monotonic_at <= 0:
+        return ""
+    second = int(now_wall - (now_mono - monotonic_at))
+    text = _wall_cache.get(second)
+    if text is None:
+        if len(_wall_cache) > 65536:
+            _wall_cache.clear()
+        text = _wall_cache[second] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(second))
+    return text
+
+
+def _ptr(ident: int) -> str:
+    return f"{ident & 0xFFFFFFFF:#010x}" if ident else ""
+
+
+def _split_peer(peer: str) -> tuple[str, int]:
+    host, sep, port = peer.rpartition(":")
+    if not sep or not port.isdigit():
+        return peer, 0
+    return host, int(port)
+
+
+# ------------------------------------------------------------------ POOLS
+
+POOLS_COLUMNS = [
+    Column("database"),
+    Column("user"),
+    *_cols(
+        "cl_active cl_waiting cl_active_cancel_req cl_waiting_cancel_req sv_active sv_active_cancel "
+        "sv_being_canceled sv_idle sv_used sv_tested sv_login maxwait maxwait_us",
+        INT4,
+    ),
+    Column("pool_mode"),
+    *_cols("cl_idle cl_cancel_req pool_size", INT4),
+    Column("avg_xact_time", NUMERIC),
+    Column("paused", INT4),
+    Column("oldest_active_age_ms", INT8),
+]
+
+
+def show_pools(ops: AdminContext) -> bytes:
+    rows: Rows = []
+    for p in views.pool_views(ops.pools()):
+        maxwait_s, maxwait_us = divmod(p.maxwait_us, 1_000_000)
+        rows.append(
+            (
+                p.database,
+                p.user,
+                p.clients_active,
+                p.clients_waiting,
+                0,
+                0,
+                p.servers_active,
+                0,
+                0,
+                p.servers_idle,
+                p.servers_other,
+                0,
+                p.servers_opening,
+                maxwait_s,
+                maxwait_us,
+                p.pool_mode,
+                p.clients_idle,
+                0,
+                p.pool_size,
+                p.avg_xact_time_us,
+                p.paused,
+                p.oldest_active_age_ms,
+            )
+        )
+    return result_set(POOLS_COLUMNS, rows)
+
+
+POOLS_EXTENDED_COLUMNS = [
+    Column("database"),
+    Column("user"),
+    *_cols("cl_active cl_waiting sv_active sv_idle sv_used sv_login pool_size maxwait maxwait_us", NUMERIC),
+    Column("pool_mode"),
+    *_cols(
+        "bytes_recieved bytes_sent query_0.99 transaction_0.99 query_0.95 transaction_0.95 query_0.5 "
+        "transaction_0.5 cl_idle wait_0.99 wait_0.95 wait_0.5 bytes_received errors paused",
+        NUMERIC,
+    ),
+]
+
+
+def show_pools_extended(ops: AdminContext) -> bytes:
+    """The original's POOLS_EXTENDED (``bytes_recieved`` spelled as it spells it), then a few more columns:
+    idle clients, wait percentiles, ``bytes_received`` spelled right, errors and the paused flag."""
+    rows: Rows = []
+    for p in views.pool_views(ops.pools()):
+        maxwait_s, maxwait_us = divmod(p.maxwait_us, 1_000_000)
+        q, x, w = p.query_percentiles_us, p.xact_percentiles_us, p.wait_percentiles_us
+        rows.append(
+            (
+                p.database,
+                p.user,
+                p.clients_active,
+                p.clients_waiting,
+                p.servers_active,
+                p.servers_idle,
+                p.servers_other,
+                p.servers_opening,
+                p.pool_size,
+                maxwait_s,
+                maxwait_us,
+                p.pool_mode,
+                p.bytes_received,
+                p.bytes_sent,
+                q.get("0.99", 0),
+                x.get("0.99", 0),
+                q.get("0.95", 0),
+                x.get("0.95", 0),
+                q.get("0.5", 0),
+                x.get("0.5", 0),
+                p.clients_idle,
+                w.get("0.99", 0),
+                w.get("0.95", 0),
+                w.get("0.5", 0),
+                p.bytes_received,
+                p.errors,
+                p.paused,
+            )
+        )
+    return result_set(POOLS_EXTENDED_COLUMNS, rows)
+
+
+POOLS_MEMORY_COLUMNS = [
+    Column("database"),
+    Column("user"),
+    *_cols(
+        "pool_prepared_count pool_prepared_hits pool_prepared_misses pool_prepared_evictions "
+        "server_prepared_count server_prepared_evictions",
+        INT8,
+    ),
+]
+
+
+def show_pools_memory(ops: AdminContext) -> bytes:
+    """Prepared-statement caches per pool: the pool-wide map and what its servers hold."""
+    rows: Rows = [
+        (
+            p.database,
+            p.user,
+            p.statement_cache_entries,
+            p.statement_cache_hits,
+            p.statement_cache_misses,
+            p.statement_cache_evictions,
+            p.server_statements,
+            p.server_statement_evictions,
+        )
+        for p in views.pool_views(ops.pools())
+    ]
+    return result_set(POOLS_MEMORY_COLUMNS, rows)
+
+
+PREPARED_COLUMNS = [Column("pool"), Column("name"), Column("query"), Column("parameter_types", INT4)]
+
+
+def _pool_statements(pool: Pool) -> Iterable[tuple[str, str, int]]:
+    """(name, query, number of declared parameter types) of a pool's cached statements."""
+    by_key = getattr(pool.registry, "_by_key", {})  # StatementRegistry's map; no view of it exists yet
+    for stmt in list(by_key.values()):
+        types = stmt.types
+        count = int.from_bytes(types[:2], "big") if len(types) >= 2 else 0
+        yield stmt.name.decode(errors="replace"), stmt.query.decode(errors="replace"), count
+
+
+def show_prepared_statements(ops: AdminContext) -> bytes:
+    rows: Rows = []
+    for pool in ops.pools():
+        for name, query, count in _pool_statements(pool):
+            rows.append((pool.name, name, query, count))
+    return result_set(PREPARED_COLUMNS, rows)
+
+
+# ------------------------------------------------------------------ STATS
+
+STATS_COLUMNS = [
+    Column("database"),
+    *_cols(
+        "total_xact_count total_query_count total_received total_sent total_xact_time total_query_time "
+        "total_wait_time avg_xact_count avg_query_count avg_recv avg_sent avg_xact_time avg_query_time "
+        "avg_wait_time total_errors avg_errors",
+        NUMERIC,
+    ),
+]
+
+
+def _weighted(pairs: list[tuple[int, int]]) -> int:
+    """Mean of per-pool averages, weighted by how many transactions/queries each average is over."""
+    total = sum(weight for _, weight in pairs)
+    if total <= 0:
+        return max((value for value, _ in pairs), default=0)
+    return round(sum(value * weight for value, weight in pairs) / total)
+
+
+def show_stats(ops: AdminContext) -> bytes:
+    by_database: dict[str, list[views.PoolView]] = {}
+    for p in views.pool_views(ops.pools()):
+        by_database.setdefault(p.database, []).append(p)
+    rows: Rows = []
+    for database, pools in by_database.items():
+        rows.append(
+            (
+                database,
+                sum(p.xact_count for p in pools),
+                sum(p.query_count for p in pools),
+                sum(p.bytes_received for p in pools),
+                sum(p.bytes_sent for p in pools),
+                sum(p.xact_time_us for p in pools),
+                sum(p.query_time_us for p in pools),
+                sum(p.wait_time_us for p in pools),
+                sum(p.avg_xact_count for p in pools),
+                sum(p.avg_query_count for p in pools),
+                sum(p.avg_recv for p in pools),
+                sum(p.avg_sent for p in pools),
+                _weighted([(p.avg_xact_time_us, p.avg_xact_count) for p in pools]),
+                _weighted([(p.avg_query_time_us, p.avg_query_count) for p in pools]),
+                _weighted([(p.avg_wait_time_us, p.avg_xact_count) for p in pools]),
+                sum(p.errors for p in pools),
+                sum(p.avg_errors for p in pools),
+            )
+        )
+    return result_set(STATS_COLUMNS, rows)
+
+
+# ---------------------------------------------------------- CLIENTS, SERVERS
+
+_CONNECTION_COLUMNS = [
+    Column("type"),
+    Column("user"),
+    Column("database"),
+    Column("state"),
+    Column("addr"),
+    Column("port", INT4),
+    Column("local_addr"),
+    Column("local_port", INT4),
+    Column("connect_time"),
+    Column("request_time"),
+    Column("wait", INT4),
+    Column("wait_us", INT4),
+    Column("close_needed", INT4),
+    Column("ptr"),
+    Column("link"),
+    Column("remote_pid", INT4),
+    Column("tls"),
+    Column("application_name"),
+]
+CLIENTS_COLUMNS = [
+    *_CONNECTION_COLUMNS,
+    Column("client_id"),
+    *_cols("transaction_count query_count error_count age_seconds", INT8),
+]
+
+
+def show_clients(ops: AdminContext) -> bytes:
+    """One row per connected client (the only O(clients) view): admin sessions included, as PgBouncer does."""
+    general = ops.config.general
+    local_addr, local_port = general.host, general.port
+    now_wall, now_mono = time.time(), time.monotonic()
+    rows: Rows = []
+    append = rows.append
+    for c in views.client_views(list(ops.clients)):
+        addr, port = _split_peer(c.peer)
+        ptr = _ptr(c.pid)
+        waited_us = int((now_mono - c.wait_started) * 1_000_000) if c.wait_started > 0 else 0
+        connected = _wall(c.connected_at, now_wall, now_mono)
+        state = "active" if c.is_admin else c.state
+        append(
+            (
+                "C",
+                c.user,
+                c.database,
+                state,
+                addr,
+                port,
+                local_addr,
+                local_port,
+                connected,
+                connected,
+                waited_us // 1_000_000,
+                waited_us % 1_000_000,
+                0,
+                ptr,
+                _ptr(c.server_pid),
+                0,
+                "TLS" if c.tls else "",
+                c.application_name,
+                ptr.upper().replace("0X", "0x"),
+                c.xact_count,
+                c.query_count,
+                c.error_count,
+                int(now_mono - c.connected_at) if c.connected_at > 0 else 0,
+            )
+        )
+    return result_set(CLIENTS_COLUMNS, rows)
+
+
+SERVERS_COLUMNS = [
+    *_CONNECTION_COLUMNS,
+    Column("server_id"),
+    Column("server_process_id", INT4),
+    *_cols("transaction_count query_count bytes_sent bytes_received age_seconds prepare_cache_size", INT8),
+]
+
+
+def show_servers(ops: AdminContext) -> bytes:
+    now_wall, now_mono = time.time(), time.monotonic()
+    rows: Rows = []
+    for pool in ops.pools():
+        s_ = pool.settings
+        for server in list(pool.servers):
+            v = views.server_view(server)
+            ptr = _ptr(v.pid)
+            rows.append(
+                (
+                    "S",
+                    s_.username,
+                    s_.database,
+                    v.state,
+                    s_.server_host,
+                    s_.server_port,
+                    "",
+                    0,
+                    _wall(v.created_at, now_wall, now_mono),
+                    _wall(v.last_used, now_wall, now_mono),
+                    0,
+                    0,
+                    0,
+                    ptr,
+                    _ptr(v.client_pid),
+                    v.pid,
+                    "",
+                    v.application_name,
+                    ptr.upper().replace("0X", "0x"),
+                    v.pid,
+                    v.xact_count,
+                    v.query_count,
+                    v.bytes_sent,
+                    v.bytes_received,
+                    int(now_mono - v.created_at),
+                    v.prepared_statements,
+                )
+            )
+    return result_set(SERVERS_COLUMNS, rows)
+
+
+CONNECTIONS_COLUMNS = _cols("total errors tls plain cancel", NUMERIC)
+
+
+def show_connections(ops: AdminContext) -> bytes:
+    """Connections accepted since start (the original's columns): refused ones (max_connections) are
+    ``errors``, CancelRequests ``cancel``, the rest ``plain`` (no TLS listener yet: ``tls`` is 0)."""
+    total, refused, cancel = ops.connection_counts()
+    return result_set(CONNECTIONS_COLUMNS, [(total, refused, 0, max(0, total - refused - cancel), cancel)])
+
+
+# ---------------------------------------------------- DATABASES, USERS, LISTS
+
+DATABASES_COLUMNS = [
+    Column("name"),
+    Column("host"),
+    Column("port", INT4),
+    Column("database"),
+    Column("force_user"),
+    *_cols("pool_size min_pool_size reserve_pool", INT4),
+    Column("pool_mode"),
+    *_cols("max_connections current_connections paused disabled", INT4),
+]
+
+
+def show_databases(ops: AdminContext) -> bytes:
+    """One row per configured database; pool sizes summed over its users (each user has a pool of its own)."""
+    by_database: dict[str, list[views.PoolView]] = {}
+    for p in views.pool_views(ops.pools()):
+        by_database.setdefault(p.database, []).append(p)
+    rows: Rows = []
+    for name, pool_config in ops.config.pools.items():
+        pools = by_database.get(name, [])
+        modes = {p.pool_mode for p in pools} or {pool_config.pool_mode}
+        rows.append(
+            (
+                name,
+                pool_config.server_host,
+                pool_config.server_port,
+                pool_config.server_database,
+                "",
+                sum(p.pool_size for p in pools),
+                sum(p.min_pool_size for p in pools),
+                int(getattr(pool_config, "reserve_pool_size", 0) or 0),
+                modes.pop() if len(modes) == 1 else "",
+                int(getattr(pool_config, "max_db_connections", 0) or 0),
+                sum(p.servers_active + p.servers_idle + p.servers_other + p.servers_opening for p in pools),
+                bool(pools) and all(p.paused for p in pools),
+                0,
+            )
+        )
+    return result_set(DATABASES_COLUMNS, rows)
+
+
+USERS_COLUMNS = [Column("name"), Column("pool_mode")]
+
+
+def show_users(ops: AdminContext) -> bytes:
+    """Each user name once; its pool mode when all of its pools agree (else empty, as PgBouncer's unset)."""
+    modes: dict[str, set[str]] = {}
+    for pool in ops.pools():
+        modes.setdefault(pool.settings.username, set()).add(pool.settings.pool_mode)
+    rows: Rows = [(name, next(iter(m)) if len(m) == 1 else "") for name, m in modes.items()]
+    return result_set(USERS_COLUMNS, rows)
+
+
+LISTS_COLUMNS = [Column("list"), Column("items", INT4)]
+
+
+def show_lists(ops: AdminContext) -> bytes:
+    pools = views.pool_views(ops.pools())
+    idle = sum(p.clients_idle for p in pools)
+    used = sum(p.clients_active + p.clients_waiting for p in pools)
+    rows: Rows = [
+        ("databases", len({p.database for p in pools})),
+        ("users", len({p.user for p in pools})),
+        ("pools", len(pools)),
+        ("free_clients", idle),
+        ("used_clients", used),
+        ("login_clients", max(0, len(ops.clients) - idle - used)),
+        ("free_servers", sum(p.servers_idle for p in pools)),
+        ("used_servers", sum(p.servers_active + p.servers_other for p in pools)),
+        ("dns_names", 0),
+        ("dns_zones", 0),
+        ("dns_queries", 0),
+        ("dns_pending", 0),
+    ]
+    return result_set(LISTS_COLUMNS, rows)
+
+
+# ------------------------------------------------------------------ CONFIG
+
+CONFIG_COLUMNS = [Column("key"), Column("value"), Column("default"), Column("changeable")]
+# general keys a reload cannot change (the listener, the process shape): "changeable" is "no" for them.
+RESTART_ONLY = frozenset(
+    {"host", "port", "backlog", "unix_socket_dir", "unix_socket_mode", "worker_threads", "daemon_pid_file"}
+)
+SECRET_KEYS = frozenset({"admin_password", "password", "server_password"})
+
+
+def _config_text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return format_duration(value) if value != float("inf") else "inf"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    if isinstance(value, tuple | list):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def _field_default(field: dataclasses.Field[object]) -> str:
+    if field.default is not dataclasses.MISSING:
+        return _config_text(field.default)
+    if field.default_factory is not dataclasses.MISSING:
+        return _config_text(field.default_factory())
+    return "-"
+
+
+def _config_rows(prefix: str, obj: object, skip: Sequence[str], changeable: Callable[[str], bool]) -> Rows:
+    rows: Rows = []
+    for field in dataclasses.fields(obj):  # type: ignore[arg-type]
+        if field.name in skip:
+            continue
+        value = getattr(obj, field.name)
+        text = ("********" if value else "") if field.name in SECRET_KEYS else _config_text(value)
+        rows.append((prefix + field.name, text, _field_default(field), "yes" if changeable(field.name) else "no"))
+    return rows
+
+
+def show_config(ops: AdminContext) -> bytes:
+    """Every general key, then every pool's and user's, with its value, default and whether RELOAD applies it
+    (passwords masked)."""
+    config = ops.config
+    rows = _config_rows("", config.general, (), lambda name: name not in RESTART_ONLY)
+    for name, pool in config.pools.items():
+        rows.extend(_config_rows(f"pools.{name}.", pool, ("name", "users"), lambda _: True))
+        rows.append((f"pools.{name}.users", ", ".join(u.username for u in pool.users), "-", "yes"))
+        for user in pool.users:
+            rows.extend(_config_rows(f"pools.{name}.users.{user.username}.", user, ("username",), lambda _: True))
+    return result_set(CONFIG_COLUMNS, rows)
+
+
+# ----------------------------------------------------------- small views
+
+
+def show_help(ops: AdminContext) -> bytes:
+    return result_set([Column("item")], [(item,) for item in HELP_ITEMS])
+
+
+def show_version(ops: AdminContext) -> bytes:
+    return result_set([Column("version")], [(f"pg_doorman {__version__}",)])
+
+
+def show_log_level(ops: AdminContext) -> bytes:
+    return result_set([Column("log_level")], [(ops.log_level,)])
+
+
+STARTUP_PARAMETERS_COLUMNS = [Column(name) for name in ("user", "database", "parameter", "value", "source", "state")]
+
+
+def show_startup_parameters(ops: AdminContext) -> bytes:
+    """The parameters each pool sends in its servers' StartupMessage, and which level of the config set them."""
+    config = ops.config
+    general_params = config.general.startup_parameters
+    rows: Rows = []
+    for pool in ops.pools():
+        s = pool.settings
+        pool_config = config.pools.get(s.database)
+        pool_params = pool_config.startup_parameters if pool_config is not None else {}
+        rows.append((s.username, s.database, "application_name", s.application_name, "general", "applied"))
+        for name, value in s.startup_parameters.items():
+            source = "pool" if name in pool_params else "general" if name in general_params else "pool"
+            rows.append((s.username, s.database, name, value, source, "applied"))
+    return result_set(STARTUP_PARAMETERS_COLUMNS, rows)
+
+
+# ------------------------------------------------------------------ SOCKETS
+
+# /proc/net/tcp "st" values 1..13, in order (include/net/tcp_states.h).
+_TCP_STATES = (
+    "established",
+    "syn_sent",
+    "syn_recv",
+    "fin_wait1",
+    "fin_wait2",
+    "time_wait",
+    "close",
+    "close_wait",
+    "last_ack",
+    "listen",
+    "closing",
+    "new_syn_recv",
+    "bound_inactive",
+)
+_UNIX_STATES = ("free", "unconnected", "connecting", "connected", "disconnecting")
+SOCKETS_COLUMNS = [
+    *_cols(" ".join(f"tcp_{state}" for state in _TCP_STATES), INT8),
+    *_cols(" ".join(f"tcp6_{state}" for state in _TCP_STATES), INT8),
+    *_cols(" ".join(f"unix_{state}" for state in _UNIX_STATES) + " unix_dgram unix_seq_packet unknown", INT8),
+]
+SOCKETS_CACHE_SECONDS = 15.0
+_sockets_cache: tuple[float, tuple[int, ...]] | None = None
+
+
+def _count_inet(path: str, counts: list[int]) -> int:
+    """Add a /proc/net/tcp{,6} file's sockets to ``counts`` by state (st column, 1-based hex); unknown returned."""
+    unknown = 0
+    try:
+        with open(path, encoding="ascii") as f:
+            next(f, None)
+            for line in f:
+                fields = line.split(None, 4)
+                if len(fields) < 4:
+                    continue
+                state = int(fields[3], 16)
+                if 1 <= state <= len(counts):
+                    counts[state - 1] += 1
+                else:
+                    unknown += 1
+    except OSError:
+        pass
+    return unknown
+
+
+def _count_unix(path: str) -> tuple[list[int], int, int, int]:
+    states = [0] * len(_UNIX_STATES)
+    dgram = seqpacket = unknown = 0
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            next(f, None)
+            for line in f:
+                fields = line.split()
+                if len(fields) < 6:
+                    continue
+                kind, state = int(fields[4], 16), int(fields[5], 16)
+                if kind == 2:
+                    dgram += 1
+                elif kind == 5:
+                    seqpacket += 1
+                elif 0 <= state < len(states):
+                    states[state] += 1
+                else:
+                    unknown += 1
+    except OSError:
+        pass
+    return states, dgram, seqpacket, unknown
+
+
+def socket_counts(now: float | None = None, proc: str = "/proc") -> tuple[int, ...]:
+    """Socket counts by family and state from /proc/net (this network namespace), refreshed every 15 s."""
+    global _sockets_cache
+    now = time.monotonic() if now is None else now
+    cached = _sockets_cache
+    if cached is not None and now - cached[0] < SOCKETS_CACHE_SECONDS and proc == "/proc":
+        return cached[1]
+    tcp = [0] * len(_TCP_STATES)
+    tcp6 = [0] * len(_TCP_STATES)
+    unknown = _count_inet(os.path.join(proc, "net/tcp"), tcp) + _count_inet(os.path.join(proc, "net/tcp6"), tcp6)
+    unix, dgram, seqpacket, unix_unknown = _count_unix(os.path.join(proc, "net/unix"))
+    counts = (*tcp, *tcp6, *unix, dgram, seqpacket, unknown + unix_unknown)
+    if proc == "/proc":
+        _sockets_cache = (now, counts)
+    return counts
+
+
+def show_sockets(ops: AdminContext) -> bytes:
+    return result_set(SOCKETS_COLUMNS, [socket_counts()])
+
+
+SHOW_VIEWS: dict[str, Callable[[AdminContext], bytes]] = {
+    "help": show_help,
+    "config": show_config,
+    "databases": show_databases,
+    "pools": show_pools,
+    "pools_extended": show_pools_extended,
+    "pools_memory": show_pools_memory,
+    "pool_memory": show_pools_memory,
+    "prepared_statements": show_prepared_statements,
+    "clients": show_clients,
+    "servers": show_servers,
+    "connections": show_connections,
+    "stats": show_stats,
+    "lists": show_lists,
+    "users": show_users,
+    "startup_parameters": show_startup_parameters,
+    "sockets": show_sockets,
+    "log_level": show_log_level,
+    "version": show_version,
+}
+assert set(SHOW_SUBCOMMANDS) <= set(SHOW_VIEWS)
+
+
+def show(ops: AdminContext, what: str) -> bytes | None:
+    """The result set of ``SHOW what`` (any letter case), or None when there is no such view."""
+    view = SHOW_VIEWS.get(what.lower())
+    return view(ops) if view is not None else None
