@@ -16,7 +16,7 @@ import re
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from pg_doorman import codes, sessionhints, sockets
+from pg_doorman import codes, memory, sessionhints, sockets
 from pg_doorman.admin import Console, is_admin_database, login_decision
 from pg_doorman.admission import OverLimitClient
 from pg_doorman.auth.client_login import ClientLogin, LoginFailed
@@ -418,11 +418,12 @@ class ClientConnection(Borrower):
 
     def _forward(self, data: bytes) -> None:
         """Walk client message headers (reporting what the server will owe to its ledger) and pass the bytes on."""
+        server = self.server
+        assert server is not None
+        server.bytes_sent += len(data)
         if self.rewriter is not None:
             self._forward_tracked(data)
             return
-        server = self.server
-        assert server is not None
         ledger = server.ledger
         if self._carry:
             data = self._carry + data
@@ -868,6 +869,8 @@ class ClientConnection(Borrower):
         if is_admin_database(database):
             await self._admin_login()
             return
+        if memory.budget.exhausted:  # the admin console stays reachable (memory.py)
+            raise memory.budget.error()
         pool = self.context.registry.pool_for(database, user)
         # Without a pool for (database, user) the user's password from another pool (if any) still decides the
         # exchange: an unknown database then costs the same exchange, and the same 28P01, as a wrong password.

@@ -44,6 +44,8 @@ cdef class ServerConnection(Connection):
     cdef public object _login_waiter
     cdef public Py_ssize_t _skip
     cdef public object _synced_waiter
+    cdef public long long bytes_received
+    cdef public long long bytes_sent
     cdef public bint cancel_sent
     cdef public bint capture_due
     cdef public bint check_leftovers

@@ -125,6 +125,8 @@ class ServerConnection(Connection):
         "_login_waiter",
         "_skip",
         "_synced_waiter",
+        "bytes_received",
+        "bytes_sent",
         "cancel_sent",
         "capture_due",
         "check_leftovers",
@@ -163,6 +165,8 @@ class ServerConnection(Connection):
         self.pid = 0
         self.secret = 0
         self.ledger = ServerLedger()  # what this server owes its client: the release and cleanliness rules
+        self.bytes_sent = 0  # to PostgreSQL (counted by the client side)
+        self.bytes_received = 0  # from PostgreSQL
         self.need_reset_all = False
         # The client changed a setting (SET, RESET, set_config) in this transaction: before the server goes back
         # to the pool, read the session's settings so that they follow the client (_capture_settings).
@@ -259,6 +263,7 @@ class ServerConnection(Connection):
         try:
             state = self.state
             if state == codes.SERVER_ACTIVE:
+                self.bytes_received += len(data)
                 if self.tracked:
                     self._forward_tracked(data)
                 else:

@@ -219,6 +219,10 @@ def _read_general(root: Section) -> General:
         server_tls_private_key=_existing_file(s, "server_tls_private_key"),
         hba=s.string_list("hba"),
         pg_hba=_pg_hba(s),
+        # pool engine
+        retain_connections_max=s.integer("retain_connections_max", 3),
+        proxy_copy_data_timeout=s.duration("proxy_copy_data_timeout", 15.0),
+        max_memory_usage=s.size("max_memory_usage", 256 * 1024 * 1024),
     )
     _check_general(s, general)
     s.finish(_UNSUPPORTED_GENERAL)
@@ -351,7 +355,14 @@ def _read_pool(name: str, s: Section, general: General) -> PoolConfig:
         log_client_parameter_status_changes=s.boolean("log_client_parameter_status_changes", False),
         startup_parameters=_startup_parameters(s),
         users=_read_users(s),
+        # pool engine
+        max_db_connections=s.integer("max_db_connections", 0),
+        min_connection_lifetime=s.duration("min_connection_lifetime", 30.0),
+        reserve_pool_size=s.integer("reserve_pool_size", 0),
+        reserve_pool_timeout=s.duration("reserve_pool_timeout", 3.0),
+        min_guaranteed_pool_size=s.integer("min_guaranteed_pool_size", 0),
     )
+    _check_pool_engine(s, pool, general)
     if general.prepared_statements and pool.prepared_statements_cache_size == 0:
         s.error("prepared_statements_cache_size", "must be greater than 0 while prepared_statements is on")
     merged = {**general.startup_parameters, **pool.startup_parameters}
@@ -362,6 +373,41 @@ def _read_pool(name: str, s: Section, general: General) -> PoolConfig:
         )
     s.finish(_UNSUPPORTED_POOL)
     return pool
+
+
+def _check_pool_engine(s: Section, pool: PoolConfig, general: General) -> None:
+    """The original's rules for max_db_connections and the reserve: one error (min_pool_size servers that the
+    cap could never allow), and warnings for settings that cannot do what they seem to."""
+    cap = pool.max_db_connections
+    if cap > 0:
+        floor = sum(user.min_pool_size for user in pool.users)
+        if floor > cap:
+            s.error("max_db_connections", f"the users' min_pool_size add up to {floor}, more than the {cap} allowed")
+        if pool.reserve_pool_size > cap:
+            s.problems.warn(s.key_path("reserve_pool_size"), f"larger than max_db_connections ({cap})")
+        for user in pool.users:
+            if user.pool_size > cap:
+                s.problems.warn(
+                    s.key_path("max_db_connections"),
+                    f"user '{user.username}' has pool_size {user.pool_size}: at most {cap} are ever opened",
+                )
+    idle_timeout = general.idle_timeout if pool.idle_timeout is None else pool.idle_timeout
+    if 0 < idle_timeout < pool.min_connection_lifetime:
+        s.problems.warn(
+            s.key_path("min_connection_lifetime"),
+            "longer than idle_timeout: idle servers are closed before they could be evicted or released",
+        )
+    for user in pool.users:
+        if pool.min_guaranteed_pool_size > user.pool_size:
+            s.problems.warn(
+                s.key_path("min_guaranteed_pool_size"),
+                f"above the pool_size ({user.pool_size}) of user '{user.username}'",
+            )
+    if pool.reserve_pool_size and 0 < general.query_wait_timeout <= pool.reserve_pool_timeout:
+        s.problems.warn(
+            s.key_path("reserve_pool_timeout"),
+            "not below query_wait_timeout: clients time out before the reserve is used",
+        )
 
 
 def _read_pools(root: Section, general: General) -> dict[str, PoolConfig]:
