@@ -26,6 +26,7 @@ cdef class Pool(Lender):
     cdef public object coordinator
     cdef public double waiting_since
     cdef public bint _params_pending
+    cdef public double _params_since
     cdef public dict _stall_watch
     cdef public Py_ssize_t stats_checkouts
     cdef public Py_ssize_t stats_waits

@@ -66,6 +66,7 @@ class Pool(Lender):
         self.coordinator: Coordinator | None = None
         self.waiting_since = 0.0
         self._params_pending = False
+        self._params_since = 0.0
         # proxy_copy_data_timeout: servers in a COPY or in the middle of a message -> (bytes moved, since when).
         self._stall_watch: dict[ServerConnection, tuple[int, float]] = {}
         # Counters read by the admin console and metrics (later).
@@ -260,10 +261,11 @@ class Pool(Lender):
         self.opening -= 1
         if self.default_params is None:
             self.default_params = dict(server.params)
-            self._params_pending = False
-            fut = self._params_future
-            if fut is not None and not fut.done():
-                fut.set_result(self.default_params)
+            if self._params_pending:  # a login waits for them (see _coordinated_startup_parameters)
+                self._params_pending = False
+                fut = self._params_future
+                if fut is not None and not fut.done():
+                    fut.set_result(self.default_params)
         self.servers.add(server)
         self.stats_servers_opened += 1
         self._last_connect_error = None
@@ -322,6 +324,7 @@ class Pool(Lender):
         if fut is None or fut.done():
             fut = self._params_future = asyncio.get_running_loop().create_future()
             self._params_pending = True
+            self._params_since = self.now
             self.open_server()
         timeout = self.settings.query_wait_timeout
         try:
@@ -358,7 +361,8 @@ class Pool(Lender):
                 else:
                     since = self.waiting_since or now  # no wait limit: the clock of the pool's waiting
                 return now - since >= s.reserve_pool_timeout
-        return False
+        # A login waiting for the pool's first server (its parameters) waits like a client.
+        return self._params_pending and now - self._params_since >= s.reserve_pool_timeout
 
     def demand(self, now: float) -> int:
         """How many more servers the waiting clients need now: up to pool_size, or into the reserve once due."""
