@@ -318,10 +318,9 @@ def test_stalled_copy_ends_the_client_and_closes_the_server(
     stalled = connect(proc)
     pid = scalar(stalled, "SELECT pg_backend_pid()")
     try:
-        with pytest.raises(psycopg.OperationalError):
-            with stalled.cursor().copy("COPY copy_target FROM STDIN") as copy:
-                copy.write_row((99, "x" * 40_000))
-                time.sleep(4)  # nothing more: the pooler gives up after 1 s without a byte either way
+        with pytest.raises(psycopg.OperationalError), stalled.cursor().copy("COPY copy_target FROM STDIN") as copy:
+            copy.write_row((99, "x" * 40_000))
+            time.sleep(4)  # nothing more: the pooler gives up after 1 s without a byte either way
     finally:
         close_quietly(stalled)
     assert "made no progress" in proc.log_text()
