@@ -111,6 +111,7 @@ class Application:
         """Put a (re)loaded configuration into effect: pools, client limits, socket options."""
         changes = self.registry.reload(config.all_pool_settings())
         general = config.general
+        self.registry.configure_engine(general)  # retain_connections_max, proxy_copy_data_timeout, max_memory_usage
         self.context.configure(general)
         sockets.current = sockets.SocketOptions(
             keepalive_idle=general.tcp_keepalives_idle,

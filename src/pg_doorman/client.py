@@ -16,7 +16,7 @@ import re
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from pg_doorman import clock, codes, sessionhints, sockets
+from pg_doorman import clock, codes, memory, sessionhints, sockets
 from pg_doorman.admin import MAX_CONSOLE_MESSAGE, Console, is_admin_database, login_decision
 from pg_doorman.admission import OverLimitClient
 from pg_doorman.auth.client_login import ClientLogin, LoginFailed
@@ -896,6 +896,8 @@ class ClientConnection(Borrower):
         self.application_name = params.get("application_name", "")
         if is_admin_database(database):
             return await self._admin_login()
+        if memory.budget.exhausted:  # the admin console stays reachable (memory.py)
+            raise memory.budget.error()
         pool = self.context.registry.pool_for(database, user)
         # Without a pool for (database, user) the user's password from another pool (if any) still decides the
         # exchange: an unknown database then costs the same exchange, and the same 28P01, as a wrong password.

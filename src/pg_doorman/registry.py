@@ -21,17 +21,20 @@ the pools' and clients' doing): unit-tested without sockets (tests/unit/test_reg
 from __future__ import annotations
 
 import logging
+import random
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from pg_doorman import memory
 from pg_doorman.client import pool_removed
 from pg_doorman.pool import Pool
+from pg_doorman.pool.coordinator import Coordinator, Limits, Member
 
 if TYPE_CHECKING:
     from pg_doorman.client import ClientConnection
-    from pg_doorman.config import PoolSettings
+    from pg_doorman.config import General, PoolSettings
 
 log = logging.getLogger("pg_doorman.registry")
 
@@ -85,7 +88,16 @@ class PoolChanges:
 class PoolRegistry:
     """The pools of one pg_doorman process, by (database, user), and its clients by cancel key."""
 
-    __slots__ = ("_cancel_keys", "_randbits", "databases", "pools", "user_passwords")
+    __slots__ = (
+        "_cancel_keys",
+        "_randbits",
+        "coordinators",
+        "databases",
+        "pools",
+        "proxy_copy_data_timeout",
+        "retain_connections_max",
+        "user_passwords",
+    )
 
     def __init__(self, randbits: Callable[[int], int] = secrets.randbits) -> None:
         self.pools: dict[tuple[str, str], Pool] = {}
@@ -96,6 +108,10 @@ class PoolRegistry:
         # uint32 process id -> [(secret as 4 bytes, client)]: almost always one entry (see the module docstring).
         self._cancel_keys: dict[int, list[tuple[bytes, ClientConnection]]] = {}
         self._randbits = randbits
+        # Pool engine: max_db_connections coordinators by database, and the general settings maintenance applies.
+        self.coordinators: dict[str, Coordinator] = {}
+        self.retain_connections_max = 3
+        self.proxy_copy_data_timeout = 15.0
 
     # ------------------------------------------------------------------ pools
 
@@ -116,6 +132,7 @@ class PoolRegistry:
             else:
                 new[key] = self._create(settings, existing)
                 (changes.added if existing is None else changes.replaced).append(key)
+        self._coordinate(all_settings, new, old)  # before waiters move: their new pools may need a slot
         for key, pool in old.items():
             if new.get(key) is not pool:
                 pool.retire()
@@ -154,6 +171,43 @@ class PoolRegistry:
             client.move_to_pool(successor)
             successor.enqueue(client)
 
+    def _coordinate(
+        self, all_settings: list[PoolSettings], new: dict[tuple[str, str], Pool], old: dict[tuple[str, str], Pool]
+    ) -> None:
+        """One coordinator per database with max_db_connections (kept across reloads, limits updated), with the
+        database's pools as members; retired pools that still hold servers stay members until those are gone."""
+        limits: dict[str, Limits] = {}
+        for s in all_settings:
+            if s.max_db_connections > 0 and s.database not in limits:
+                limits[s.database] = Limits(
+                    max_connections=s.max_db_connections,
+                    reserve_size=s.reserve_pool_size,
+                    reserve_timeout=s.reserve_pool_timeout,
+                    min_lifetime=s.min_connection_lifetime,
+                )
+        previous = self.coordinators
+        coordinators: dict[str, Coordinator] = {}
+        for database, database_limits in limits.items():
+            coordinator = previous.get(database)
+            if coordinator is None:
+                coordinator = Coordinator(database, database_limits)
+            coordinator.limits = database_limits
+            coordinators[database] = coordinator
+        for (database, _), pool in new.items():
+            pool.coordinator = coordinators.get(database)
+        for database, coordinator in coordinators.items():
+            members: list[Member[Any]] = [pool for (db, _), pool in new.items() if db == database]
+            draining = [m for m in coordinator.members if m.retired and m.size > 0 and m not in members]
+            draining += [p for (db, _), p in old.items() if db == database and p.size > 0 and p not in members]
+            coordinator.set_members(list(dict.fromkeys(members + draining)))
+        self.coordinators = coordinators
+
+    def configure_engine(self, general: General) -> None:
+        """The general settings of the pool engine that act on every pool (read at each maintenance run)."""
+        self.retain_connections_max = general.retain_connections_max
+        self.proxy_copy_data_timeout = general.proxy_copy_data_timeout
+        memory.budget.configure(general.max_memory_usage)
+
     def pool_for(self, database: str, user: str) -> Pool | None:
         """The pool that serves ``user`` in ``database``, or None.
 
@@ -176,15 +230,35 @@ class PoolRegistry:
         """Every 100 ms: the pools' clocks, and query_wait_timeout for waiting clients (no timer per wait)."""
         for pool in list(self.pools.values()):
             pool.tick(now)
+        for coordinator in self.coordinators.values():
+            if coordinator.wanting:
+                coordinator.distribute(now)  # a peer's server may have become idle or old enough to evict
 
     def maintain(self, now: float) -> None:
-        """Every second: idle_timeout, server_lifetime and min_pool_size; one failing pool stops no other."""
-        for pool in list(self.pools.values()):
+        """Every second: idle_timeout and server_lifetime (at most retain_connections_max closes over all pools,
+        pools in random order so that none always gets the whole quota), reserve release, min_pool_size, stalled
+        COPYs and the memory budget; one failing pool stops no other."""
+        memory.budget.sample()
+        pools = list(self.pools.values())
+        random.shuffle(pools)
+        quota = self.retain_connections_max
+        remaining: int | None = quota if quota > 0 else None
+        copy_timeout = self.proxy_copy_data_timeout
+        for pool in pools:
             try:
-                pool.maintain(now)
+                closed = pool.maintain(now, remaining)
+                if remaining is not None:
+                    remaining = max(0, remaining - closed)
+                if copy_timeout > 0:
+                    pool.watch_stalls(now, copy_timeout)
                 self._roll_stats(pool, now)
             except Exception:
                 log.exception("maintenance of pool %s failed", pool.name)
+        for coordinator in self.coordinators.values():
+            try:
+                coordinator.release_reserve(now)
+            except Exception:
+                log.exception("maintenance of database %s failed", coordinator.database)
 
     @staticmethod
     def _roll_stats(pool: Pool, now: float) -> None:

@@ -303,7 +303,7 @@ def test_unknown_key_without_close_match(write: Write) -> None:
 
 
 def test_original_only_settings_are_rejected_clearly(write: Write) -> None:
-    path = write("a.yaml", yaml_with(general="retain_connections_max: 3", pool="max_db_connections: 10"))
+    path = write("a.yaml", yaml_with(general="scaling_max_parallel_creates: 3", pool="scaling_fast_retries: 10"))
     problems = problems_of(path)
     assert len(problems) == 2
     assert all("setting of the original pg_doorman is not supported here" in line for line in problems)

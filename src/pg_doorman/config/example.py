@@ -160,6 +160,22 @@ _GENERAL: tuple[_Key, ...] = (
         "pg_hba.conf rules: the rules as a string, or a table with either path (a file) or content.",
         commented_out=True,
     ),
+    # pool engine
+    _Key(
+        "retain_connections_max",
+        _D.retain_connections_max,
+        "Most idle connections closed for idle_timeout/server_lifetime per maintenance run (every pool); 0 = all.",
+    ),
+    _Key(
+        "proxy_copy_data_timeout",
+        format_duration(_D.proxy_copy_data_timeout),
+        "A COPY (or a message being passed on) with no data either way this long ends its client; 0 = never.",
+    ),
+    _Key(
+        "max_memory_usage",
+        format_size(_D.max_memory_usage),
+        "Resident memory above which new clients and clients that would wait are refused (53200); 0 = off.",
+    ),
 )
 
 _POOL_NAME = "mydb"
@@ -182,6 +198,12 @@ _POOL: tuple[_Key, ...] = (
     _Key("server_prepared_statements_cache_size", 1024, "Override of the general setting.", commented_out=True),
     _Key("log_client_parameter_status_changes", False, "Log parameter changes PostgreSQL reports (SET...)."),
     _Key("startup_parameters", {"statement_timeout": "30s"}, "Pool-specific startup parameters."),
+    # pool engine
+    _Key("max_db_connections", 0, "Most server connections to this database over all its users; 0 = no cap."),
+    _Key("min_connection_lifetime", "30s", "Servers younger than this are not evicted for another user."),
+    _Key("reserve_pool_size", 0, "Extra connections above pool_size (and max_db_connections) for long waits."),
+    _Key("reserve_pool_timeout", "3s", "A client waiting this long lets its pool use the reserve."),
+    _Key("min_guaranteed_pool_size", 0, "Servers per user that eviction never takes (with min_pool_size)."),
 )
 
 _USERS: tuple[tuple[_Key, ...], ...] = (

@@ -29,18 +29,6 @@ from pg_doorman.config.schema import (
 from pg_doorman.config.sources import load_source
 from pg_doorman.config.web import read_web
 
-# Settings of the original (Rust) pg_doorman that are not accepted yet: the pool-engine keys come with
-# their implementation. They are rejected with a clear message rather than as typos, and rather than
-# silently ignored: an operator who sets max_db_connections expects a cap, and must learn that there is none.
-# Every other key of the original is accepted (config/later.py reports those not in effect yet).
-_UNSUPPORTED_TOP: tuple[str, ...] = ()
-_UNSUPPORTED_GENERAL = ("retain_connections_max", "proxy_copy_data_timeout", "max_memory_usage")
-_UNSUPPORTED_POOL = (
-    "max_db_connections", "min_connection_lifetime", "reserve_pool_size", "reserve_pool_timeout",
-    "min_guaranteed_pool_size",
-)  # fmt: skip
-_UNSUPPORTED_USER: tuple[str, ...] = ()
-
 # Startup packet keys the pooler sets itself (or that would change the session's identity behind its back).
 _RESERVED_PARAMETERS = ("user", "database", "replication", "options", "role", "session_authorization")
 _GUC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
@@ -213,6 +201,10 @@ def _read_general(root: Section) -> General:
         pg_hba=_pg_hba(s),
         daemon_pid_file=daemon_pid_file,
         syslog_prog_name=syslog_prog_name,
+        # pool engine
+        retain_connections_max=s.integer("retain_connections_max", 3),
+        proxy_copy_data_timeout=s.duration("proxy_copy_data_timeout", 15.0),
+        max_memory_usage=s.size("max_memory_usage", 256 * 1024 * 1024),
     )
     _check_general(s, general)
     if general.worker_threads > 1:
@@ -226,7 +218,7 @@ def _read_general(root: Section) -> General:
         tls_mode=general.tls_mode,
         server_tls_mode=general.server_tls_mode,
     )
-    s.finish(_UNSUPPORTED_GENERAL)
+    s.finish()
     return general
 
 
@@ -272,7 +264,7 @@ def _read_user(s: Section) -> UserConfig | None:
     if server_password is not None and server_username is None:
         s.error("server_password", "requires server_username (the PostgreSQL role to log in as)")
     later.read_user(s)
-    s.finish(_UNSUPPORTED_USER)
+    s.finish()
     if username is None or password is None or pool_size is None:
         return None
     return UserConfig(
@@ -357,7 +349,14 @@ def _read_pool(name: str, s: Section, general: General, server_tls_modes: dict[s
         log_client_parameter_status_changes=s.boolean("log_client_parameter_status_changes", False),
         startup_parameters=_startup_parameters(s),
         users=_read_users(s),
+        # pool engine
+        max_db_connections=s.integer("max_db_connections", 0),
+        min_connection_lifetime=s.duration("min_connection_lifetime", 30.0),
+        reserve_pool_size=s.integer("reserve_pool_size", 0),
+        reserve_pool_timeout=s.duration("reserve_pool_timeout", 3.0),
+        min_guaranteed_pool_size=s.integer("min_guaranteed_pool_size", 0),
     )
+    _check_pool_engine(s, pool, general)
     if general.prepared_statements and pool.prepared_statements_cache_size == 0:
         s.error("prepared_statements_cache_size", "must be greater than 0 while prepared_statements is on")
     merged = {**general.startup_parameters, **pool.startup_parameters}
@@ -369,8 +368,43 @@ def _read_pool(name: str, s: Section, general: General, server_tls_modes: dict[s
     server_tls_mode = later.read_pool(s)
     if server_tls_mode is not None:
         server_tls_modes[format_key_path(s.key_path("server_tls_mode"))] = server_tls_mode
-    s.finish(_UNSUPPORTED_POOL)
+    s.finish()
     return pool
+
+
+def _check_pool_engine(s: Section, pool: PoolConfig, general: General) -> None:
+    """The original's rules for max_db_connections and the reserve: one error (min_pool_size servers that the
+    cap could never allow), and warnings for settings that cannot do what they seem to."""
+    cap = pool.max_db_connections
+    if cap > 0:
+        floor = sum(user.min_pool_size for user in pool.users)
+        if floor > cap:
+            s.error("max_db_connections", f"the users' min_pool_size add up to {floor}, more than the {cap} allowed")
+        if pool.reserve_pool_size > cap:
+            s.problems.warn(s.key_path("reserve_pool_size"), f"larger than max_db_connections ({cap})")
+        for user in pool.users:
+            if user.pool_size > cap:
+                s.problems.warn(
+                    s.key_path("max_db_connections"),
+                    f"user '{user.username}' has pool_size {user.pool_size}: at most {cap} are ever opened",
+                )
+    idle_timeout = general.idle_timeout if pool.idle_timeout is None else pool.idle_timeout
+    if 0 < idle_timeout < pool.min_connection_lifetime:
+        s.problems.warn(
+            s.key_path("min_connection_lifetime"),
+            "longer than idle_timeout: idle servers are closed before they could be evicted or released",
+        )
+    for user in pool.users:
+        if pool.min_guaranteed_pool_size > user.pool_size:
+            s.problems.warn(
+                s.key_path("min_guaranteed_pool_size"),
+                f"above the pool_size ({user.pool_size}) of user '{user.username}'",
+            )
+    if pool.reserve_pool_size and 0 < general.query_wait_timeout <= pool.reserve_pool_timeout:
+        s.problems.warn(
+            s.key_path("reserve_pool_timeout"),
+            "not below query_wait_timeout: clients time out before the reserve is used",
+        )
 
 
 def _read_pools(root: Section, general: General, server_tls_modes: dict[str, str]) -> dict[str, PoolConfig]:
@@ -392,7 +426,7 @@ def load_config(path: str | Path) -> Config:
     pools = _read_pools(root, general, server_tls_modes)
     web = read_web(root, general.admin_password)
     later.read_talos(root)
-    root.finish(_UNSUPPORTED_TOP)
+    root.finish()
     if problems.lines:
         raise ConfigError(problems.lines)
     refusals = later.refusal_lines(

@@ -142,6 +142,11 @@ class General:
     pg_hba: HbaSource | None = None
     daemon_pid_file: str | None = None  # the original's default /tmp/pg_doorman.pid applies with -d
     syslog_prog_name: str | None = None
+    # Pool engine (pool/coordinator.py, registry.py): idle servers closed per maintenance run (0 = no limit), a
+    # stalled COPY or streamed message (0 = no limit), resident memory above which clients are refused (0 = off).
+    retain_connections_max: int = 3
+    proxy_copy_data_timeout: float = 15.0
+    max_memory_usage: int = 256 * 1024 * 1024
 
     @property
     def unix_socket_permissions(self) -> int:
@@ -190,6 +195,13 @@ class PoolConfig:
     log_client_parameter_status_changes: bool = False
     startup_parameters: dict[str, str] = field(default_factory=dict)
     users: tuple[UserConfig, ...] = ()
+    # Pool engine, per database (pool/coordinator.py): a cap on server connections over all its users (0 = none),
+    # the reserve above pool_size / that cap, and what eviction and reserve release leave alone.
+    max_db_connections: int = 0
+    min_connection_lifetime: float = 30.0
+    reserve_pool_size: int = 0
+    reserve_pool_timeout: float = 3.0
+    min_guaranteed_pool_size: int = 0
 
     def user(self, username: str) -> UserConfig | None:
         for user in self.users:
@@ -230,6 +242,13 @@ class PoolSettings:
     startup_parameters: dict[str, str]
     server_round_robin: bool
     log_client_parameter_status_changes: bool
+    # Pool engine (pool/coordinator.py): the database's limits, and this user's eviction floor
+    # (max(min_pool_size, min_guaranteed_pool_size)).
+    max_db_connections: int
+    min_connection_lifetime: float
+    reserve_pool_size: int
+    reserve_pool_timeout: float
+    guaranteed_pool_size: int
 
     @property
     def password_kind(self) -> PasswordKind:
@@ -313,4 +332,9 @@ def _resolve(general: General, pool: PoolConfig, user: UserConfig) -> PoolSettin
         startup_parameters={**general.startup_parameters, **pool.startup_parameters},
         server_round_robin=general.server_round_robin,
         log_client_parameter_status_changes=pool.log_client_parameter_status_changes,
+        max_db_connections=pool.max_db_connections,
+        min_connection_lifetime=pool.min_connection_lifetime,
+        reserve_pool_size=pool.reserve_pool_size,
+        reserve_pool_timeout=pool.reserve_pool_timeout,
+        guaranteed_pool_size=max(user.min_pool_size, pool.min_guaranteed_pool_size),
     )

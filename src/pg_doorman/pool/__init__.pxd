@@ -24,6 +24,11 @@ cdef class Pool(Lender):
     cdef public object _params_future
     cdef public dict _param_tokens
     cdef public object _last_connect_error
+    cdef public object coordinator
+    cdef public double waiting_since
+    cdef public bint _params_pending
+    cdef public double _params_since
+    cdef public dict _stall_watch
     cdef public Py_ssize_t stats_checkouts
     cdef public Py_ssize_t stats_waits
     cdef public Py_ssize_t stats_wait_timeouts

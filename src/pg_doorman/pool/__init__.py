@@ -14,10 +14,10 @@ from collections import deque
 from time import monotonic
 from typing import TYPE_CHECKING, cast
 
-from pg_doorman import clock, codes
+from pg_doorman import clock, codes, memory
 from pg_doorman.auth.backend import ServerCredentials
 from pg_doorman.prepared import StatementRegistry
-from pg_doorman.protocol.errors import ADMIN_SHUTDOWN, PoolerError
+from pg_doorman.protocol.errors import ADMIN_SHUTDOWN, CONNECTION_FAILURE, TOO_MANY_CONNECTIONS, PoolerError
 from pg_doorman.server import Lender, ServerConnection, login_error
 from pg_doorman.stats import PoolStats
 from pg_doorman.tasks import spawn
@@ -25,6 +25,7 @@ from pg_doorman.tasks import spawn
 if TYPE_CHECKING:
     from pg_doorman.client import ClientConnection
     from pg_doorman.config import PoolSettings
+    from pg_doorman.pool.coordinator import Coordinator
 
 log = logging.getLogger("pg_doorman.pool")
 
@@ -38,6 +39,10 @@ def killed_error(database: str) -> PoolerError:
         "terminating connection due to administrator command",
         detail=f'KILL of database "{database}" on the pg_doorman admin console',
     )
+
+
+def _created_at(server: ServerConnection) -> float:
+    return server.created_at
 
 
 class Pool(Lender):
@@ -69,6 +74,15 @@ class Pool(Lender):
         # Latency histograms and error counts (stats.py); counters below are read through views.py.
         self.stats = PoolStats()
         self.client_count = 0  # logged-in clients of this pool (not counting the admin console's)
+        # Pool engine: the database's max_db_connections coordinator (None: no cap, and no cost), since when
+        # clients have been waiting without a break (the reserve's clock when query_wait_timeout is 0), and
+        # whether a client login waits for a first server's parameters (it counts as demand).
+        self.coordinator: Coordinator | None = None
+        self.waiting_since = 0.0
+        self._params_pending = False
+        self._params_since = 0.0
+        # proxy_copy_data_timeout: servers in a COPY or in the middle of a message -> (bytes moved, since when).
+        self._stall_watch: dict[ServerConnection, tuple[int, float]] = {}
         self.stats_checkouts = 0
         self.stats_waits = 0
         self.stats_wait_timeouts = 0
@@ -127,6 +141,9 @@ class Pool(Lender):
         return None
 
     def enqueue(self, client: ClientConnection) -> None:
+        if memory.budget.exhausted:
+            client.checkout_failed(memory.budget.error())  # waiting clients are what piles up (memory.py)
+            return
         self.stats_waits += 1
         self.waiters.append(client)
         # Every waiter beyond the connections already being opened asks for one more, up to pool_size.
@@ -134,10 +151,17 @@ class Pool(Lender):
             self.open_server()
 
     def tick(self, now: float) -> None:
-        """Every WAIT_CHECK_INTERVAL: advance the pool's clock and end waits past query_wait_timeout."""
+        """Every WAIT_CHECK_INTERVAL: advance the pool's clock, end waits past query_wait_timeout, and open
+        reserve connections for clients that waited reserve_pool_timeout."""
         self.now = now
         if self.waiters:
             self.expire_waiters(now)
+            if not self.waiting_since:
+                self.waiting_since = now
+            if self.waiters and self.settings.reserve_pool_size and self.reserve_due(now):
+                self.open_reserve(now)
+        elif self.waiting_since:
+            self.waiting_since = 0.0
 
     def expire_waiters(self, now: float) -> None:
         """End the waits that passed query_wait_timeout. Waiters are FIFO with one timeout per pool, so only
@@ -149,6 +173,9 @@ class Pool(Lender):
                 waiters.popleft()
             elif 0 < client.wait_deadline <= now:
                 waiters.popleft()
+                coordinator = self.coordinator
+                if coordinator is not None and self in coordinator.wanting:
+                    coordinator.exhaustions += 1
                 client.wait_timed_out()
             else:
                 break
@@ -197,11 +224,20 @@ class Pool(Lender):
         # Capacity freed while clients wait: open a replacement.
         if self.waiters and not self.retired and self.size < self.settings.pool_size:
             self.open_server()
+        coordinator = self.coordinator
+        if coordinator is not None:
+            coordinator.server_gone(server, self.now)  # the slot may go to another user of the database
 
     # ------------------------------------------------------------ new servers
 
     def open_server(self) -> None:
+        """Open a server for a waiting client; with max_db_connections, when the database's coordinator says so
+        (it calls `open_granted`, now or when a slot frees)."""
         if not self.can_open_without_client():
+            return
+        coordinator = self.coordinator
+        if coordinator is not None:
+            coordinator.request(self, self.now)
             return
         self.opening += 1
         spawn(self._open_and_checkin())
@@ -251,6 +287,11 @@ class Pool(Lender):
         self.opening -= 1
         if self.default_params is None:
             self.default_params = dict(server.params)
+            if self._params_pending:  # a login waits for them (see _coordinated_startup_parameters)
+                self._params_pending = False
+                fut = self._params_future
+                if fut is not None and not fut.done():
+                    fut.set_result(self.default_params)
         self.servers.add(server)
         self.stats_servers_opened += 1
         self._last_connect_error = None
@@ -261,6 +302,14 @@ class Pool(Lender):
 
     def _on_connect_failure(self, exc: PoolerError) -> None:
         self._last_connect_error = exc
+        if self._params_pending and self.opening == 0:
+            self._params_pending = False
+            fut = self._params_future
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+        coordinator = self.coordinator
+        if coordinator is not None and coordinator.wanting:
+            coordinator.distribute(self.now)  # the slot it held may go to another pool
         # With no server left to wait for, waiting clients would only time out: tell them now.
         if not self.servers and self.opening == 0:
             waiters = list(self.waiters)
@@ -273,6 +322,8 @@ class Pool(Lender):
         """Server parameters a new client is told at login, from this pool's first server connection."""
         if self.default_params is not None:
             return self.default_params
+        if self.coordinator is not None:
+            return await self._coordinated_startup_parameters()
         if self._params_future is None or self._params_future.done():
             loop = asyncio.get_running_loop()
             self._params_future = loop.create_future()
@@ -292,30 +343,210 @@ class Pool(Lender):
             spawn(fetch())
         return await asyncio.shield(self._params_future)
 
+    async def _coordinated_startup_parameters(self) -> dict[str, str]:
+        """`startup_parameters` under max_db_connections: the first server is opened when the database's
+        coordinator grants a slot (the login counts as a waiting client), within query_wait_timeout."""
+        fut = self._params_future
+        if fut is None or fut.done():
+            fut = self._params_future = asyncio.get_running_loop().create_future()
+            self._params_pending = True
+            self._params_since = self.now
+            self.open_server()
+        timeout = self.settings.query_wait_timeout
+        try:
+            async with asyncio.timeout(timeout if timeout > 0 else None):
+                return await asyncio.shield(fut)
+        except TimeoutError:
+            raise self.database_full_error() from None
+
+    def database_full_error(self) -> PoolerError:
+        """What a client that waited query_wait_timeout for a server of a full database is told."""
+        s = self.settings
+        coordinator = self.coordinator
+        reserve = ""
+        if coordinator is not None and s.reserve_pool_size:
+            reserve = f", reserve={coordinator.reserve_in_use()}/{s.reserve_pool_size}"
+        return PoolerError(
+            TOO_MANY_CONNECTIONS,
+            f"all server connections to database '{s.database}' are in use "
+            f"(max={s.max_db_connections}{reserve}, user='{s.username}')",
+        )
+
+    # ------------------------------------------------------------ pool engine
+    # Reserve, max_db_connections (the coordinator calls the methods of its Member protocol), retain limits.
+
+    def reserve_due(self, now: float) -> bool:
+        """The oldest waiting client has waited reserve_pool_timeout (PgBouncer's rule for the reserve)."""
+        s = self.settings
+        if not s.reserve_pool_size:
+            return False
+        for client in self.waiters:
+            if client.waiting:
+                if s.query_wait_timeout > 0 and client.wait_deadline > 0:
+                    since = client.wait_deadline - s.query_wait_timeout
+                else:
+                    since = self.waiting_since or now  # no wait limit: the clock of the pool's waiting
+                return now - since >= s.reserve_pool_timeout
+        # A login waiting for the pool's first server (its parameters) waits like a client.
+        return self._params_pending and now - self._params_since >= s.reserve_pool_timeout
+
+    def demand(self, now: float) -> int:
+        """How many more servers the waiting clients need now: up to pool_size, or into the reserve once due."""
+        if self.retired:
+            return 0
+        need = max(len(self.waiters), 1 if self._params_pending else 0) - self.opening
+        if need <= 0:
+            return 0
+        s = self.settings
+        room = s.pool_size - self.size
+        if s.reserve_pool_size and self.reserve_due(now):
+            room += s.reserve_pool_size
+        return max(0, min(need, room))
+
+    def open_reserve(self, now: float) -> None:
+        """Open what the waiting clients need beyond pool_size (the tick found the reserve due)."""
+        coordinator = self.coordinator
+        if coordinator is not None:
+            coordinator.request(self, now)
+            return
+        opened = 0
+        while self.demand(now) > 0 and self.open_granted():
+            opened += 1
+        if opened:
+            log.info(
+                "pool %s: %d reserve connection(s) for clients waiting over reserve_pool_timeout", self.name, opened
+            )
+
+    def open_granted(self) -> bool:
+        """Open one server now (the coordinator granted a slot, or the reserve is due)."""
+        if self.retired or not self.can_open_without_client():
+            return False
+        self.opening += 1
+        spawn(self._open_and_checkin())
+        return True
+
+    def spare(self) -> int:
+        return self.size - self.settings.guaranteed_pool_size
+
+    def eviction_candidate(self, min_age: float, now: float) -> ServerConnection | None:
+        """The oldest idle server at least ``min_age`` old (min_connection_lifetime), for the coordinator."""
+        best: ServerConnection | None = None
+        for server in self.idle:
+            old_enough = server.state == codes.SERVER_IDLE and now - server.created_at >= min_age
+            if old_enough and (best is None or server.created_at < best.created_at):
+                best = server
+        return best
+
+    def evict(self, server: ServerConnection) -> None:
+        """Close an idle server for another pool of the database (no checkout can take it from here on)."""
+        try:
+            self.idle.remove(server)
+        except ValueError:
+            pass
+        log.info("pool %s: closing idle server pid=%s for another user of the database", self.name, server.pid)
+        if server.state == codes.SERVER_CLOSED or server.transport is None:
+            coordinator = self.coordinator
+            if coordinator is not None:
+                coordinator.server_gone(server, self.now)
+            return
+        server.close()
+
+    def watch_stalls(self, now: float, timeout: float) -> None:
+        """proxy_copy_data_timeout (every second, from the maintenance): a lent server in a COPY, or in the middle
+        of passing on a message, that moved no byte either way for ``timeout`` seconds ends its client with an
+        error and is closed (never lent again). Looks at this pool's servers only, not at its clients, and costs
+        the forwarding path nothing: progress is the byte counters the connections keep anyway."""
+        watch = self._stall_watch
+        seen: dict[ServerConnection, tuple[int, float]] = {}
+        for server in self.servers:
+            if server.state != codes.SERVER_ACTIVE or not (server.ledger.in_copy or server._skip):
+                continue
+            moved = server.bytes_sent + server.bytes_received
+            before = watch.get(server)
+            if before is None or before[0] != moved:
+                seen[server] = (moved, now)
+            elif now - before[1] >= timeout:
+                self._stalled(server, timeout)
+            else:
+                seen[server] = before
+        self._stall_watch = seen
+
+    def _stalled(self, server: ServerConnection, timeout: float) -> None:
+        what = "COPY" if server.ledger.in_copy else "message"
+        log.warning(
+            "pool %s: %s on server pid=%s made no progress for %gs (proxy_copy_data_timeout); closing it",
+            self.name,
+            what,
+            server.pid,
+            timeout,
+        )
+        client = server.client
+        if client is not None:
+            client.fail(
+                PoolerError(
+                    CONNECTION_FAILURE,
+                    "Proxy operation timed out. Please try again later.",
+                    detail=f"No data moved in either direction of this {what} for {timeout:g}s "
+                    "(pg_doorman's proxy_copy_data_timeout).",
+                )
+            )
+        server.abort()
+
+    def release_idle(self, count: int, min_idle: float, now: float) -> int:
+        """Close up to ``count`` servers idle for ``min_idle`` or longer, longest idle first, never below the
+        guaranteed size; return how many (reserve release: the reserve is for bursts, not to keep)."""
+        if self.waiters or count <= 0:
+            return 0
+        candidates = [s for s in self.idle if s.state == codes.SERVER_IDLE and now - s.last_used >= min_idle]
+        candidates.sort(key=lambda s: s.last_used)
+        closed = 0
+        for server in candidates[: min(count, self.spare())]:
+            self.idle.remove(server)
+            server.close()
+            closed += 1
+        return closed
+
     # ------------------------------------------------------------ maintenance
 
-    def maintain(self, now: float) -> None:
-        """Close idle servers past idle_timeout/lifetime and keep min_pool_size open (runs every second)."""
+    def maintain(self, now: float, quota: int | None = None) -> int:
+        """Close idle servers past idle_timeout/lifetime, at most ``quota`` of them (retain_connections_max;
+        None: no limit), oldest first; release idle reserve connections; keep min_pool_size open (runs every
+        second). Returns how many idle_timeout/lifetime closes it made."""
         min_size = self.settings.min_pool_size
-        if self.idle:
-            keep: list[ServerConnection] = []
+        closed = 0
+        if self.idle and quota != 0:
+            expiring: list[ServerConnection] = []
             # A closed server leaves self.servers only in connection_lost (later): count the closes made here,
             # or one pass would close every idle server and dip below min_pool_size.
             remaining = len(self.servers)
-            for server in self.idle:
+            for server in sorted(self.idle, key=_created_at) if quota is not None else self.idle:
                 expired = now >= server.expires_at
                 idle_for = now - server.last_used
                 too_idle = server.used and idle_for >= server.idle_expires_after
                 if (expired or too_idle) and remaining - 1 >= (0 if expired else min_size):
+                    if quota is not None and closed >= quota:
+                        break
                     remaining -= 1
+                    closed += 1
+                    expiring.append(server)
+            if expiring:
+                gone = set(expiring)
+                self.idle = [server for server in self.idle if server not in gone]
+                for server in expiring:
                     server.close()
-                else:
-                    keep.append(server)
-            self.idle = keep
+        excess = self.size - self.settings.pool_size
+        if excess > 0 and self.idle:
+            released = self.release_idle(excess, self.settings.min_connection_lifetime, now)
+            if released:
+                log.info("pool %s: released %d idle reserve connection(s)", self.name, released)
         if not self.retired:
             missing = min_size - self.size
+            coordinator = self.coordinator
             for _ in range(max(0, missing)):
-                self.open_server()
+                if coordinator is not None and not coordinator.has_room():
+                    break  # replenishing never evicts nor goes into the reserve
+                self.open_granted()
+        return closed
 
     def intern_params(self, params: dict[str, str]) -> tuple[tuple[str, str], ...]:
         """One shared tuple per distinct parameter set, so "in sync?" is an identity check on the hot path."""
