@@ -125,7 +125,7 @@ class DoormanCollector:
 
     def _auth_query(self) -> Iterator[Metric]:
         """pg_doorman_auth_query_*: the original's gauges (every value, by type and database) and counters
-        (the cumulative types), from the same numbers as SHOW AUTH_QUERY."""
+        (the cumulative types), from the same numbers as SHOW AUTH_QUERY; none without an auth_query."""
         families = {
             "cache": ("type", ("entries", *_CACHE_COUNTS), _CACHE_COUNTS),
             "auth": ("result", ("success", "failure"), ("success", "failure")),
@@ -134,6 +134,8 @@ class DoormanCollector:
         }  # fmt: skip
         values: dict[str, dict[str, dict[str, int]]] = {name: {} for name in families}
         registry = self.app.registry
+        if not registry.auth_queries:
+            return
         for database, auth in registry.auth_queries.items():
             st = auth.stats
             current = 0
