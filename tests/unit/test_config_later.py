@@ -52,7 +52,7 @@ def test_every_not_active_key_is_accepted_and_reported(tmp_path: Path) -> None:
         "pools.db.scaling_fast_retries", "pools.db.users[0].auth_pam_service", "talos",
     ):  # fmt: skip
         assert key in noted, key
-    assert not any(key.startswith("pools.db.auth_query") for key in noted)  # active: tests/unit/test_auth_query_cache.py
+    assert not any(key.startswith("pools.db.auth_query") for key in noted)  # active now
     assert config.pools["db"].auth_query is not None
     assert all("not active yet in this version" in line for line in config.not_active)
     report = check_config(path)
