@@ -55,7 +55,7 @@ cdef class ClientConnection(Borrower):
                    rewriter=StatementRewriter, ledger=ServerLedger, hints=int)
     cpdef _forward_tracked(self, bytes data)
 
-    @cython.locals(server=ServerConnection, pool=Pool)
+    @cython.locals(server=ServerConnection, pool=Pool, check=bytes)
     cpdef _start_transaction(self, bytes data)
 
     @cython.locals(server=ServerConnection)
