@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import yaml
 from psycopg_helpers import connect, scalar, wait_until
 from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException
@@ -168,8 +169,10 @@ def pool_cell(driver: WebDriver, column: str) -> str:
     return str(cell.text)
 
 
-def severe_console_messages(driver: WebDriver) -> list[str]:
-    return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+def severe_console_messages(driver: WebDriver, expected: tuple[str, ...] = ()) -> list[str]:
+    """Errors the page logged (script errors, CSP violations, failed requests) other than ``expected`` ones."""
+    messages = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    return [m for m in messages if not any(e in m for e in expected)]
 
 
 class Traffic:
@@ -179,15 +182,19 @@ class Traffic:
         self.conn = connect(proc, application_name="web-console-traffic")
         self.stop = threading.Event()
         self.count = 0
+        self.errors = 0
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
 
     def run(self) -> None:
         while not self.stop.wait(0.01):
-            with self.conn.transaction():
-                self.conn.execute("SELECT pg_sleep(0.002)")
-                self.conn.execute("SELECT 1")
-            self.count += 1
+            try:
+                with self.conn.transaction():
+                    self.conn.execute("SELECT pg_sleep(0.002)")
+                    self.conn.execute("SELECT 1")
+                self.count += 1
+            except psycopg.errors.OperationalError:  # a paused pool may time a query out: keep going
+                self.errors += 1
 
     def close(self) -> None:
         self.stop.set()
@@ -256,6 +263,19 @@ def run_console(driver: WebDriver, proc: DoormanProcess, port: int) -> None:
         "RELOAD in the event feed",
     )
     assert "RELOAD" in driver.find_element(By.CSS_SELECTOR, "#event-feed li.kind-reload .kind").text
+
+    # A refused configuration (with markup in the bad value): the page says why, as text, and keeps polling.
+    good = proc.config_path.read_text()
+    broken = yaml.safe_load(good)
+    broken["pools"]["appdb"]["users"][0]["pool_size"] = "<b>many</b><img src=x onerror=alert(2)>"
+    proc.config_path.write_text(yaml.safe_dump(broken))
+    driver.find_element(By.ID, "reload-button").click()
+    until(driver, lambda d: any("pool_size" in t.text for t in visible(d, ".toast.error")), "the refusal")
+    assert any("got string '<b>many</b><img src=x" in t.text for t in visible(driver, ".toast.error"))
+    until(driver, lambda d: visible(d, "#event-feed li.kind-config-validation-error"), "the refusal's event")
+    proc.config_path.write_text(good)
+    assert driver.find_elements(By.CSS_SELECTOR, "#toasts b, #toasts img, #event-feed b, #event-feed img") == []
+    until(driver, lambda d: pool_cell(d, "servers").endswith("of 10"), "the old configuration still shown")
 
     # Clients tab: the hostile application name is text, nothing ran and nothing was fetched for it.
     driver.find_element(By.CSS_SELECTOR, '[data-tab="clients"]').click()
@@ -330,7 +350,7 @@ def run_console(driver: WebDriver, proc: DoormanProcess, port: int) -> None:
     kinds = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#event-feed .kind")]
     assert "PAUSE" in kinds and "RESUME" in kinds
 
-    assert severe_console_messages(driver) == []
+    assert severe_console_messages(driver, expected=("status of 422",)) == []  # only the refused reload
     driver.find_element(By.ID, "logout-button").click()
     until(driver, lambda d: d.find_element(By.ID, "login-dialog").get_attribute("open") is not None, "logged out")
     assert driver.execute_script("return sessionStorage.getItem('pg_doorman.credentials')") is None
@@ -359,3 +379,8 @@ def test_console_for_anonymous_readers(doorman: StartDoorman, pg_trust: TempPost
         until(browser, lambda d: visible(d, "#reload-button"), "admin actions after login")
         assert visible(browser, '[data-tab="logs"]')
         assert severe_console_messages(browser) == []
+    # The pooler goes away: the page says so and keeps what it has.
+    proc.stop()
+    until(browser, lambda d: d.find_element(By.ID, "status").get_attribute("data-state") == "error", "status: error")
+    assert "not answering" in browser.find_element(By.ID, "status-text").text
+    assert visible(browser, '#pools-table tr[data-pool="appdb/app"]')
