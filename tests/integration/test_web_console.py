@@ -251,6 +251,14 @@ def run_console(driver: WebDriver, proc: DoormanProcess, port: int) -> None:
         return len(charts) == 3 and all(line.count("L") >= 2 for line in lines) and min(points) >= 3
 
     until(driver, charts_drawn, "charts with data points")
+    # Clicking the pool's name charts that pool alone (and clicking again, all pools).
+    driver.find_element(By.CSS_SELECTOR, '#pools-table tr[data-pool="appdb/app"] .pool-name').click()
+    assert driver.execute_script("return document.getElementById('scope').value") == "appdb/app"
+    row_class = driver.find_element(By.CSS_SELECTOR, 'tr[data-pool="appdb/app"]').get_attribute("class") or ""
+    assert "selected" in row_class
+    until(driver, charts_drawn, "charts of one pool")
+    driver.find_element(By.CSS_SELECTOR, '#pools-table tr[data-pool="appdb/app"] .pool-name').click()
+    assert driver.execute_script("return document.getElementById('scope').value") == ""
     tps_tile = driver.find_element(By.CSS_SELECTOR, "#tile-tps .tile-value").text
     assert tps_tile.endswith("/s") and tps_tile != "0/s", tps_tile
 

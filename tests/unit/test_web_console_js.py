@@ -133,6 +133,7 @@ def test_chart_geometry() -> None:
         assert.equal(chart.niceCeiling(Infinity), 1);
         assert.equal(chart.pathData([[0, 1], [1, 2], [2, null], [3, 4]]), "M0.0,1.0L1.0,2.0M3.0,4.0");
         assert.equal(chart.pathData([[0, null]]), "");
+        assert.equal(chart.pathData([[0, 1], [1, 1], [2, 3]], true), "M0.0,1.0L1.0,1.0L2.0,1.0L2.0,3.0");
         const at = (...seconds) => seconds.map((t) => ({ t: t * 1000 }));
         assert.equal(chart.chartSpan([], 600000), 60000);
         assert.equal(chart.chartSpan(at(0, 2, 4), 600000), 60000);        // a young history: one minute

@@ -328,6 +328,7 @@ function setupCharts() {
     }), (sample, key) => pickScoped(sample, key)],
     [new LineChart(container, {
       title: "Connections",
+      step: true,
       format: (v) => (v === null ? "–" : fmt.compact(v)),
       series: [
         { key: "clients_active", label: "clients active" },

@@ -20,17 +20,23 @@ export function chartSpan(samples, windowMs) {
   return Math.min(windowMs, Math.max(60000, Math.ceil(history / 60000) * 60000));
 }
 
-/** SVG path data for [x, y] points; null y breaks the line (a gap, not a drop to zero). */
-export function pathData(points) {
+/**
+ * SVG path data for [x, y] points; null y breaks the line (a gap, not a drop to zero). With `step`, a value
+ * holds until the next reading (for counts of connections, which are readings, not averages).
+ */
+export function pathData(points, step = false) {
   let d = "";
   let pen = false;
+  let lastY = 0;
   for (const [x, y] of points) {
     if (y === null || y === undefined || !Number.isFinite(y)) {
       pen = false;
       continue;
     }
+    if (pen && step && y !== lastY) d += `L${x.toFixed(1)},${lastY.toFixed(1)}`;
     d += `${pen ? "L" : "M"}${x.toFixed(1)},${y.toFixed(1)}`;
     pen = true;
+    lastY = y;
   }
   return d;
 }
@@ -40,8 +46,9 @@ export function pathData(points) {
  * `update(samples, pick)` where pick(sample, key) -> value or null. Time runs over the last `windowMs`.
  */
 export class LineChart {
-  constructor(container, { title, format, series, windowMs = 10 * 60 * 1000, height = 150 }) {
+  constructor(container, { title, format, series, windowMs = 10 * 60 * 1000, height = 150, step = false }) {
     this.format = format;
+    this.step = step;
     this.series = series;
     this.windowMs = windowMs;
     this.height = height;
@@ -125,7 +132,7 @@ export class LineChart {
     const lines = values.map((list, i) => {
       const points = list.map((v, j) => [x(samples[j].t), v === null ? null : y(v)]);
       drawn += points.filter(([, py]) => py !== null).length;
-      return s("path", { class: `line s${i}`, d: pathData(points) });
+      return s("path", { class: `line s${i}`, d: pathData(points, this.step) });
     });
     const svg = s("svg", {
       class: "chart",
