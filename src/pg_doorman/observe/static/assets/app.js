@@ -505,7 +505,7 @@ function eventItem(event) {
   return h("li", { class: `event kind-${safeClass(event.kind)}` },
     h("time", { datetime: new Date(event.timestamp * 1000).toISOString() }, fmt.clock(event.timestamp)),
     h("span", { class: "kind" }, event.kind),
-    h("span", { class: "message" }, event.message));
+    h("span", { class: "message", title: event.message }, event.message));
 }
 
 function renderFeed() {
