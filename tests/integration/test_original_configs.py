@@ -30,7 +30,11 @@ MIN_ACCEPTED = 270  # all but the required-TLS ones since access rules (pg_hba) 
 
 
 def _check(path: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and k not in ("CONFIG_FILE", "LOG_LEVEL")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if (not k.startswith("PG") or k.startswith("PG_DOORMAN_")) and k not in ("CONFIG_FILE", "LOG_LEVEL")
+    }
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH")) if p)
     return subprocess.run(
         [sys.executable, "-m", "pg_doorman", "-t", str(path)],

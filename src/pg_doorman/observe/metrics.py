@@ -117,8 +117,18 @@ class DoormanCollector:
 
     def collect(self) -> Iterator[Metric]:
         yield from self._process()
-        yield from self._pools(views.pool_views(self.app.registry.pools.values()))
+        pools = views.pool_views(self.app.registry.pools.values())
+        yield from self._pools(pools)
+        yield from self._check_query(pools)
         yield from self._web()
+
+    def _check_query(self, pools: list[views.PoolView]) -> Iterator[Metric]:
+        backend = _counter("pooler_check_query_backend_total", "pooler_check_query probes sent to a server.")
+        backend.add_metric([], sum(view.check_query_backend for view in pools))
+        yield backend
+        cache = _counter("pooler_check_query_cache_total", "pooler_check_query probes answered from the cache.")
+        cache.add_metric([], sum(view.check_query_cache for view in pools))
+        yield cache
 
     # ------------------------------------------------------------------ process
 
