@@ -68,7 +68,7 @@ def test_every_original_config_is_accepted_or_refused_for_a_documented_reason(tm
     assert unexplained == []
     print(
         f"\noriginal configs: {len(files)} files, {len(accepted)} accepted, "
-        f"{len(set(refused))} refused (access rules / required TLS not active yet), "
+        f"{len(set(refused))} refused (required TLS not active yet), "
         f"{len(set(pending) - set(refused))} only for pool-engine/web keys not accepted yet"
     )
     assert len(accepted) >= MIN_ACCEPTED
