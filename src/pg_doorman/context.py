@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from pg_doorman.client import ClientConnection
     from pg_doorman.config import General
     from pg_doorman.registry import PoolRegistry
+    from pg_doorman.tls import ClientTls
 
 
 class ClientContext:
@@ -34,6 +35,7 @@ class ClientContext:
         "max_message_size",
         "registry",
         "shutting_down",
+        "tls",
     )
 
     def __init__(
@@ -55,6 +57,8 @@ class ClientContext:
         self.admin_username = ""
         self.admin_password = ""
         self.admin: AdminContext | None = None  # what the admin console sees and may do (set by Application)
+        # Client TLS (tls.ClientTls), built once at start by Application: its keys are restart-only.
+        self.tls: ClientTls | None = None
         self.configure(general)
 
     def configure(self, general: General) -> None:

@@ -48,11 +48,12 @@ def test_every_not_active_key_is_accepted_and_reported(tmp_path: Path) -> None:
     noted = {line.split(": ")[1] for line in config.not_active}
     for key in (
         "general.tokio_global_queue_interval", "general.worker_stack_size", "general.patroni_api_urls",
-        "general.tls_rate_limit_per_second", "general.worker_threads", "general.server_tls_mode",
+        "general.worker_threads",
         "pools.db.auth_query", "pools.db.scaling_fast_retries", "pools.db.users[0].auth_pam_service", "talos",
     ):  # fmt: skip
         assert key in noted, key
     assert all("not active yet in this version" in line for line in config.not_active)
+    assert not any("tls" in key for key in noted)  # TLS is active (tls.py)
     report = check_config(path)
     assert report.ok and len(report.stderr) == len(config.not_active)
 
@@ -89,9 +90,6 @@ def test_auth_query_is_checked(tmp_path: Path) -> None:
     [
         ('hba = ["10.0.0.0/8"]', "", "general.hba"),
         ('pg_hba = "host all all 0.0.0.0/0 md5"', "", "general.pg_hba"),
-        ('tls_mode = "require"\ntls_certificate = "{crt}"\ntls_private_key = "{crt}"', "", "general.tls_mode"),
-        ('server_tls_mode = "require"', "", "general.server_tls_mode"),
-        ("", 'server_tls_mode = "verify-full"\nserver_tls_ca_cert = "{crt}"', "pools.db.server_tls_mode"),
     ],
 )
 def test_settings_that_would_widen_access_refuse(tmp_path: Path, general: str, pool: str, key: str) -> None:

@@ -21,7 +21,7 @@ PasswordKind = Literal["md5", "scram", "plain", "empty"]
 PoolMode = Literal["transaction", "session"]
 
 POOL_MODES: tuple[str, ...] = ("transaction", "session")
-TLS_MODES: tuple[str, ...] = ("disable", "allow", "require", "verify-full")
+TLS_MODES: tuple[str, ...] = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 SERVER_TLS_MODES: tuple[str, ...] = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 MD5_PREFIX = "md5"
@@ -89,6 +89,21 @@ class HbaSource:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerTls:
+    """TLS toward PostgreSQL for one pool (general settings with the pool's overrides applied, see tls.py).
+
+    ``fingerprint``: SHA-256 of the files' contents when the configuration was loaded: a reload with changed
+    files makes the pool settings differ, so only the pools using them are recreated.
+    """
+
+    mode: str = "allow"
+    ca_cert: str | None = None
+    certificate: str | None = None
+    private_key: str | None = None
+    fingerprint: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class General:
     """The ``general`` section: listener, global timeouts and pool defaults."""
 
@@ -138,6 +153,9 @@ class General:
     server_tls_ca_cert: str | None = None
     server_tls_certificate: str | None = None
     server_tls_private_key: str | None = None
+    tls_rate_limit_per_second: int = 0
+    # Beyond the original: with tls_mode verify-full, the client certificate's CN must equal the user name.
+    tls_client_cert_user_match: bool = False
     hba: tuple[str, ...] = ()
     pg_hba: HbaSource | None = None
     daemon_pid_file: str | None = None  # the original's default /tmp/pg_doorman.pid applies with -d
@@ -202,6 +220,7 @@ class PoolConfig:
     reserve_pool_size: int = 0
     reserve_pool_timeout: float = 3.0
     min_guaranteed_pool_size: int = 0
+    server_tls: ServerTls = field(default_factory=ServerTls)
 
     def user(self, username: str) -> UserConfig | None:
         for user in self.users:
@@ -249,6 +268,7 @@ class PoolSettings:
     reserve_pool_size: int
     reserve_pool_timeout: float
     guaranteed_pool_size: int
+    server_tls: ServerTls = field(default_factory=ServerTls)
 
     @property
     def password_kind(self) -> PasswordKind:
@@ -337,4 +357,5 @@ def _resolve(general: General, pool: PoolConfig, user: UserConfig) -> PoolSettin
         reserve_pool_size=pool.reserve_pool_size,
         reserve_pool_timeout=pool.reserve_pool_timeout,
         guaranteed_pool_size=max(user.min_pool_size, pool.min_guaranteed_pool_size),
+        server_tls=pool.server_tls,
     )
