@@ -354,9 +354,11 @@ def backend_context(
     plan = server_plan(mode)
     ctx = _harden(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
     ctx.check_hostname = plan.verify_host
-    if plan.verify_ca or plan.verify_host:
-        assert ca_cert is not None
+    if ca_cert is not None:  # loaded even when not used for verification: a bad file is a config error
         _load_ca(ctx, "server_tls_ca_cert", ca_cert)
+    if plan.verify_ca or plan.verify_host:
+        if ca_cert is None:
+            raise TlsSetupError("server_tls_ca_cert", f"server_tls_mode '{mode}' needs server_tls_ca_cert")
         ctx.verify_mode = ssl.CERT_REQUIRED
     else:
         ctx.verify_mode = ssl.CERT_NONE

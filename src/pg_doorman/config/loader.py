@@ -284,10 +284,12 @@ def _server_tls(s: Section, inherited: ServerTls | None) -> ServerTls:
         certificate, private_key = base.certificate, base.private_key
     elif (certificate is None) != (private_key is None):
         s.error("server_tls_certificate", "set both server_tls_certificate and server_tls_private_key, or neither")
+    loadable = _all_files(ca_cert, certificate, private_key)
     if mode in ("verify-ca", "verify-full") and ca_cert is None:
         s.error("server_tls_mode", f"'{mode}' needs server_tls_ca_cert")
+        loadable = False
     result = ServerTls(mode, ca_cert, certificate, private_key, tls.fingerprint(ca_cert, certificate, private_key))
-    if mode != "disable" and _all_files(ca_cert, certificate, private_key):
+    if mode != "disable" and loadable:
         try:
             tls.backend_context(result.mode, ca_cert, certificate, private_key, result.fingerprint)
         except tls.TlsSetupError as exc:
