@@ -73,6 +73,8 @@ command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 # promtool (Debian's prometheus package) checks deploy/prometheus/alerts.yaml; curl talks to the web listener.
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# The TLS tests and bench/run.py --tls make their certificates with the openssl CLI (devcluster.generate_certificates).
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ -n "$PYTHON" ] && ! "$PYTHON" -c 'import os, sysconfig; inc = sysconfig.get_paths()["include"]; raise SystemExit(not os.path.exists(os.path.join(inc, "Python.h")))' 2>/dev/null; then
     missing+=(python3-dev)
 fi
