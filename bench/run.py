@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/run.py [--targets direct,pgbouncer,pg_doorman] [--modes simple,extended,prepared]
                                   [--clients 1,10,100,500] [--duration 10] [--rounds 2] [--pool-size 20]
-                                  [--idle-clients 2000]
+                                  [--idle-clients 2000] [--tls]
 
 See bench/README.md for what is measured and how to read the tables.
 """
@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import os
 import platform
+import pwd
 import resource
 import shutil
 import signal
@@ -72,6 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         help="the src/ of another checkout (built in place) to run as target pg_doorman_baseline, so a change is "
         "measured against the code before it in the same run",
+    )
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="clients connect to the poolers over TLS (pgbench with PGSSLMODE=require; PgBouncer client_tls_*, "
+        "pg_doorman tls_*, both 'allow' with the same test certificate); the poolers talk to PostgreSQL in plain",
     )
     p.add_argument("--duration", type=int, default=10, help="seconds per pgbench run")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds per (mode, clients)")
@@ -158,6 +165,7 @@ def run_one(target: Target, mode: str, clients: int, args: argparse.Namespace, l
         duration=args.duration,
         sampling_rate=args.sampling_rate,
         log_prefix=str(logdir / f"{target.name}"),
+        extra_env=sslmode_env(target, args),
     )
     out: dict[str, Any] = {
         "target": target.name,
@@ -181,6 +189,27 @@ def run_one(target: Target, mode: str, clients: int, args: argparse.Namespace, l
         out["ok"] = False
         out["error"] = f"{target.name} process died during the run"
     return out
+
+
+def sslmode_env(target: Target, args: argparse.Namespace) -> dict[str, str]:
+    """--tls: pgbench insists on TLS to the poolers (PostgreSQL itself is plain here)."""
+    if not args.tls:
+        return {}
+    return {"PGSSLMODE": "disable" if target.name == "direct" else "require"}
+
+
+def tls_files(work: Path) -> dict[str, str]:
+    """A test CA and server certificate (devcluster.generate_certificates) readable by PgBouncer's user."""
+    from pg_doorman.devcluster import generate_certificates
+
+    directory = work / "tls"
+    files = generate_certificates(str(directory))
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam("postgres")
+        for path in (directory, Path(files.server_cert), Path(files.server_key)):
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+    directory.chmod(0o755)
+    return {"cert": files.server_cert, "key": files.server_key}
 
 
 def fmt_run(r: dict[str, Any]) -> str:
@@ -210,6 +239,7 @@ def warmup(targets: list[Target], args: argparse.Namespace, logdir: Path) -> Non
             duration=args.warmup,
             sampling_rate=0.01,
             log_prefix=str(logdir / "warmup"),
+            extra_env=sslmode_env(t, args),
         )
         log(f"  warm-up {t.name:<10} {res.tps or 0:>9.0f} tps" + ("" if res.ok else f"  ({res.error})"))
 
@@ -428,6 +458,13 @@ def main(argv: list[str] | None = None) -> int:
         stored = PASSWORD if args.stored_password == "plain" else pg.role_password_hash(USER)
         creds = Credentials(USER, PASSWORD, DATABASE, args.auth, stored)
         max_clients = max(args.clients, default=0)
+        bouncer_tls: list[str] = []
+        doorman_tls: dict[str, object] = {}
+        if args.tls:
+            tls = tls_files(work)
+            bouncer_tls = ["client_tls_sslmode = allow", f"client_tls_key_file = {tls['key']}"]
+            bouncer_tls.append(f"client_tls_cert_file = {tls['cert']}")
+            doorman_tls = {"tls_mode": "allow", "tls_certificate": tls["cert"], "tls_private_key": tls["key"]}
         targets: list[Target] = []
         failed_targets: dict[str, str] = {}
         for name in args.targets:
@@ -446,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
                     max_client_conn=max(2000, args.idle_clients + max_clients + 100),
                     binary=args.pgbouncer,
                     start_timeout=args.start_timeout,
+                    extra_settings=bouncer_tls,
                 )
             else:
                 if name == "pg_doorman_baseline" and args.baseline_src is None:
@@ -462,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
                     command=args.doorman_cmd,
                     src=args.baseline_src if name == "pg_doorman_baseline" else None,
                     name=name,
+                    extra_general=dict(doorman_tls),
                 )
             stack.callback(t.stop)
             log(f"starting {name} ...")

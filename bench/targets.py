@@ -180,8 +180,10 @@ class PgBouncer(_Process):
         binary: str = PGBOUNCER,
         run_as: str = "postgres",
         start_timeout: float = 20.0,
+        extra_settings: list[str] | None = None,
     ) -> None:
         super().__init__(workdir, creds, start_timeout)
+        self.extra_settings = extra_settings or []  # more [pgbouncer] lines, e.g. client_tls_* (bench/run.py --tls)
         self.binary = binary
         self.run_as = run_as
         self.server_host = server_host
@@ -216,6 +218,7 @@ class PgBouncer(_Process):
                     f"pidfile = {self.workdir / 'pgbouncer.pid'}",
                     "log_connections = 0",
                     "log_disconnections = 0",
+                    *self.extra_settings,
                     "",
                 ]
             )

@@ -77,6 +77,8 @@ command -v curl >/dev/null 2>&1 || missing+=(curl)
 # Headless Chromium and its WebDriver: tests/integration/test_web_console.py opens the web console in them.
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+# The TLS tests and bench/run.py --tls make their certificates with the openssl CLI (devcluster.generate_certificates).
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ -n "$PYTHON" ] && ! "$PYTHON" -c 'import os, sysconfig; inc = sysconfig.get_paths()["include"]; raise SystemExit(not os.path.exists(os.path.join(inc, "Python.h")))' 2>/dev/null; then
     missing+=(python3-dev)
 fi

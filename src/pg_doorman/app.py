@@ -22,6 +22,7 @@ from pg_doorman.observe.web import WebListener
 from pg_doorman.registry import PoolChanges, PoolRegistry
 from pg_doorman.service import report_ready, sd_notify
 from pg_doorman.tasks import spawn
+from pg_doorman.tls import client_tls
 
 log = logging.getLogger("pg_doorman")
 
@@ -40,6 +41,8 @@ RESTART_ONLY_GENERAL = (
     "tls_private_key",
     "tls_ca_cert",
     "tls_mode",
+    "tls_rate_limit_per_second",
+    "tls_client_cert_user_match",
     "daemon_pid_file",
     "syslog_prog_name",
 )
@@ -96,6 +99,7 @@ class Application:
         self.connections_refused = 0  # of those, refused over max_connections
         self.cancel_requests = 0
         self.web: WebListener | None = None  # /metrics and the web console, when web.enabled
+        self.context.tls = client_tls(config.general)
         self._apply(config)
 
     @property
@@ -247,8 +251,6 @@ class Application:
             config = load_config(path)
         except (ConfigError, OSError) as exc:
             return self._reload_rejected(str(exc))
-        if config.refusals:
-            return self._reload_rejected("\n".join(config.refusals))
         if config == self.config:
             log.info("configuration reloaded from %s: unchanged", path)
             events.record("RELOAD", f"config unchanged ({path})")

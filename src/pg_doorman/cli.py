@@ -217,10 +217,6 @@ def serve(args: argparse.Namespace, path: str) -> int:
         for line in exc.problems:
             print(f"{PARSE_ERROR}: {line}", file=sys.stderr)
         return EX_CONFIG
-    if config.refusals:
-        for line in config.refusals:
-            print(f"{PARSE_ERROR}: {line}", file=sys.stderr)
-        return EX_CONFIG
     level = _from_env(args.log_level, "LOG_LEVEL", _level, "info")
     fmt = _from_env(args.log_format, "LOG_FORMAT", _format, "text")
     daemon = args.daemon or _env_flag("DAEMON")

@@ -39,6 +39,7 @@ cdef class ClientConnection(Borrower):
     cdef public StatementRewriter rewriter
     cdef public object secret
     cdef public ServerConnection server
+    cdef public bint tls
     cdef public object user
     cdef public double wait_deadline
 

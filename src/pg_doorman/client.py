@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import ssl
 from time import monotonic
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,7 @@ from pg_doorman.protocol.errors import (
     ADMIN_SHUTDOWN,
     CONNECTION_FAILURE,
     INTERNAL_ERROR,
+    INVALID_AUTHORIZATION,
     INVALID_CATALOG_NAME,
     OUT_OF_MEMORY,
     POOLER_SHUTDOWN,
@@ -48,6 +50,14 @@ from pg_doorman.protocol.startup import (
 from pg_doorman.rewrite import StatementRewriter
 from pg_doorman.server import SYNCABLE_REPORTED, Borrower, ServerConnection
 from pg_doorman.tasks import spawn
+from pg_doorman.tls import (
+    ALPN_POSTGRESQL,
+    PLAIN_REFUSED,
+    TLS_RECORD_HANDSHAKE,
+    ClientTlsPolicy,
+    certificate_user_problem,
+)
+from pg_doorman.tls import upgrade as tls_upgrade
 
 if TYPE_CHECKING:
     from pg_doorman.context import ClientContext
@@ -218,6 +228,7 @@ class ClientConnection(Borrower):
         "rewriter",
         "secret",
         "server",
+        "tls",
         "user",
         "wait_deadline",
     )
@@ -241,6 +252,7 @@ class ClientConnection(Borrower):
         self.application_name = ""
         self.is_admin = False
         self.peer = ""
+        self.tls = False  # the connection is encrypted (set once its TLS handshake completes; pg_hba's hostssl)
         self._rx = MessageBuffer(context.max_message_size)
         self._rx_waiter: asyncio.Future[None] | None = None
         # What the login coroutine waits for besides the client's bytes: a server from the pool, or the end of its
@@ -306,6 +318,11 @@ class ClientConnection(Borrower):
     def eof_received(self) -> bool | None:
         # Like PostgreSQL, EOF from the client ends the session. Abort rather than close: a close would wait to
         # flush replies to a peer that may never read them, holding this client's server (and pool slot).
+        # A TLS transport that is closing already reports the peer's close_notify from inside its close (uvloop
+        # fails if it is aborted there); it finishes by itself.
+        transport = self.transport
+        if transport is not None and transport.is_closing():
+            return None
         self.abort_transport()
         return None
 
@@ -933,19 +950,87 @@ class ClientConnection(Borrower):
             self.fail(PoolerError(INTERNAL_ERROR, "internal error during login"))
 
     async def _negotiate(self) -> StartupMessage | None:
-        """Answer SSL/GSS requests and cancels; return the StartupMessage (None when the connection is done)."""
+        """Answer SSL/GSS requests (TLS: see tls.py) and cancels; return the StartupMessage (None when the
+        connection is done)."""
+        tls_setup = self.context.tls
+        offered = tls_setup is not None and tls_setup.context is not None and self.peer != "unix"
         while True:
+            if offered and not self.tls and await self._first_byte() == TLS_RECORD_HANDSHAKE:
+                await self._start_tls(direct=True)  # PostgreSQL 17's direct TLS: a ClientHello, no SSLRequest
+                continue
             first = parse_first_packet(await self._read_packet())
+            if isinstance(first, SSLRequest) and offered and not self.tls:
+                if len(self._rx):
+                    # Bytes behind the SSLRequest were sent before our answer, in plain text: PostgreSQL refuses
+                    # them too (CVE-2021-23214).
+                    raise ProtocolViolation("received unencrypted data after SSL request")
+                self.write(b"S")
+                await self._start_tls(direct=False)
+                continue
             if isinstance(first, SSLRequest | GSSENCRequest):
+                if self.tls:
+                    raise ProtocolViolation("SSLRequest inside a TLS connection")
                 self.write(b"N")
                 continue
             if isinstance(first, CancelRequest):
                 self.context.cancel(first.pid, first.secret)
                 self.close()
                 return None
+            if tls_setup is not None and self.peer != "unix":
+                self._check_tls_policy(tls_setup.policy, first.user)
             if self.context.shutting_down:
                 raise PoolerError(ADMIN_SHUTDOWN, "the pooler is shutting down")
             return first
+
+    async def _first_byte(self) -> int:
+        while not len(self._rx):
+            await self._wait_rx()
+        return self._rx.peek_byte()
+
+    async def _start_tls(self, *, direct: bool) -> None:
+        """Upgrade this connection to TLS; whatever is buffered already is the start of the handshake."""
+        tls_setup = self.context.tls
+        assert tls_setup is not None and tls_setup.context is not None and self.transport is not None
+        limiter = tls_setup.limiter
+        if limiter is not None:
+            delay = limiter.reserve(monotonic())
+            if delay > 0:
+                await asyncio.sleep(delay)
+        # A direct-TLS client's ClientHello, or the start of the handshake that arrived while the limiter held us.
+        received = self._rx.take_all()
+        timeout = self.context.login_timeout
+        try:
+            transport = await tls_upgrade(
+                self.transport,
+                self,  # type: ignore[arg-type]  # uvloop's protocols do not subclass asyncio's
+                tls_setup.context,
+                received=received,
+                handshake_timeout=timeout,
+            )
+        except (ssl.SSLError, OSError, TimeoutError) as exc:
+            log.info("client %s: TLS handshake failed: %s", self.peer, exc)
+            raise ConnectionResetError("TLS handshake failed") from None
+        self.set_transport(transport)
+        self.tls = True
+        if direct and transport.get_extra_info("ssl_object").selected_alpn_protocol() != ALPN_POSTGRESQL:
+            raise ProtocolViolation(
+                "received direct SSL connection request without ALPN protocol negotiation extension"
+            )
+
+    def _check_tls_policy(self, policy: ClientTlsPolicy, user: str) -> None:
+        """tls_mode require and up refuse plain TCP; verify-full with tls_client_cert_user_match checks the CN."""
+        if not self.tls:
+            if policy.required:
+                raise PoolerError(INVALID_AUTHORIZATION, PLAIN_REFUSED)
+            return
+        if policy.match_user:
+            assert self.transport is not None
+            problem = certificate_user_problem(self.transport.get_extra_info("peercert"), user)
+            if problem is not None:
+                raise PoolerError(
+                    INVALID_AUTHORIZATION,
+                    f'certificate validation (clientcert=verify-full) failed for user "{user}": {problem}',
+                )
 
     async def _authenticate(self, startup: StartupMessage) -> Console | None:
         """Authenticate first, then route, as PostgreSQL does: before the password exchange succeeds the client

@@ -7,6 +7,8 @@ times more in Python-level work. Whatever the kernel does not take at once goes 
 which queues it, watches for writability and applies flow control (pause_writing); until that queue is empty
 again every later write follows it, so bytes never overtake each other.
 
+Direct writes are never used on a TLS transport (`set_transport`): its socket carries encrypted records only.
+
 The socket's file descriptor is only used between `set_transport` and `forget_socket`: connection_lost and any
 close or abort end it, and the event loop closes the descriptor only after connection_lost, so a write never
 reaches a descriptor number the kernel has given to another connection.
@@ -69,6 +71,12 @@ def draining_count() -> int:
     return len(_draining)
 
 
+def _encrypted(transport: asyncio.Transport) -> bool:
+    """A TLS transport still reports its TCP socket: writing to that directly would put plain text on the wire.
+    (The same test as tls.is_tls, kept here so that this module imports nothing of TLS.)"""
+    return transport.get_extra_info("sslcontext") is not None or transport.get_extra_info("ssl_object") is not None
+
+
 class Connection:
     __slots__ = (
         "_drain_deadline",
@@ -105,7 +113,7 @@ class Connection:
         self._drain_deadline = 0.0
         self._drain_idle_close_at = 0.0
         self._drain_notice = None
-        if transport is not None and transport.get_extra_info("sslcontext") is None:
+        if transport is not None and not _encrypted(transport):
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 self._fd = sock.fileno()

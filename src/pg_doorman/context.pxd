@@ -15,3 +15,4 @@ cdef class ClientContext:
     cdef public Py_ssize_t max_message_size
     cdef public object registry
     cdef public bint shutting_down
+    cdef public object tls

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from pg_doorman.client import ClientConnection
     from pg_doorman.config import General
     from pg_doorman.registry import PoolRegistry
+    from pg_doorman.tls import ClientTls
 
 
 class ClientContext:
@@ -40,6 +41,7 @@ class ClientContext:
         "max_message_size",
         "registry",
         "shutting_down",
+        "tls",
     )
 
     def __init__(
@@ -63,6 +65,8 @@ class ClientContext:
         self.access_rules: HbaRules | None = None  # pg_hba / legacy hba rules (set by Application); None: none
         self.check_query = b""  # general.pooler_check_query as a whole Query message (see client._answer_check)
         self.admin: AdminContext | None = None  # what the admin console sees and may do (set by Application)
+        # Client TLS (tls.ClientTls), built once at start by Application: its keys are restart-only.
+        self.tls: ClientTls | None = None
         self.configure(general)
 
     def configure(self, general: General) -> None:

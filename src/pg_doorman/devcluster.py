@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
@@ -31,8 +32,11 @@ __all__ = [
     "AUTH_METHODS",
     "PostgresError",
     "TempPostgres",
+    "TlsFiles",
     "find_free_port",
     "find_pg_bindir",
+    "generate_certificates",
+    "issue_client_certificate",
     "quote_ident",
     "quote_literal",
 ]
@@ -153,6 +157,67 @@ def _stop_leftover_clusters() -> None:
         shutil.rmtree(os.path.dirname(data), ignore_errors=True)
 
 
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """A throwaway certificate authority and a server certificate it signed (PEM files in ``directory``)."""
+
+    directory: str
+    ca_cert: str
+    ca_key: str
+    server_cert: str
+    server_key: str
+
+
+def _openssl(*args: str, cwd: str) -> None:
+    proc = subprocess.run(["openssl", *args], capture_output=True, text=True, cwd=cwd, check=False)
+    if proc.returncode != 0:
+        raise PostgresError(f"openssl {' '.join(args)} failed:\n{proc.stderr.strip()}")
+
+
+def _issue(directory: str, ca: tuple[str, str] | None, name: str, subject: str, extensions: str) -> tuple[str, str]:
+    """A new RSA key and certificate ``name``.crt/.key, signed by ``ca`` (cert, key) or self-signed."""
+    key = os.path.join(directory, f"{name}.key")
+    crt = os.path.join(directory, f"{name}.crt")
+    ext = os.path.join(directory, f"{name}.ext")
+    with open(ext, "w", encoding="utf-8") as f:
+        f.write(extensions)
+    _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", key, cwd=directory)
+    os.chmod(key, 0o600)
+    if ca is None:
+        _openssl("req", "-x509", "-new", "-key", key, "-subj", subject, "-days", "3650", "-out", crt,
+                 "-extensions", "v3", "-config", _req_config(directory, extensions), cwd=directory)  # fmt: skip
+        return crt, key
+    csr = os.path.join(directory, f"{name}.csr")
+    _openssl("req", "-new", "-key", key, "-subj", subject, "-out", csr, cwd=directory)
+    _openssl("x509", "-req", "-in", csr, "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial", "-days", "3650",
+             "-out", crt, "-extfile", ext, cwd=directory)  # fmt: skip
+    return crt, key
+
+
+def _req_config(directory: str, extensions: str) -> str:
+    path = os.path.join(directory, "req.cnf")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("[req]\ndistinguished_name = dn\n[dn]\n[v3]\n" + extensions)
+    return path
+
+
+def generate_certificates(directory: str) -> TlsFiles:
+    """A CA and a server certificate for 127.0.0.1 / localhost signed by it, made with the ``openssl`` CLI (for
+    tests and demos: TLS toward a TempPostgres, or pg_doorman's own listener)."""
+    os.makedirs(directory, exist_ok=True)
+    ca = _issue(directory, None, "ca", "/CN=pg_doorman test CA", "basicConstraints=critical,CA:TRUE\n"
+                "keyUsage=critical,keyCertSign,cRLSign\n")  # fmt: skip
+    server = _issue(directory, ca, "server", "/CN=localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                    "extendedKeyUsage=serverAuth\n")  # fmt: skip
+    return TlsFiles(directory, ca[0], ca[1], server[0], server[1])
+
+
+def issue_client_certificate(files: TlsFiles, common_name: str) -> tuple[str, str]:
+    """A client certificate (cert, key) with ``common_name``, signed by ``files``' CA."""
+    return _issue(files.directory, (files.ca_cert, files.ca_key), f"client-{common_name}", f"/CN={common_name}",
+                  "extendedKeyUsage=clientAuth\n")  # fmt: skip
+
+
 class TempPostgres:
     """A disposable PostgreSQL cluster listening on 127.0.0.1 and on a private Unix socket directory.
 
@@ -161,6 +226,11 @@ class TempPostgres:
     first start, hashed with ``password_encryption`` (md5 when ``auth == "md5"``, else scram-sha-256).
     ``settings`` go into postgresql.conf after our defaults and may override them.  Mutating ``settings`` and
     calling ``restart()`` applies the change.
+
+    ``tls``: serve TLS with these files (``ssl = on``); ``tls_only``: pg_hba admits TCP clients only over TLS
+    (``hostssl``; plain TCP finds no rule and is refused), except the superuser the helpers use;
+    ``tls_client_cert``: those ``hostssl`` rules also demand a client certificate from the CA
+    (``clientcert=verify-ca``).
     """
 
     host: str
@@ -179,6 +249,9 @@ class TempPostgres:
         users: dict[str, str] | None = None,
         base_dir: str | None = None,
         password_encryption: str | None = None,
+        tls: TlsFiles | None = None,
+        tls_only: bool = False,
+        tls_client_cert: bool = False,
     ) -> None:
         if auth not in AUTH_METHODS:
             raise ValueError(f"auth must be one of {', '.join(AUTH_METHODS)}, got {auth!r}")
@@ -186,6 +259,9 @@ class TempPostgres:
         if encryption not in _PASSWORD_ENCRYPTIONS:
             raise ValueError(f"password_encryption must be md5 or scram-sha-256, got {encryption!r}")
         self.auth = auth
+        self.tls = tls
+        self.tls_only = tls_only
+        self.tls_client_cert = tls_client_cert
         self.password_encryption = encryption
         self.settings: dict[str, str] = dict(settings or {})
         self.users: dict[str, str] = dict(users or {})
@@ -291,10 +367,22 @@ class TempPostgres:
             "# written by pg_doorman.devcluster",
             "local all all trust",
             f"host all {_SUPERUSER} 127.0.0.1/32 trust",
-            f"host all all 127.0.0.1/32 {self.auth}",
-            f"host all all ::1/128 {self.auth}",
         ]
+        kind = "hostssl" if self.tls_only else "host"
+        option = " clientcert=verify-ca" if self.tls_client_cert else ""
+        lines.append(f"{kind} all all 127.0.0.1/32 {self.auth}{option}")
+        lines.append(f"{kind} all all ::1/128 {self.auth}{option}")
         self._write_data_file("pg_hba.conf", "\n".join(lines) + "\n")
+
+    def _install_tls_files(self) -> dict[str, str]:
+        """Copy the TLS files into the data directory (postgres must own its key, mode 0600)."""
+        tls = self.tls
+        if tls is None:
+            return {}
+        for source, name in ((tls.server_cert, "server.crt"), (tls.server_key, "server.key"), (tls.ca_cert, "ca.crt")):
+            with open(source, encoding="utf-8") as f:
+                self._write_data_file(name, f.read())
+        return {"ssl": "on", "ssl_cert_file": "server.crt", "ssl_key_file": "server.key", "ssl_ca_file": "ca.crt"}
 
     def _write_settings(self) -> None:
         """(Re)write our include file; it is read at every start, so ``settings`` changes apply on restart."""
@@ -309,6 +397,7 @@ class TempPostgres:
             "shared_buffers": "128MB",
             "password_encryption": self.password_encryption,
         }
+        values.update(self._install_tls_files())
         values.update(self.settings)
         text = "".join(f"{key} = {quote_literal(str(value))}\n" for key, value in values.items())
         self._write_data_file(_INCLUDE_FILE, text)

@@ -80,6 +80,7 @@ cdef class ServerConnection(Connection):
     cdef public object secret
     cdef public int state
     cdef public ServerStatements statements
+    cdef public bint tls
     cdef public dict to_close
     cdef public bint tracked
     cdef public bint used

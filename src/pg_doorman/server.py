@@ -29,6 +29,7 @@ from pg_doorman.protocol.errors import CONNECTION_FAILURE, INTERNAL_ERROR, Poole
 from pg_doorman.protocol.framing import MessageBuffer, type_table
 from pg_doorman.reset import CLOSE, PENDING, Cleanup, ResetPolicy
 from pg_doorman.stats import PoolStats
+from pg_doorman.tls import is_tls, open_cancel_connection
 
 if TYPE_CHECKING:
     from pg_doorman.client import ClientConnection
@@ -160,6 +161,7 @@ class ServerConnection(Connection):
         "secret",
         "state",
         "statements",
+        "tls",
         "to_close",
         "tracked",
         "used",
@@ -177,6 +179,7 @@ class ServerConnection(Connection):
         self.extra_keys: set[str] = set()
         self.pid = 0
         self.secret = 0
+        self.tls = False  # the connection to PostgreSQL is encrypted (a cancel request then is too)
         self.ledger = ServerLedger()  # what this server owes its client: the release and cleanliness rules
         # Statistics. Bytes: sent to PostgreSQL, received from it. query_start/xact_start: clock.now_us() when the
         # client's first message after a ReadyForQuery (after an idle ReadyForQuery) went out; 0 in between.
@@ -278,6 +281,7 @@ class ServerConnection(Connection):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.set_transport(transport)  # type: ignore[arg-type]
+        self.tls = is_tls(transport)
         sockets.configure(transport.get_extra_info("socket"))
 
     def data_received(self, data: bytes) -> None:
@@ -1051,13 +1055,15 @@ class ServerConnection(Connection):
             if settings.server_host.startswith("/"):
                 path = f"{settings.server_host}/.s.PGSQL.{settings.server_port}"
                 reader, writer = await asyncio.open_unix_connection(path)
+            elif self.tls:  # over TLS as the session itself (inventory 7.2)
+                reader, writer = await open_cancel_connection(settings.server_host, settings.server_port, settings)
             else:
                 reader, writer = await asyncio.open_connection(settings.server_host, settings.server_port)
             writer.write(messages.cancel_request(self.pid, self.secret))
             await writer.drain()
             await asyncio.wait_for(reader.read(), settings.connect_timeout)
             writer.close()
-        except (TimeoutError, OSError) as exc:
+        except (TimeoutError, OSError, ValueError) as exc:
             log.warning("cancel request for server pid=%s failed: %s", self.pid, exc)
 
 

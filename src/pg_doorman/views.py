@@ -189,7 +189,7 @@ def client_view(client: ClientConnection) -> ClientView:
         query_count=int(client.query_count),
         error_count=int(client.error_count),
         connected_at=client.connected_at,
-        tls=False,  # no client TLS yet
+        tls=client.tls,
         wait_started=_monotonic_of(client.wait_started) if client.state == codes.CLIENT_WAITING else 0.0,
     )
 

@@ -20,6 +20,7 @@ from pg_doorman.config import (
     load_config,
     startup_messages,
 )
+from pg_doorman.devcluster import generate_certificates
 
 MD5 = "md5" + "0e9070b976a76706bb4bc4369e934be1"
 SCRAM = (
@@ -491,8 +492,7 @@ def test_tls_and_hba_rules(write: Write, tmp_path: Path) -> None:
 
 
 def test_tls_files_resolve_relative_to_the_config(write: Write, tmp_path: Path) -> None:
-    write("tls/server.crt", "cert")
-    write("tls/server.key", "key")
+    generate_certificates(str(tmp_path / "tls"))  # tls/server.crt, tls/server.key: they must load
     text = yaml_with(general="tls_certificate: tls/server.crt\ntls_private_key: tls/server.key\ntls_mode: REQUIRE")
     general = load_config(write("a.yaml", text)).general
     assert general.tls_certificate == str(tmp_path / "tls/server.crt")

@@ -43,18 +43,18 @@ def test_every_not_active_key_is_accepted_and_reported(tmp_path: Path) -> None:
         top='[talos]\nkeys = ["k.pem"]\ndatabases = ["db"]',
     )
     config = load_config(path)
-    assert config.refusals == ()
     assert config.general.daemon_pid_file == "/tmp/x.pid" and config.general.syslog_prog_name == "pgd"
     noted = {line.split(": ")[1] for line in config.not_active}
     for key in (
         "general.tokio_global_queue_interval", "general.worker_stack_size", "general.patroni_api_urls",
-        "general.tls_rate_limit_per_second", "general.worker_threads", "general.server_tls_mode",
+        "general.worker_threads",
         "pools.db.scaling_fast_retries", "pools.db.users[0].auth_pam_service", "talos",
     ):  # fmt: skip
         assert key in noted, key
     assert not any(key.startswith("pools.db.auth_query") for key in noted)  # active now
     assert config.pools["db"].auth_query is not None
     assert all("not active yet in this version" in line for line in config.not_active)
+    assert not any("tls" in key for key in noted)  # TLS is active (tls.py)
     report = check_config(path)
     assert report.ok and len(report.stderr) == len(config.not_active)
 
@@ -84,25 +84,6 @@ def test_auth_query_is_checked(tmp_path: Path) -> None:
     assert "pools.db.auth_query.query: required key is missing" in text
     assert "pools.db.auth_query.server_password: requires server_user" in text
     assert "pools.db.auth_query.workerz: unknown key; did you mean 'workers'?" in text
-
-
-@pytest.mark.parametrize(
-    ("general", "pool", "key"),
-    [
-        ('tls_mode = "require"\ntls_certificate = "{crt}"\ntls_private_key = "{crt}"', "", "general.tls_mode"),
-        ('server_tls_mode = "require"', "", "general.server_tls_mode"),
-        ("", 'server_tls_mode = "verify-full"\nserver_tls_ca_cert = "{crt}"', "pools.db.server_tls_mode"),
-    ],
-)
-def test_settings_that_would_widen_access_refuse(tmp_path: Path, general: str, pool: str, key: str) -> None:
-    crt = tmp_path / "x.crt"
-    crt.write_text("x")
-    path = _write(tmp_path, general=general.replace("{crt}", str(crt)), pool=pool.replace("{crt}", str(crt)))
-    config = load_config(path)
-    assert len(config.refusals) == 1 and f": {key}: " in config.refusals[0]
-    assert "must not start without" in config.refusals[0]
-    report = check_config(path)
-    assert not report.ok and report.stderr[-1].startswith("Config parse error: ")
 
 
 def test_keys_the_original_ignores_warn(tmp_path: Path) -> None:

@@ -94,7 +94,6 @@ def test_legacy_cidr_list(tmp_path: Path) -> None:
     config = load_config(path)
     assert method_for(path, "10.1.1.1") is Method.MD5 and method_for(path, "127.0.0.1") is None
     assert any("legacy allow-list" in w for w in config.warnings)
-    assert config.refusals == ()
     with pytest.raises(ConfigError, match=r"general.hba: general.hba\[0\]: invalid CIDR range 'ten'"):
         load_config(write(tmp_path, 'hba = ["ten"]'))
     with pytest.raises(ConfigError, match="use either 'hba' or 'pg_hba'"):

@@ -143,8 +143,20 @@ _GENERAL: tuple[_Key, ...] = (
     ),
     _Key("tls_certificate", "/etc/pg_doorman/server.crt", "Client TLS: certificate (PEM).", commented_out=True),
     _Key("tls_private_key", "/etc/pg_doorman/server.key", "Client TLS: private key (PEM).", commented_out=True),
-    _Key("tls_ca_cert", "/etc/pg_doorman/ca.crt", "Client TLS: CA for verify-full.", commented_out=True),
-    _Key("tls_mode", "allow", "Client TLS: disable, allow, require or verify-full.", commented_out=True),
+    _Key("tls_ca_cert", "/etc/pg_doorman/ca.crt", "Client TLS: CA for verify-ca/verify-full.", commented_out=True),
+    _Key(
+        "tls_mode",
+        "allow",
+        "Client TLS: disable, allow, prefer, require, verify-ca or verify-full.",
+        commented_out=True,
+    ),
+    _Key("tls_rate_limit_per_second", 0, "Client TLS handshakes per second (0 or a multiple of 100; 0 = no limit)."),
+    _Key(
+        "tls_client_cert_user_match",
+        False,
+        "With tls_mode verify-full: the client certificate's CN must equal the user name (PostgreSQL's "
+        "clientcert=verify-full).",
+    ),
     _Key(
         "server_tls_mode",
         _D.server_tls_mode,

@@ -2,10 +2,8 @@
 
 Every one is read with its type and checked as the original checks it, so that ``pg_doorman -t`` finds the same
 mistakes; a setting that is present is then reported as "not active yet" (by ``-t`` and in the startup log),
-never ignored without a word. Settings that would *widen access* if they were ignored, a TLS requirement
-(``general.tls_mode`` require/verify-full, ``server_tls_mode`` require/verify-ca/verify-full), make a configuration
-refused at startup (and by ``-t``): see `refusal_lines`. (Access rules, ``hba`` / ``pg_hba``, are in effect:
-auth/hba.py.)
+never ignored without a word. Nothing here widens access: access rules (``hba`` / ``pg_hba``, auth/hba.py)
+and TLS on both sides (tls.py) are in effect.
 
 Keys that the original itself ignores (it has no such setting and drops unknown keys) are accepted with a
 warning saying so (`ORIGINAL_IGNORES`).
@@ -68,15 +66,6 @@ def _scaling(s: Section) -> None:
         _notes(s, "scaling_fast_retries", _SCALING)
 
 
-def _server_tls_files(s: Section) -> None:
-    """Server-side TLS files: checked to exist (as the original does at -t), reported as not active."""
-    from pg_doorman.config.loader import existing_file  # the loader imports this module
-
-    for key in ("server_tls_ca_cert", "server_tls_certificate", "server_tls_private_key"):
-        if existing_file(s, key) is not None:
-            _notes(s, key, "TLS toward PostgreSQL")
-
-
 def read_general(s: Section) -> tuple[str | None, str | None]:
     """Check and report the not-yet-active ``general`` keys; return (daemon_pid_file, syslog_prog_name)."""
     for key in ("tokio_global_queue_interval", "tokio_event_interval", "max_blocking_threads"):
@@ -99,12 +88,6 @@ def read_general(s: Section) -> tuple[str | None, str | None]:
     if s.optional_integer("query_interner_anon_idle_ttl_seconds") is not None:
         _notes(s, "query_interner_anon_idle_ttl_seconds", _INTERNER)
     _fallback(s)
-    rate = s.optional_integer("tls_rate_limit_per_second")
-    if rate is not None:
-        if rate % 100:
-            s.error("tls_rate_limit_per_second", f"must be 0 or a multiple of 100, got {rate}")
-        if rate:
-            _notes(s, "tls_rate_limit_per_second", "TLS for clients")
     for key, hint in ORIGINAL_IGNORES_GENERAL.items():
         if s.has(key):
             s.problems.warn(s.key_path(key), f"has no effect (the original pg_doorman ignores it too): {hint}")
@@ -113,25 +96,10 @@ def read_general(s: Section) -> tuple[str | None, str | None]:
     return daemon_pid_file, syslog_prog_name
 
 
-def read_pool(s: Section) -> str | None:
-    """Check and report the not-yet-active keys of one ``pools.<name>`` section; return its server_tls_mode."""
-    from pg_doorman.config.schema import SERVER_TLS_MODES
-
+def read_pool(s: Section) -> None:
+    """Check and report the not-yet-active keys of one ``pools.<name>`` section."""
     _scaling(s)
     _fallback(s)
-    _server_tls_files(s)
-    return s.optional_choice("server_tls_mode", SERVER_TLS_MODES)
-
-
-def tls_notes(s: Section, *, client_certificate: bool, tls_mode: str | None, server_tls_mode: str) -> None:
-    """``general`` TLS settings that are allowed to go without TLS for now (the refusals are in `refusal_lines`)."""
-    if client_certificate and tls_mode not in ("require", "verify-full", "disable"):
-        _notes(s, "tls_certificate", "TLS for clients; an SSLRequest is answered 'N' and clients connect in plain text")
-    if server_tls_mode == "prefer":
-        _notes(s, "server_tls_mode", "TLS toward PostgreSQL; server connections stay plain text")
-    for key in ("server_tls_ca_cert", "server_tls_certificate", "server_tls_private_key"):
-        if s.raw(key) is not None:
-            _notes(s, key, "TLS toward PostgreSQL")
 
 
 def read_user(s: Section) -> None:
@@ -147,34 +115,6 @@ def read_talos(root: Section) -> None:
     talos.string_list("databases")
     talos.finish()
     _notes(root, "talos", "Talos JWT authentication; its users cannot log in")
-
-
-# -------------------------------------------------------------------------------------- refusals
-
-
-def refusal_lines(
-    file: str,
-    *,
-    tls_mode: str | None,
-    server_tls_modes: dict[str, str],
-) -> list[str]:
-    """What stops pg_doorman from starting with this configuration: each line names the key and why.
-
-    ``server_tls_modes`` maps a key path (``general.server_tls_mode`` / ``pools.x.server_tls_mode``) to its mode.
-    """
-    lines = []
-    if tls_mode in ("require", "verify-full"):
-        lines.append(
-            f"{file}: general.tls_mode: '{tls_mode}': TLS for clients is {NOT_ACTIVE}, and pg_doorman must not "
-            "start without it (clients would connect in plain text); use 'allow' or 'disable' to start without TLS"
-        )
-    for key, mode in server_tls_modes.items():
-        if mode in ("require", "verify-ca", "verify-full"):
-            lines.append(
-                f"{file}: {key}: '{mode}': TLS toward PostgreSQL is {NOT_ACTIVE}, and pg_doorman must not start "
-                "without it (server connections would be plain text); use 'allow', 'prefer' or 'disable'"
-            )
-    return lines
 
 
 # Every key this module accepts, by section, with what is not in effect yet: `pg_doorman generate-docs` lists them.
@@ -213,15 +153,6 @@ NOT_ACTIVE_KEYS: dict[str, dict[str, str]] = {
             ),
             _FALLBACK,
         ),
-        "tls_rate_limit_per_second": "TLS for clients",
-        "tls_certificate": "TLS for clients (tls_mode require/verify-full refuses to start)",
-        "tls_private_key": "TLS for clients",
-        "tls_ca_cert": "TLS for clients",
-        "tls_mode": "TLS for clients (require/verify-full refuses to start)",
-        "server_tls_mode": "TLS toward PostgreSQL (require/verify-ca/verify-full refuses to start)",
-        "server_tls_ca_cert": "TLS toward PostgreSQL",
-        "server_tls_certificate": "TLS toward PostgreSQL",
-        "server_tls_private_key": "TLS toward PostgreSQL",
     },
     "pools.<name>": {
         "scaling_warm_pool_ratio": _SCALING,
@@ -236,10 +167,6 @@ NOT_ACTIVE_KEYS: dict[str, dict[str, str]] = {
             ),
             _FALLBACK,
         ),
-        "server_tls_mode": "TLS toward PostgreSQL (require/verify-ca/verify-full refuses to start)",
-        "server_tls_ca_cert": "TLS toward PostgreSQL",
-        "server_tls_certificate": "TLS toward PostgreSQL",
-        "server_tls_private_key": "TLS toward PostgreSQL",
     },
     "pools.<name>.users[]": {"auth_pam_service": "PAM authentication"},
     "talos": {"keys": "Talos JWT authentication", "databases": "Talos JWT authentication"},

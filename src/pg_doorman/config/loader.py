@@ -9,9 +9,10 @@ for its keys with a type, which both converts the value and declares the key as 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from pg_doorman import tls
 from pg_doorman.auth.hba import HbaError, HbaRules, legacy_rules, load_hba_file, parse_hba
 from pg_doorman.config import later
 from pg_doorman.config.errors import ConfigError, KeyPath, format_key_path
@@ -25,6 +26,7 @@ from pg_doorman.config.schema import (
     General,
     HbaSource,
     PoolConfig,
+    ServerTls,
     UserConfig,
     password_problem,
 )
@@ -186,6 +188,7 @@ def _read_general(root: Section) -> tuple[General, HbaRules | None]:
     daemon_pid_file, syslog_prog_name = later.read_general(s)
     hba = s.string_list("hba")
     pg_hba = _pg_hba(s)
+    server_tls = _server_tls(s, None)
     general = General(
         admin_username=admin_username or "",
         admin_password=admin_password or "",
@@ -229,10 +232,12 @@ def _read_general(root: Section) -> tuple[General, HbaRules | None]:
         tls_private_key=existing_file(s, "tls_private_key"),
         tls_ca_cert=existing_file(s, "tls_ca_cert"),
         tls_mode=s.optional_choice("tls_mode", TLS_MODES),
-        server_tls_mode=s.choice("server_tls_mode", "allow", SERVER_TLS_MODES),
-        server_tls_ca_cert=existing_file(s, "server_tls_ca_cert"),
-        server_tls_certificate=existing_file(s, "server_tls_certificate"),
-        server_tls_private_key=existing_file(s, "server_tls_private_key"),
+        server_tls_mode=server_tls.mode,
+        server_tls_ca_cert=server_tls.ca_cert,
+        server_tls_certificate=server_tls.certificate,
+        server_tls_private_key=server_tls.private_key,
+        tls_rate_limit_per_second=s.integer("tls_rate_limit_per_second", 0),
+        tls_client_cert_user_match=s.boolean("tls_client_cert_user_match", False),
         hba=hba,
         pg_hba=pg_hba,
         daemon_pid_file=daemon_pid_file,
@@ -248,12 +253,6 @@ def _read_general(root: Section) -> tuple[General, HbaRules | None]:
             s.key_path("worker_threads"),
             "not active yet in this version (worker processes: one process serves); accepted and ignored",
         )
-    later.tls_notes(
-        s,
-        client_certificate=general.tls_certificate is not None,
-        tls_mode=general.tls_mode,
-        server_tls_mode=general.server_tls_mode,
-    )
     access_rules = _access_rules(s, hba, pg_hba) if not (hba and pg_hba) else None
     s.finish()
     return general, access_rules
@@ -269,18 +268,70 @@ def _check_general(s: Section, general: General) -> None:
         s.error("prepared_statements_cache_size", "must be greater than 0 while prepared_statements is on")
     if general.hba and general.pg_hba is not None:
         s.error("hba", "use either 'hba' or 'pg_hba', not both")
-    if (general.tls_certificate is None) != (general.tls_private_key is None):
-        s.error("tls_certificate", "set both tls_certificate and tls_private_key, or neither")
-    if general.tls_mode in ("require", "verify-full") and general.tls_certificate is None:
-        s.error("tls_mode", f"'{general.tls_mode}' needs tls_certificate and tls_private_key")
-    if general.tls_mode == "verify-full" and general.tls_ca_cert is None:
-        s.error("tls_mode", "'verify-full' needs tls_ca_cert to verify client certificates")
-    if (general.server_tls_certificate is None) != (general.server_tls_private_key is None):
-        s.error("server_tls_certificate", "set both server_tls_certificate and server_tls_private_key, or neither")
-    if general.server_tls_mode in ("verify-ca", "verify-full") and general.server_tls_ca_cert is None:
-        s.error("server_tls_mode", f"'{general.server_tls_mode}' needs server_tls_ca_cert")
+    _check_client_tls(s, general)
     if _startup_parameters_size(general.startup_parameters) > STARTUP_PARAMETERS_MAX_BYTES:
         s.error("startup_parameters", f"too large: at most {STARTUP_PARAMETERS_MAX_BYTES} bytes in total")
+
+
+def _all_files(*paths: str | None) -> bool:
+    """The paths that are set all exist (a missing one was reported by existing_file already)."""
+    return all(path is None or Path(path).is_file() for path in paths)
+
+
+def _check_client_tls(s: Section, general: General) -> None:
+    """Client TLS settings that belong together, and files that must load (a bad file names its key)."""
+    if (general.tls_certificate is None) != (general.tls_private_key is None):
+        s.error("tls_certificate", "set both tls_certificate and tls_private_key, or neither")
+        return
+    mode = general.tls_mode
+    if mode in ("require", "verify-ca", "verify-full") and general.tls_certificate is None:
+        s.error("tls_mode", f"'{mode}' needs tls_certificate and tls_private_key")
+    if mode in ("verify-ca", "verify-full") and general.tls_ca_cert is None:
+        s.error("tls_mode", f"'{mode}' needs tls_ca_cert to verify client certificates")
+    rate = general.tls_rate_limit_per_second
+    if rate < 0 or rate % 100:
+        s.error("tls_rate_limit_per_second", f"must be 0 or a multiple of 100, got {rate}")
+    if general.tls_client_cert_user_match and mode != "verify-full":
+        s.problems.warn(s.key_path("tls_client_cert_user_match"), "has effect only with tls_mode 'verify-full'")
+    if mode == "disable" and general.tls_certificate is not None:
+        s.problems.warn(s.key_path("tls_mode"), "'disable': the configured certificate is not used")
+    if general.tls_certificate is None or general.tls_private_key is None:
+        return
+    if not _all_files(general.tls_certificate, general.tls_private_key, general.tls_ca_cert):
+        return
+    try:
+        tls.build_client_tls(mode, general.tls_certificate, general.tls_private_key, general.tls_ca_cert)
+        if mode not in ("verify-ca", "verify-full") and general.tls_ca_cert is not None:
+            tls.client_context(general.tls_certificate, general.tls_private_key, general.tls_ca_cert, True)
+    except tls.TlsSetupError as exc:
+        s.error(exc.key, exc.message)
+
+
+def _server_tls(s: Section, inherited: ServerTls | None) -> ServerTls:
+    """``server_tls_*`` of ``general`` (``inherited`` None) or of a pool (each key inherits from general)."""
+    base = inherited or ServerTls()
+    if inherited is None:
+        mode = s.choice("server_tls_mode", "allow", SERVER_TLS_MODES)
+    else:
+        mode = s.optional_choice("server_tls_mode", SERVER_TLS_MODES) or base.mode
+    ca_cert = existing_file(s, "server_tls_ca_cert") or base.ca_cert
+    certificate = existing_file(s, "server_tls_certificate")
+    private_key = existing_file(s, "server_tls_private_key")
+    if certificate is None and private_key is None:
+        certificate, private_key = base.certificate, base.private_key
+    elif (certificate is None) != (private_key is None):
+        s.error("server_tls_certificate", "set both server_tls_certificate and server_tls_private_key, or neither")
+    loadable = _all_files(ca_cert, certificate, private_key)
+    if mode in ("verify-ca", "verify-full") and ca_cert is None:
+        s.error("server_tls_mode", f"'{mode}' needs server_tls_ca_cert")
+        loadable = False
+    result = ServerTls(mode, ca_cert, certificate, private_key, tls.fingerprint(ca_cert, certificate, private_key))
+    if mode != "disable" and loadable:
+        try:
+            tls.backend_context(result.mode, ca_cert, certificate, private_key, result.fingerprint)
+        except tls.TlsSetupError as exc:
+            s.error(exc.key, exc.message)
+    return result
 
 
 def _read_user(s: Section) -> UserConfig | None:
@@ -363,7 +414,10 @@ def _read_users(pool: Section) -> tuple[UserConfig, ...]:
     return tuple(users)
 
 
-def _read_pool(name: str, s: Section, general: General, server_tls_modes: dict[str, str]) -> PoolConfig:
+_SERVER_TLS_KEYS = ("server_tls_mode", "server_tls_ca_cert", "server_tls_certificate", "server_tls_private_key")
+
+
+def _read_pool(name: str, s: Section, general: General, general_server_tls: ServerTls) -> PoolConfig:
     if not name:
         s.problems.add(s.path, "pool name (the database clients connect to) must not be empty")
     elif name.lower() in ADMIN_DATABASES:
@@ -410,9 +464,11 @@ def _read_pool(name: str, s: Section, general: General, server_tls_modes: dict[s
             "startup_parameters",
             f"too large together with general.startup_parameters: at most {STARTUP_PARAMETERS_MAX_BYTES} bytes",
         )
-    server_tls_mode = later.read_pool(s)
-    if server_tls_mode is not None:
-        server_tls_modes[format_key_path(s.key_path("server_tls_mode"))] = server_tls_mode
+    later.read_pool(s)
+    if any(s.has(key) for key in _SERVER_TLS_KEYS):
+        pool = replace(pool, server_tls=_server_tls(s, general_server_tls))
+    else:
+        pool = replace(pool, server_tls=general_server_tls)
     s.finish()
     return pool
 
@@ -487,13 +543,13 @@ def _check_pool_engine(s: Section, pool: PoolConfig, general: General) -> None:
         )
 
 
-def _read_pools(root: Section, general: General, server_tls_modes: dict[str, str]) -> dict[str, PoolConfig]:
+def _read_pools(root: Section, general: General) -> dict[str, PoolConfig]:
     section = root.table("pools")
     if section is None:
         return {}
-    return {
-        name: _read_pool(name, pool_section, general, server_tls_modes) for name, pool_section in section.subtables()
-    }
+    files = (general.server_tls_ca_cert, general.server_tls_certificate, general.server_tls_private_key)
+    general_tls = ServerTls(general.server_tls_mode, *files, fingerprint=tls.fingerprint(*files))
+    return {name: _read_pool(name, pool_section, general, general_tls) for name, pool_section in section.subtables()}
 
 
 def load_config(path: str | Path) -> Config:
@@ -502,18 +558,12 @@ def load_config(path: str | Path) -> Config:
     problems = Problems(source)
     root = Section(problems, (), source.data)
     general, access_rules = _read_general(root)
-    server_tls_modes = {"general.server_tls_mode": general.server_tls_mode}
-    pools = _read_pools(root, general, server_tls_modes)
+    pools = _read_pools(root, general)
     web = read_web(root, general.admin_password)
     later.read_talos(root)
     root.finish()
     if problems.lines:
         raise ConfigError(problems.lines)
-    refusals = later.refusal_lines(
-        source.main_file,
-        tls_mode=general.tls_mode,
-        server_tls_modes=server_tls_modes,
-    )
     return Config(
         path=str(path),
         general=general,
@@ -521,7 +571,6 @@ def load_config(path: str | Path) -> Config:
         pools=pools,
         warnings=tuple(problems.warnings),
         not_active=tuple(problems.notes),
-        refusals=tuple(refusals),
         web=web,
     )
 
@@ -547,15 +596,13 @@ def check_config(path: str | Path) -> CheckReport:
     """``pg_doorman -t``: the original's nginx-style success lines, or ``Config parse error: …`` per problem.
 
     It only reads files; it does not connect to PostgreSQL (like the original). A setting that is not active yet
-    is reported; one that would widen access if ignored (see config/later.py) fails the check.
+    is reported (see config/later.py).
     """
     try:
         config = load_config(path)
     except ConfigError as exc:
         return CheckReport(False, (), tuple(f"{PARSE_ERROR}: {line}" for line in exc.problems))
     notes = tuple(f"pg_doorman: warning: {line}" for line in startup_messages(config))
-    if config.refusals:
-        return CheckReport(False, (), notes + tuple(f"{PARSE_ERROR}: {line}" for line in config.refusals))
     return CheckReport(
         True,
         (

@@ -22,7 +22,7 @@ PasswordKind = Literal["md5", "scram", "plain", "empty"]
 PoolMode = Literal["transaction", "session"]
 
 POOL_MODES: tuple[str, ...] = ("transaction", "session")
-TLS_MODES: tuple[str, ...] = ("disable", "allow", "require", "verify-full")
+TLS_MODES: tuple[str, ...] = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 SERVER_TLS_MODES: tuple[str, ...] = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 MD5_PREFIX = "md5"
@@ -90,6 +90,21 @@ class HbaSource:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerTls:
+    """TLS toward PostgreSQL for one pool (general settings with the pool's overrides applied, see tls.py).
+
+    ``fingerprint``: SHA-256 of the files' contents when the configuration was loaded: a reload with changed
+    files makes the pool settings differ, so only the pools using them are recreated.
+    """
+
+    mode: str = "allow"
+    ca_cert: str | None = None
+    certificate: str | None = None
+    private_key: str | None = None
+    fingerprint: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class General:
     """The ``general`` section: listener, global timeouts and pool defaults."""
 
@@ -139,6 +154,9 @@ class General:
     server_tls_ca_cert: str | None = None
     server_tls_certificate: str | None = None
     server_tls_private_key: str | None = None
+    tls_rate_limit_per_second: int = 0
+    # Beyond the original: with tls_mode verify-full, the client certificate's CN must equal the user name.
+    tls_client_cert_user_match: bool = False
     hba: tuple[str, ...] = ()
     pg_hba: HbaSource | None = None
     daemon_pid_file: str | None = None  # the original's default /tmp/pg_doorman.pid applies with -d
@@ -232,6 +250,7 @@ class PoolConfig:
     reserve_pool_timeout: float = 3.0
     min_guaranteed_pool_size: int = 0
     auth_query: AuthQueryConfig | None = None
+    server_tls: ServerTls = field(default_factory=ServerTls)
 
     def user(self, username: str) -> UserConfig | None:
         for user in self.users:
@@ -281,6 +300,7 @@ class PoolSettings:
     guaranteed_pool_size: int
     # Built by auth_query (auth/auth_query.py) for users the configuration does not list, not from users[].
     auth_query: bool = False
+    server_tls: ServerTls = field(default_factory=ServerTls)
 
     @property
     def password_kind(self) -> PasswordKind:
@@ -303,8 +323,6 @@ class Config:
 
     ``warnings``: accepted but discouraged or without effect (deprecated keys, keys the original ignores).
     ``not_active``: settings of the original accepted now and put into effect later (config/later.py).
-    ``refusals``: why pg_doorman must not start with this file (a setting it cannot honour would widen access);
-    ``-t`` fails and startup stops when there is any.
     """
 
     path: str
@@ -312,7 +330,6 @@ class Config:
     pools: dict[str, PoolConfig] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     not_active: tuple[str, ...] = ()
-    refusals: tuple[str, ...] = ()
     web: WebConfig = field(default_factory=WebConfig)
     # The rules of general.pg_hba (its file is read at every load and reload) or of the legacy general.hba list;
     # None: no access rules, every client logs in with its password (auth/policy.py).
@@ -383,4 +400,5 @@ def _resolve(general: General, pool: PoolConfig, user: UserConfig) -> PoolSettin
         reserve_pool_size=pool.reserve_pool_size,
         reserve_pool_timeout=pool.reserve_pool_timeout,
         guaranteed_pool_size=max(user.min_pool_size, pool.min_guaranteed_pool_size),
+        server_tls=pool.server_tls,
     )

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections import deque
 from time import monotonic
 from typing import TYPE_CHECKING, cast
 
-from pg_doorman import clock, codes, memory
+from pg_doorman import clock, codes, memory, tls
 from pg_doorman.auth.backend import ServerCredentials
 from pg_doorman.prepared import StatementRegistry
-from pg_doorman.protocol.errors import ADMIN_SHUTDOWN, CONNECTION_FAILURE, TOO_MANY_CONNECTIONS, PoolerError
+from pg_doorman.protocol.errors import (
+    ADMIN_SHUTDOWN,
+    CONNECTION_FAILURE,
+    TOO_MANY_CONNECTIONS,
+    PoolerError,
+    ServerError,
+)
 from pg_doorman.server import Lender, ServerConnection, login_error
 from pg_doorman.stats import PoolStats
 from pg_doorman.tasks import spawn
@@ -256,11 +261,32 @@ class Pool(Lender):
             return
         self.checkin(server)
 
+    async def _open_tcp(self, use_tls: bool) -> ServerConnection:
+        """A TCP connection to PostgreSQL, encrypted as server_tls_mode says (tls.py)."""
+        s = self.settings
+        protocol = await tls.open_backend(
+            lambda: cast(asyncio.Protocol, ServerConnection(self)),
+            s.server_host,
+            s.server_port,
+            tls.server_plan(s.server_tls.mode),
+            tls.context_for(s.server_tls),
+            use_tls=use_tls,
+            handshake_timeout=s.connect_timeout,
+        )
+        return cast(ServerConnection, protocol)
+
+    async def _login(self, server: ServerConnection) -> None:
+        s = self.settings
+        params = {"application_name": s.application_name}
+        params.update(s.startup_parameters)
+        await server.login(self.credentials(), s.server_database, params)
+
     async def _connect(self) -> ServerConnection:
         """Open and log in one server connection; ``opening`` was incremented by the caller."""
         s = self.settings
         loop = asyncio.get_running_loop()
         server: ServerConnection | None = None
+        tls_plan = tls.server_plan(s.server_tls.mode)
         try:
             async with asyncio.timeout(s.connect_timeout):
                 if s.server_host.startswith("/"):
@@ -269,17 +295,19 @@ class Pool(Lender):
                         lambda: cast(asyncio.Protocol, ServerConnection(self)), path
                     )
                     server = cast(ServerConnection, protocol)
+                    await self._login(server)
                 else:
-                    _, protocol = await loop.create_connection(
-                        lambda: cast(asyncio.Protocol, ServerConnection(self)),
-                        s.server_host,
-                        s.server_port,
-                        family=socket.AF_UNSPEC,
-                    )
-                server = cast(ServerConnection, protocol)
-                params = {"application_name": s.application_name}
-                params.update(s.startup_parameters)
-                await server.login(self.credentials(), s.server_database, params)
+                    server = await self._open_tcp(tls_plan.ask)
+                    try:
+                        await self._login(server)
+                    except ServerError:
+                        if not tls_plan.retry_with_tls:
+                            raise
+                        # server_tls_mode allow: PostgreSQL refused the plain login (pg_hba hostssl): once over TLS.
+                        server.abort()
+                        server = None
+                        server = await self._open_tcp(True)
+                        await self._login(server)
         except BaseException as exc:
             if server is not None:
                 server.abort()

@@ -41,6 +41,10 @@ class MessageBuffer:
     def __len__(self) -> int:
         return len(self._buf)
 
+    def peek_byte(self) -> int:
+        """The first buffered byte, or -1 when the buffer is empty."""
+        return self._buf[0] if self._buf else -1
+
     def take_all(self) -> bytes:
         data = bytes(self._buf)
         self._buf.clear()
