@@ -33,6 +33,7 @@ from pg_doorman.pool import Pool
 from pg_doorman.pool.coordinator import Coordinator, Limits, Member
 
 if TYPE_CHECKING:
+    from pg_doorman.auth.external import PasswordCheck
     from pg_doorman.client import ClientConnection
     from pg_doorman.config import General, PoolSettings
 
@@ -96,6 +97,7 @@ class PoolRegistry:
         "pools",
         "proxy_copy_data_timeout",
         "retain_connections_max",
+        "user_checks",
         "user_passwords",
     )
 
@@ -105,6 +107,7 @@ class PoolRegistry:
         # The configured password of every user name, from the first pool that defines it: a client asking for a
         # database it has no pool in is still challenged against it (see ClientConnection._authenticate).
         self.user_passwords: dict[str, str] = {}
+        self.user_checks: dict[str, PasswordCheck] = {}  # the same for external checks (JWT, PAM, LDAP)
         # uint32 process id -> [(secret as 4 bytes, client)]: almost always one entry (see the module docstring).
         self._cancel_keys: dict[int, list[tuple[bytes, ClientConnection]]] = {}
         self._randbits = randbits
@@ -142,9 +145,14 @@ class PoolRegistry:
         self.pools = new
         self.databases = frozenset(db for db, _ in new)
         passwords: dict[str, str] = {}
+        checks: dict[str, PasswordCheck] = {}
         for settings in all_settings:
-            passwords.setdefault(settings.username, settings.password)
+            if settings.username not in passwords:
+                passwords[settings.username] = settings.password
+                if settings.password_check is not None:
+                    checks[settings.username] = settings.password_check
         self.user_passwords = passwords
+        self.user_checks = checks
         return changes
 
     @staticmethod

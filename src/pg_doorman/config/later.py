@@ -139,11 +139,6 @@ def tls_notes(s: Section, *, client_certificate: bool, tls_mode: str | None, ser
             _notes(s, key, "TLS toward PostgreSQL")
 
 
-def read_user(s: Section) -> None:
-    if s.optional_string("auth_pam_service", allow_empty=False) is not None:
-        _notes(s, "auth_pam_service", "PAM authentication; this user logs in with its configured password only")
-
-
 def _read_auth_query(s: Section) -> None:
     s.required_string("query", allow_empty=False)
     s.required_string("user", allow_empty=False)
@@ -276,6 +271,5 @@ NOT_ACTIVE_KEYS: dict[str, dict[str, str]] = {
         "auth_query": "auth_query (query, user, password, database, workers, server_user, server_password, "
         "pool_size, min_pool_size, cache_ttl, cache_failure_ttl, min_interval): users not in the file cannot log in",
     },
-    "pools.<name>.users[]": {"auth_pam_service": "PAM authentication"},
     "talos": {"keys": "Talos JWT authentication", "databases": "Talos JWT authentication"},
 }

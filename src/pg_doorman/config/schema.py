@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
+from pg_doorman.auth.external import PasswordCheck, password_check_of
+from pg_doorman.auth.ldap import LdapOptions
 from pg_doorman.config.units import parse_file_mode
 from pg_doorman.config.web import WebConfig
 
@@ -168,6 +170,8 @@ class UserConfig:
     application_name: str | None = None
     server_lifetime: float | None = None
     idle_timeout: float | None = None
+    auth_pam_service: str | None = None  # external password checks: config/external_auth.py
+    ldap: LdapOptions | None = None
 
     @property
     def password_kind(self) -> PasswordKind:
@@ -249,6 +253,8 @@ class PoolSettings:
     reserve_pool_size: int
     reserve_pool_timeout: float
     guaranteed_pool_size: int
+    # The user's external password check (JWT, PAM, LDAP: auth/external.py), None for a stored secret.
+    password_check: PasswordCheck | None = None
 
     @property
     def password_kind(self) -> PasswordKind:
@@ -337,4 +343,5 @@ def _resolve(general: General, pool: PoolConfig, user: UserConfig) -> PoolSettin
         reserve_pool_size=pool.reserve_pool_size,
         reserve_pool_timeout=pool.reserve_pool_timeout,
         guaranteed_pool_size=max(user.min_pool_size, pool.min_guaranteed_pool_size),
+        password_check=password_check_of(user.password, user.auth_pam_service, user.ldap),
     )

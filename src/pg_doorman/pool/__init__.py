@@ -108,7 +108,7 @@ class Pool(Lender):
             return ServerCredentials(user=s.server_username, md5_verifier=password)
         if password.startswith("SCRAM-SHA-256$"):
             return ServerCredentials(user=s.server_username, scram_client_key=self.scram_client_key)
-        if password:
+        if password and s.password_check is None:  # a JWT key path is no password for PostgreSQL
             return ServerCredentials(user=s.server_username, password=password)
         return ServerCredentials(user=s.server_username)
 
