@@ -23,6 +23,7 @@ thread (`pg_doorman.auth.external`), with connect and response timeouts of its o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import ssl
 import urllib.parse
@@ -38,8 +39,8 @@ __all__ = [
     "parse_ldap_options",
 ]
 
-CONNECT_TIMEOUT = 5.0  # per server tried
-RESPONSE_TIMEOUT = 10.0  # per LDAP operation
+CONNECT_TIMEOUT = 5  # per server tried
+RESPONSE_TIMEOUT = 10  # per LDAP operation
 _SEARCH_FORBIDDEN = frozenset("*()\\/")
 _SCOPES = {"base": "BASE", "one": "LEVEL", "sub": "SUBTREE"}
 
@@ -294,7 +295,7 @@ def _open(options: LdapOptions) -> tuple[Any, str | None]:
             if options.start_tls and not connection.start_tls():
                 raise LDAPException(f"StartTLS failed: {connection.result}")
         except (LDAPException, OSError) as err:
-            connection.unbind()
+            _close(connection)
             failures.append(f"{host}:{options.effective_port}: {err}")
             continue
         return connection, None
@@ -335,6 +336,12 @@ def ldap_authenticate(options: LdapOptions, user: str, password: str) -> str | N
             return _bind(connection, options.prefix + _escape_dn_value(user) + options.suffix, password)
         return _search_and_bind(connection, options, user, password)
     finally:
+        _close(connection)
+
+
+def _close(connection: Any) -> None:
+    """Unbind and close; a connection that already broke has nothing left to say."""
+    with contextlib.suppress(Exception):
         connection.unbind()
 
 
