@@ -121,7 +121,7 @@ def _bool(raw: Mapping[str, object], key: str) -> bool:
     text = str(value).strip().lower()
     if text in ("1", "true", "on", "yes"):
         return True
-    if text in ("0", "false", "off", "no"):
+    if text in ("", "0", "false", "off", "no"):
         return False
     raise LdapOptionError(key, f"expected 0/1 (or true/false), got {value!r}")
 
