@@ -271,5 +271,6 @@ NOT_ACTIVE_KEYS: dict[str, dict[str, str]] = {
         "auth_query": "auth_query (query, user, password, database, workers, server_user, server_password, "
         "pool_size, min_pool_size, cache_ttl, cache_failure_ttl, min_interval): users not in the file cannot log in",
     },
+    "pools.<name>.users[]": {},
     "talos": {"keys": "Talos JWT authentication", "databases": "Talos JWT authentication"},
 }
