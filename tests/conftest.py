@@ -372,6 +372,12 @@ class DoormanProcess:
         return f"DoormanProcess(pid={self.pid}, port={self.port}, config={str(self.config_path)!r})"
 
 
+def child_env() -> dict[str, str]:
+    """The environment for a pg_doorman child process: libpq's PG* variables removed (they would change what a
+    test connects to), pg_doorman's own PG_DOORMAN_* switches (the pure-Python run) kept."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PG") or k.startswith("PG_DOORMAN_")}
+
+
 def prepare_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """Copy ``config`` and fill in listen address, a free port and admin credentials where missing."""
     full = copy.deepcopy(dict(config))
@@ -410,7 +416,7 @@ def doorman(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StartDoo
         index = len(started)
         config_path = write_config(full, tmp_path / f"pg_doorman_{index}.{fmt}", fmt)
         log_path = tmp_path / f"pg_doorman_{index}.log"
-        proc_env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        proc_env = child_env()
         proc_env["PYTHONUNBUFFERED"] = "1"
         proc_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH")) if p)
         proc_env.update(env or {})
@@ -435,6 +441,12 @@ def doorman(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StartDoo
         started.append(proc)
         if wait:
             proc.wait_ready()
+            expected = os.environ.get("PG_DOORMAN_EXPECT_HOT_PATH")
+            quiet = {"-l", "--log-level", "-d", "--daemon"} & set(extra_args) or "LOG_LEVEL" in (env or {})
+            if expected and not quiet:
+                # The suite runs twice (scripts/test.sh): each run's processes must use the build it tests.
+                proc.wait_for_log("hot path: ", timeout=10)
+                assert f"hot path: {expected}" in proc.log_text(), proc.log_tail()
         return proc
 
     yield start_doorman

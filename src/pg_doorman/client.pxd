@@ -24,6 +24,7 @@ cdef class ClientConnection(Borrower):
     cdef public Py_ssize_t _queued_bytes
     cdef public object _rx
     cdef public object _login_wait
+    cdef public bint _probing
     cdef public object _rx_waiter
     cdef public Py_ssize_t _skip
     cdef public object application_name
@@ -54,7 +55,7 @@ cdef class ClientConnection(Borrower):
                    rewriter=StatementRewriter, ledger=ServerLedger, hints=int)
     cpdef _forward_tracked(self, bytes data)
 
-    @cython.locals(server=ServerConnection, pool=Pool)
+    @cython.locals(server=ServerConnection, pool=Pool, check=bytes)
     cpdef _start_transaction(self, bytes data)
 
     @cython.locals(server=ServerConnection)

@@ -156,6 +156,37 @@ _EXPECT_CLOSE = Expect(codes.CLOSE)
 _SQL_PREPARE_FIRST = type_table({"pPeEdD": 1})
 
 
+def replayable_reply(raw: bytes) -> bytes | None:
+    """The reply to the last query in ``raw`` (what a server sent since it was lent: replies the pooler hid come
+    first), if it can answer the same query again: whole messages, no ErrorResponse, ending in ReadyForQuery 'I'.
+    None otherwise."""
+    pos = 0
+    start = 0  # where the reply to the query after the latest ReadyForQuery begins
+    last = 0
+    errors_since = False
+    n = len(raw)
+    while pos < n:
+        if n - pos < 5:
+            return None
+        kind = raw[pos]
+        end = pos + 1 + int.from_bytes(raw[pos + 1 : pos + 5], "big")
+        if end > n or end < pos + 5:
+            return None
+        if kind == 0x45:  # 'E'
+            errors_since = True
+        if kind == 0x5A and pos + 6 == end:  # 'Z'
+            if end == n:
+                if errors_since or raw[pos + 5] != 0x49:  # 'I'
+                    return None
+                last = start
+            start = end
+            errors_since = False
+        pos = end
+    if start != n or not raw:
+        return None
+    return raw[last:]
+
+
 def pool_removed() -> PoolerError:
     """What a client of a pool that a configuration reload removed gets."""
     return PoolerError(CONNECTION_FAILURE, "this pool was removed by a configuration reload")
@@ -169,6 +200,7 @@ class ClientConnection(Borrower):
         "_carry",
         "_deferred_begin",
         "_login_wait",
+        "_probing",
         "_queued",
         "_queued_bytes",
         "_rx",
@@ -226,6 +258,7 @@ class ClientConnection(Borrower):
         self.query_count = 0
         self.error_count = 0
         self.wait_started = 0
+        self._probing = False  # its next transaction is the pool's first pooler_check_query
 
     # ------------------------------------------------------------- asyncio API
 
@@ -323,7 +356,7 @@ class ClientConnection(Borrower):
             return
         if pool.retired:
             # A reload replaced this client's pool: a retired pool opens no servers, so move to its successor.
-            successor = self.context.registry.pool_for(self.database, self.user)
+            successor = self.context.registry.successor(pool)
             if successor is None:
                 self.fail(pool_removed())
                 return
@@ -341,6 +374,15 @@ class ClientConnection(Borrower):
             self._deferred_begin = data
             self.write(_BEGIN_REPLY)
             return
+        check = self.context.check_query
+        if len(data) == len(check) and data == check and self._deferred_begin is None and self.transaction_mode:
+            # pooler_check_query: answered with the reply PostgreSQL gave the first such probe of this pool.
+            reply = pool.check_reply
+            if reply is not None and pool.check_reply_for == data:
+                pool.stats_check_cache += 1
+                self.write(reply)
+                return
+            self._probing = True  # this one goes to a server, which keeps its reply (see _keep_check_reply)
         server = pool.checkout_nowait()
         if server is not None:
             self._attach(server)
@@ -376,6 +418,9 @@ class ClientConnection(Borrower):
     def _attach(self, server: ServerConnection) -> None:
         self.server = server
         self.state = codes.CLIENT_ACTIVE
+        if self._probing:
+            self._probing = False
+            server.probe = []
         sync_sql = None
         if server.param_token is not self.param_token and server.pool.settings.sync_server_parameters:
             sync_sql = self._parameter_sync_sql(server)
@@ -703,9 +748,25 @@ class ClientConnection(Borrower):
             return
         self.server = None
         self.state = codes.CLIENT_IDLE
+        if server.probe is not None:
+            self._keep_check_reply(server)
         server.release()
         if self.context.shutting_down:
             self.fail_shutdown()
+
+    def _keep_check_reply(self, server: ServerConnection) -> None:
+        """The first pooler_check_query of this pool got its answer: keep it for the next probes, if it is one
+        that can be replayed (complete, no error, idle afterwards)."""
+        chunks = server.probe
+        server.probe = None
+        raw = b"".join(chunks) if chunks is not None else b""
+        pool = self.pool
+        assert pool is not None
+        pool.stats_check_backend += 1
+        reply = replayable_reply(raw)
+        if reply is not None:
+            pool.check_reply = reply
+            pool.check_reply_for = self.context.check_query
 
     def fail_shutdown(self) -> None:
         self.fail(PoolerError(POOLER_SHUTDOWN, "pooler is shut down now"))
@@ -900,11 +961,16 @@ class ClientConnection(Borrower):
         if memory.budget.exhausted:  # the admin console stays reachable (memory.py)
             raise memory.budget.error()
         pool = self.context.registry.pool_for(database, user)
-        # Without a pool for (database, user) the user's password from another pool (if any) still decides the
-        # exchange: an unknown database then costs the same exchange, and the same 28P01, as a wrong password.
-        stored = pool.settings.password if pool is not None else self.context.registry.user_passwords.get(user)
-        check = pool.settings.password_check if pool is not None else self.context.registry.user_checks.get(user)
-        login = await self._exchange(ClientLogin(user, choose_method(user, stored, check=check)))
+        auth_query = self.context.registry.auth_query_for(database, user)
+        if auth_query is not None:  # a user only PostgreSQL knows (configured users always win): auth/auth_query.py
+            verifier, login = await auth_query.login(user, lambda found: choose_method(user, found), self._exchange)
+            pool = self.context.registry.auth_query_pool(database, user, verifier)
+        else:
+            # Without a pool for (database, user) the user's password from another pool (if any) still decides the
+            # exchange: an unknown database then costs the same exchange, and the same 28P01, as a wrong password.
+            stored = pool.settings.password if pool is not None else self.context.registry.user_passwords.get(user)
+            check = pool.settings.password_check if pool is not None else self.context.registry.user_checks.get(user)
+            login = await self._exchange(ClientLogin(user, choose_method(user, stored, check=check)))
         if pool is None:
             if self.context.registry.has_database(database):
                 raise PoolerError(

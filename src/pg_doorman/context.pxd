@@ -8,6 +8,7 @@ cdef class ClientContext:
     cdef public object admin_username
     cdef public object admit
     cdef public object cancel
+    cdef public bytes check_query
     cdef public object client_closed
     cdef public double login_timeout
     cdef public Py_ssize_t max_message_size

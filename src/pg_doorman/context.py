@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from pg_doorman.protocol import messages
+
 if TYPE_CHECKING:
     from pg_doorman.admin import AdminContext
     from pg_doorman.client import ClientConnection
@@ -29,6 +31,7 @@ class ClientContext:
         "admin_username",
         "admit",
         "cancel",
+        "check_query",
         "client_closed",
         "login_timeout",
         "max_message_size",
@@ -54,6 +57,7 @@ class ClientContext:
         self.login_timeout = 0.0
         self.admin_username = ""
         self.admin_password = ""
+        self.check_query = b""  # general.pooler_check_query as a whole Query message (see client._answer_check)
         self.admin: AdminContext | None = None  # what the admin console sees and may do (set by Application)
         self.configure(general)
 
@@ -63,6 +67,7 @@ class ClientContext:
         self.login_timeout = general.client_login_timeout
         self.admin_username = general.admin_username
         self.admin_password = general.admin_password
+        self.check_query = messages.query(general.pooler_check_query)
 
     def admin_credentials(self) -> tuple[str, str]:
         return self.admin_username, self.admin_password

@@ -72,6 +72,7 @@ cdef class ServerConnection(Connection):
     cdef public object pid
     cdef public Lender pool
     cdef public PoolStats pool_stats
+    cdef public list probe
     cdef public long long query_count
     cdef public long long query_start
     cdef public long long xact_count

@@ -154,6 +154,7 @@ class ServerConnection(Connection):
         "pid",
         "pool",
         "pool_stats",
+        "probe",
         "query_count",
         "query_start",
         "secret",
@@ -180,6 +181,7 @@ class ServerConnection(Connection):
         # Statistics. Bytes: sent to PostgreSQL, received from it. query_start/xact_start: clock.now_us() when the
         # client's first message after a ReadyForQuery (after an idle ReadyForQuery) went out; 0 in between.
         self.pool_stats = pool.stats
+        self.probe: list[bytes] | None = None  # what PostgreSQL sends while it answers a pooler_check_query
         self.bytes_sent = 0
         self.bytes_received = 0
         self.query_count = 0
@@ -283,6 +285,8 @@ class ServerConnection(Connection):
             state = self.state
             if state == codes.SERVER_ACTIVE:
                 self.bytes_received += len(data)
+                if self.probe is not None:
+                    self.probe.append(data)  # the reply to a pooler_check_query (client._keep_check_reply)
                 if self.tracked:
                     self._forward_tracked(data)
                 else:

@@ -131,6 +131,8 @@ class PoolView:
     clients_active: int = 0  # holding a server
     clients_idle: int = 0
     paused: bool = False
+    check_query_backend: int = 0  # pooler_check_query probes sent to a server
+    check_query_cache: int = 0  # answered with the reply kept from the first one
     # PgBouncer's SHOW STATS averages over the last 15 s period (stats.AVERAGE_KEYS).
     avg_xact_count: int = 0
     avg_query_count: int = 0
@@ -266,7 +268,9 @@ def pool_view(pool: Pool) -> PoolView:
         oldest_active_age_ms=max(0, now_us - oldest_xact) // 1000 if oldest_xact else 0,
         clients_active=holding,
         clients_idle=max(0, int(pool.client_count) - holding - waiting),
-        paused=bool(getattr(pool, "paused", False)),
+        paused=bool(pool.paused),
+        check_query_backend=int(pool.stats_check_backend),
+        check_query_cache=int(pool.stats_check_cache),
         **{key: int(averages.get(key, 0)) for key in AVERAGE_KEYS},
         query_percentiles_us=query_pct,
         xact_percentiles_us=xact_pct,

@@ -51,7 +51,11 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str =
 
 def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     """``python -m pg_doorman ARGS`` with this checkout's sources and no PG*/CONFIG_FILE/LOG_* environment."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and k not in ("CONFIG_FILE", "LOG_LEVEL")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if (not k.startswith("PG") or k.startswith("PG_DOORMAN_")) and k not in ("CONFIG_FILE", "LOG_LEVEL")
+    }
     env.pop("LOG_FORMAT", None)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH")) if p)
     return subprocess.run(

@@ -26,7 +26,11 @@ MakePoolConfig = Callable[..., dict[str, Any]]
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and k not in ("CONFIG_FILE", "LOG_LEVEL")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if (not k.startswith("PG") or k.startswith("PG_DOORMAN_")) and k not in ("CONFIG_FILE", "LOG_LEVEL")
+    }
     env.pop("LOG_FORMAT", None)
     env.pop("NOTIFY_SOCKET", None)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH")) if p)

@@ -26,11 +26,15 @@ PENDING_KEYS = re.compile(
 REFUSAL = "must not start without"
 # The original rejects these too (negative scenarios of its suite).
 ORIGINAL_REJECTS = ("is set by pg_doorman itself and cannot be a startup parameter",)
-MIN_ACCEPTED = 11
+MIN_ACCEPTED = 14
 
 
 def _check(path: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and k not in ("CONFIG_FILE", "LOG_LEVEL")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if (not k.startswith("PG") or k.startswith("PG_DOORMAN_")) and k not in ("CONFIG_FILE", "LOG_LEVEL")
+    }
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH")) if p)
     return subprocess.run(
         [sys.executable, "-m", "pg_doorman", "-t", str(path)],

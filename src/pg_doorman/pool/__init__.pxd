@@ -38,6 +38,10 @@ cdef class Pool(Lender):
     cdef public long long stats_closed_bytes_sent
     cdef public long long stats_closed_bytes_received
     cdef public Py_ssize_t client_count
+    cdef public bytes check_reply
+    cdef public bytes check_reply_for
+    cdef public Py_ssize_t stats_check_backend
+    cdef public Py_ssize_t stats_check_cache
 
     @cython.locals(server=ServerConnection, idle=list)
     cpdef ServerConnection checkout_nowait(self)

@@ -74,6 +74,12 @@ class Pool(Lender):
         # Latency histograms and error counts (stats.py); counters below are read through views.py.
         self.stats = PoolStats()
         self.client_count = 0  # logged-in clients of this pool (not counting the admin console's)
+        # pooler_check_query: the reply PostgreSQL gave to the check query (the Query message check_reply_for),
+        # replayed to later probes; and how many probes went to a server / were answered from it.
+        self.check_reply: bytes | None = None
+        self.check_reply_for = b""
+        self.stats_check_backend = 0
+        self.stats_check_cache = 0
         # Pool engine: the database's max_db_connections coordinator (None: no cap, and no cost), since when
         # clients have been waiting without a break (the reserve's clock when query_wait_timeout is 0), and
         # whether a client login waits for a first server's parameters (it counts as demand).
@@ -108,7 +114,7 @@ class Pool(Lender):
             return ServerCredentials(user=s.server_username, md5_verifier=password)
         if password.startswith("SCRAM-SHA-256$"):
             return ServerCredentials(user=s.server_username, scram_client_key=self.scram_client_key)
-        if password and s.password_check is None:  # a JWT key path is no password for PostgreSQL
+        if password and s.password_check is None:  # a JWT/PAM/LDAP user's password is nothing to send PostgreSQL
             return ServerCredentials(user=s.server_username, password=password)
         return ServerCredentials(user=s.server_username)
 
