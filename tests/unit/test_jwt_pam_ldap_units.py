@@ -304,3 +304,15 @@ def test_backend_jwt_private_key_is_never_sent_as_a_hash(tmp_path: Path) -> None
         login.feed(ord("R"), struct.pack("!i", 5) + b"salt")
     with pytest.raises(PoolerError, match="cannot sign a JWT"):
         login.feed(ord("R"), struct.pack("!i", 3))
+
+
+def test_the_ldap_bind_password_stays_out_of_logs_and_the_api() -> None:
+    from pg_doorman.observe.api import jsonable
+
+    options = parse_ldap_options(
+        {"ldapserver": "h", "ldapbasedn": "dc=x", "ldapbinddn": "cn=r", "ldapbindpasswd": "s3"}
+    )
+    assert options.bind_password == "s3"
+    assert "s3" not in repr(options) and "s3" not in str(options)
+    shown = jsonable(options)
+    assert shown["bind_password"] == "********" and shown["bind_dn"] == "cn=r"

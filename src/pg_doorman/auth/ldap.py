@@ -28,7 +28,7 @@ import os
 import ssl
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
@@ -82,7 +82,7 @@ class LdapOptions:
     suffix: str = ""
     base_dn: str = ""
     bind_dn: str = ""
-    bind_password: str = ""
+    bind_password: str = field(default="", repr=False)  # kept out of logs and SHOW CONFIG
     search_attribute: str = ""
     search_filter: str = ""
     scope: str = "sub"
