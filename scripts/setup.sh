@@ -3,6 +3,7 @@
 #
 # Installs what the tests and the benchmark need, only when it is missing:
 #   postgresql-15, postgresql-client-15 (TempPostgres, psql, pgbench), pgbouncer (benchmark peer),
+#   slapd and ldap-utils (LDAP authentication tests), libpam0g and libpam-modules (PAM authentication),
 #   nodejs/npm if `node`/`npm` is missing, default-jdk-headless if `javac` is missing and
 #   libpostgresql-jdbc-java if no pgJDBC jar is found (driver tests), prometheus (promtool) and curl (web tests),
 #   chromium and chromium-driver (headless browser test of the web console),
@@ -54,7 +55,9 @@ venv_works() {
 }
 
 missing=()
-for pkg in postgresql-15 postgresql-client-15 pgbouncer; do
+# slapd + ldap-utils: the LDAP authentication tests start their own slapd; libpam0g/libpam-modules: PAM
+# authentication (libpam.so.0 through ctypes, pam_unix/pam_exec in the tests).
+for pkg in postgresql-15 postgresql-client-15 pgbouncer slapd ldap-utils libpam0g libpam-modules; do
     installed "$pkg" || missing+=("$pkg")
 done
 if ! command -v node >/dev/null 2>&1; then
@@ -128,12 +131,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 
     # We run our own throwaway clusters; the packaged services must not hold ports or start at boot.
     if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-        for unit in postgresql pgbouncer; do
+        for unit in postgresql pgbouncer slapd; do
             if systemctl list-unit-files "$unit.service" >/dev/null 2>&1; then
                 "${SUDO[@]}" systemctl disable --now "$unit.service" >/dev/null 2>&1 || true
             fi
         done
-        did+=("disabled postgresql/pgbouncer services")
+        did+=("disabled postgresql/pgbouncer/slapd services")
     fi
     if command -v pg_lsclusters >/dev/null 2>&1; then
         while read -r ver name _port status _rest; do

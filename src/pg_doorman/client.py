@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING
 from pg_doorman import clock, codes, memory, sessionhints, sockets
 from pg_doorman.admin import MAX_CONSOLE_MESSAGE, Console, is_admin_database, login_decision
 from pg_doorman.admission import OverLimitClient
+from pg_doorman.auth import external
 from pg_doorman.auth.client_login import ClientLogin, LoginFailed
+from pg_doorman.auth.external import PasswordCheck
 from pg_doorman.auth.hba import client_address
 from pg_doorman.auth.policy import ClientOrigin, Decision, Method, decide
 from pg_doorman.ledger import ServerLedger
@@ -1048,9 +1050,10 @@ class ClientConnection(Borrower):
         pool = self.context.registry.pool_for(database, user)
         origin = self._origin()
 
-        def decision_for(stored: str | None) -> Decision:
-            """The access rules (pg_hba) and the stored password decide how this user logs in (auth/policy.py)."""
-            decision = decide(self.context.access_rules, origin, database, user, stored)
+        def decision_for(stored: str | None, check: PasswordCheck | None = None) -> Decision:
+            """The access rules (pg_hba), the stored password and the user's external check (JWT, PAM, LDAP)
+            decide how this user logs in (auth/policy.py)."""
+            decision = decide(self.context.access_rules, origin, database, user, stored, check=check)
             self._log_trust(decision)
             return decision
 
@@ -1062,7 +1065,8 @@ class ClientConnection(Borrower):
             # Without a pool for (database, user) the user's password from another pool (if any) still decides the
             # exchange: an unknown database then costs the same exchange, and the same 28P01, as a wrong password.
             stored = pool.settings.password if pool is not None else self.context.registry.user_passwords.get(user)
-            login = await self._exchange(ClientLogin(user, decision_for(stored)))
+            check = pool.settings.password_check if pool is not None else self.context.registry.user_checks.get(user)
+            login = await self._exchange(ClientLogin(user, decision_for(stored, check)))
         if pool is None:
             if self.context.registry.has_database(database):
                 raise PoolerError(
@@ -1111,6 +1115,8 @@ class ClientConnection(Borrower):
             reply = login.feed(kind, body)
             if reply:
                 self.write(reply)
+            if login.cleartext is not None and login.check is not None:  # JWT, PAM, LDAP: judged elsewhere
+                login.settle(await external.verify(login.check, self.user, login.cleartext))
         return login
 
     async def _finish_login(self, defaults: dict[str, str], startup: dict[str, str]) -> None:

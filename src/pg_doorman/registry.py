@@ -41,6 +41,7 @@ from pg_doorman.pool import Pool
 from pg_doorman.pool.coordinator import Coordinator, Limits, Member
 
 if TYPE_CHECKING:
+    from pg_doorman.auth.external import PasswordCheck
     from pg_doorman.client import ClientConnection
     from pg_doorman.config import General, PoolSettings
     from pg_doorman.config.schema import AuthQueryConfig
@@ -111,6 +112,7 @@ class PoolRegistry:
         "pools",
         "proxy_copy_data_timeout",
         "retain_connections_max",
+        "user_checks",
         "user_passwords",
     )
 
@@ -120,6 +122,7 @@ class PoolRegistry:
         # The configured password of every user name, from the first pool that defines it: a client asking for a
         # database it has no pool in is still challenged against it (see ClientConnection._authenticate).
         self.user_passwords: dict[str, str] = {}
+        self.user_checks: dict[str, PasswordCheck] = {}  # the same for external checks (JWT, PAM, LDAP)
         # uint32 process id -> [(secret as 4 bytes, client)]: almost always one entry (see the module docstring).
         self._cancel_keys: dict[int, list[tuple[bytes, ClientConnection]]] = {}
         self._randbits = randbits
@@ -174,9 +177,14 @@ class PoolRegistry:
         self._empty_since = {key: since for key, since in self._empty_since.items() if key in new}
         self.databases = frozenset(db for db, _ in new)
         passwords: dict[str, str] = {}
+        checks: dict[str, PasswordCheck] = {}
         for settings in all_settings:
-            passwords.setdefault(settings.username, settings.password)
+            if settings.username not in passwords:
+                passwords[settings.username] = settings.password
+                if settings.password_check is not None:
+                    checks[settings.username] = settings.password_check
         self.user_passwords = passwords
+        self.user_checks = checks
         return changes
 
     def _reload_auth_queries(

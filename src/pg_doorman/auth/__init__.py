@@ -2,7 +2,8 @@
 
 Everything here is sans-I/O: pure functions and small state machines over bytes. `policy.choose_method` decides
 which method a client gets, `client_login.ClientLogin` runs that exchange and `backend.ServerLogin` logs in to
-PostgreSQL; the connection code only feeds in message bodies and sends back what these return.
+PostgreSQL; the connection code only feeds in message bodies and sends back what these return. The checks that
+need the outside world (JWT keys on disk, PAM, LDAP) are `external.PasswordCheck` values run by `external.verify`.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from pg_doorman.auth.jwt import JWT_PRIVATE_KEY_PREFIX, JwtKeyError, mint_backend_token
 from pg_doorman.auth.md5 import md5_response_for_password, md5_salted_response
 from pg_doorman.auth.scram import ScramClient
 from pg_doorman.protocol import messages
@@ -88,7 +89,15 @@ class ServerLogin:
         if code == 3:  # cleartext
             if creds.password is None:
                 raise self._no_material("password")
+            if creds.password.startswith(JWT_PRIVATE_KEY_PREFIX):  # the original's backend JWT (auth/jwt.py)
+                return messages.password_message(self._backend_token() + b"\x00")
             return messages.password_message(creds.password.encode() + b"\x00")
+        if creds.password is not None and creds.password.startswith(JWT_PRIVATE_KEY_PREFIX) and code in (5, 10):
+            raise PoolerError(
+                INVALID_PASSWORD,
+                f'server_password of user "{creds.user}" is a JWT private key, but the server asked for '
+                f"{'md5' if code == 5 else 'SCRAM-SHA-256'} authentication (it must ask for a cleartext password)",
+            )
         if code == 5:  # md5 with 4-byte salt
             salt = body[4:8]
             if creds.password is not None:
@@ -119,6 +128,13 @@ class ServerLogin:
         raise PoolerError(
             FEATURE_NOT_SUPPORTED, f"authentication method {code} requested by the server is not supported"
         )
+
+    def _backend_token(self) -> bytes:
+        path = (self._creds.password or "").removeprefix(JWT_PRIVATE_KEY_PREFIX)
+        try:
+            return mint_backend_token(path, self._creds.user).encode()
+        except JwtKeyError as err:
+            raise PoolerError(INVALID_PASSWORD, f"cannot sign a JWT for the server: {err}") from None
 
     def _no_material(self, method: str) -> PoolerError:
         return PoolerError(

@@ -3,7 +3,9 @@
 `ClientLogin(user, decision).start()` gives the first authentication request (AuthenticationMD5Password,
 AuthenticationSASL or AuthenticationCleartextPassword; nothing for ``trust``, which is done at once); each
 message the client sends is then passed to `feed()`, which returns the bytes to send back (possibly empty) or
-raises. When `done` becomes true the client has proven who it is; AuthenticationOk and the
+raises. For JWT/PAM/LDAP the password is then in `cleartext`: the caller has it judged (`auth.external.verify`,
+which may take a while and is the only step that is not sans-I/O) and hands the verdict to `settle()`. When
+`done` becomes true the client has proven who it is; AuthenticationOk and the
 rest of the startup reply are the caller's (it still has to find a server and its parameters). `client_key` is
 the SCRAM ClientKey recovered from the proof, for SCRAM passthrough to PostgreSQL.
 
@@ -20,12 +22,16 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from typing import TYPE_CHECKING
 
 from pg_doorman.auth.md5 import md5_verifier, new_md5_salt, verify_md5_response
-from pg_doorman.auth.policy import Decision, Method
+from pg_doorman.auth.policy import CLEARTEXT_METHODS, Decision, Method
 from pg_doorman.auth.scram import DEFAULT_ITERATIONS, SALT_LEN, AuthError, ScramServer, ScramVerifier
 from pg_doorman.protocol import messages
 from pg_doorman.protocol.errors import INVALID_PASSWORD, PoolerError, ProtocolViolation
+
+if TYPE_CHECKING:
+    from pg_doorman.auth.external import PasswordCheck
 
 __all__ = ["MAX_AUTH_MESSAGE", "ClientLogin", "LoginFailed", "mock_scram_verifier"]
 
@@ -37,7 +43,6 @@ make the pooler buffer a large body."""
 
 _PASSWORD_MESSAGE = 0x70  # 'p': PasswordMessage, SASLInitialResponse and SASLResponse all use it
 _TERMINATE = 0x58  # 'X'
-_AUTH_CLEARTEXT = messages.message(b"R", (3).to_bytes(4, "big"))  # AuthenticationCleartextPassword
 
 # Per-process secret for mock SCRAM salts: stable for one user name (a prober sees the same salt twice, as for a
 # real user), different between names and unpredictable from outside.
@@ -62,7 +67,7 @@ class LoginFailed(PoolerError):
 
 
 class ClientLogin:
-    __slots__ = ("_decision", "_salt", "_sasl_started", "_scram", "_user", "client_key", "done")
+    __slots__ = ("_decision", "_salt", "_sasl_started", "_scram", "_user", "cleartext", "client_key", "done")
 
     def __init__(self, user: str, decision: Decision) -> None:
         self._user = user
@@ -72,6 +77,7 @@ class ClientLogin:
         self._sasl_started = False  # SASLInitialResponse taken: the next message is the client-final one
         self.done = False
         self.client_key: bytes | None = None
+        self.cleartext: str | None = None  # a cleartext method's password, until settle()
 
     @property
     def max_message_length(self) -> int:
@@ -86,8 +92,8 @@ class ClientLogin:
         if decision.method is Method.TRUST:
             self.done = True
             return b""
-        if decision.method is Method.PASSWORD:
-            return _AUTH_CLEARTEXT
+        if decision.method is Method.PASSWORD or decision.method in CLEARTEXT_METHODS:
+            return messages.AUTH_CLEARTEXT_PASSWORD
         if decision.method is Method.MD5:
             self._salt = new_md5_salt()
             return messages.auth_md5(self._salt)
@@ -99,7 +105,7 @@ class ClientLogin:
 
     def feed(self, kind: int, body: bytes) -> bytes:
         """One client message; returns what to send back. Raises on failure (see the module docstring)."""
-        if self.done:
+        if self.done or self.cleartext is not None:
             raise ProtocolViolation("unexpected message after authentication")
         if kind == _TERMINATE:
             raise ConnectionAbortedError("client ended the connection during authentication")
@@ -109,6 +115,8 @@ class ClientLogin:
             raise ProtocolViolation(f"expected {expected} response, got message type {kind}")
         if self._decision.method is Method.PASSWORD:
             return self._check_password(body)
+        if self._decision.method in CLEARTEXT_METHODS:
+            return self._take_cleartext(body)
         if scram is None:
             return self._check_md5(body)
         try:
@@ -154,6 +162,36 @@ class ClientLogin:
             raise self._failed("wrong password")
         self.done = True
         return b""
+
+    @property
+    def check(self) -> PasswordCheck | None:
+        """What judges `cleartext` (None for a doomed exchange: settle() refuses whatever it is told)."""
+        return self._decision.check
+
+    def _take_cleartext(self, body: bytes) -> bytes:
+        """A PasswordMessage: one NUL-terminated string (PostgreSQL: "invalid password packet size")."""
+        if not body.endswith(b"\x00") or b"\x00" in body[:-1]:
+            raise ProtocolViolation("invalid password packet size")
+        try:
+            password = body[:-1].decode("utf-8")
+        except UnicodeDecodeError:
+            raise self._failed("password is not valid UTF-8") from None
+        if not password:
+            # An LDAP server takes an empty-password bind as anonymous and says yes; PostgreSQL refuses first.
+            raise self._failed("empty password returned by client")
+        if self._decision.check is None:
+            raise self._failed(self._decision.reason)
+        self.cleartext = password
+        return b""
+
+    def settle(self, why: str | None) -> None:
+        """The external check's verdict on `cleartext`: None admits the client, a reason refuses it."""
+        if self.cleartext is None:
+            raise ProtocolViolation("no password to settle")
+        self.cleartext = None
+        if why is not None:
+            raise self._failed(why)
+        self.done = True
 
     def _failed(self, why: str) -> LoginFailed:
         return LoginFailed(INVALID_PASSWORD, f'password authentication failed for user "{self._user}"', why=why)

@@ -69,6 +69,8 @@ class Method(Enum):
     PAM = "pam"
     LDAP = "ldap"
     RADIUS = "radius"
+    # Not a pg_hba method: a user whose password is ``jwt-pkey-fpath:...`` logs in with a JWT (auth/jwt.py).
+    JWT = "jwt"
 
 
 SUPPORTED_METHODS = frozenset(

@@ -10,19 +10,28 @@ bytes. Without access rules the stored password's kind decides (the admin consol
 
 The rule that ties them: **no password means no login, unless a rule says trust.** An empty password is refused
 (28000) under every method but ``trust``; ``trust`` logs in without an exchange even when a password is set.
+
+A user's own external check (a ``jwt-pkey-fpath:`` password, ``auth_pam_service``, ``auth_ldap``:
+auth/external.py) decides when no access rule names a method: the client then sends its password in the clear
+(JWT, PAM, LDAP) and the check judges it.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pg_doorman.auth.hba import HbaRules, IPAddress, Method, Rule
 from pg_doorman.auth.md5 import is_md5_verifier, md5_verifier
 from pg_doorman.auth.scram import ScramVerifier, make_scram_verifier, parse_scram_verifier
 from pg_doorman.protocol.errors import INVALID_AUTHORIZATION
 
+if TYPE_CHECKING:
+    from pg_doorman.auth.external import PasswordCheck
+
 __all__ = [
+    "CLEARTEXT_METHODS",
     "ClientOrigin",
     "Decision",
     "Method",
@@ -32,6 +41,8 @@ __all__ = [
 ]
 
 _EXCHANGES = frozenset({Method.MD5, Method.SCRAM_SHA_256, Method.PASSWORD})
+# The client sends its password in the clear and `Decision.check` (auth/external.py) judges it.
+CLEARTEXT_METHODS = frozenset({Method.JWT, Method.PAM, Method.LDAP})
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +76,8 @@ class Decision:
     client gets the same challenge and the same failure as for a wrong password). ``reason`` says why, for the
     log; for REJECT it is also the message sent to the client with ``sqlstate``. ``rule`` names the pg_hba record
     that decided (``file:line``), for the log.
+    For the cleartext methods (JWT, PAM, LDAP) ``check`` judges the password instead, and None dooms the
+    exchange.
     """
 
     method: Method
@@ -72,9 +85,12 @@ class Decision:
     reason: str = ""
     sqlstate: str = ""
     rule: str = ""
+    check: PasswordCheck | None = None
 
     @property
     def doomed(self) -> bool:
+        if self.method in CLEARTEXT_METHODS:
+            return self.check is None
         return self.method in _EXCHANGES and self.verifier is None
 
 
@@ -97,7 +113,9 @@ def _scram_verifier(text: str) -> ScramVerifier | None:
         return None
 
 
-def choose_method(user: str, stored_password: str | None, *, rule: Method | None = None) -> Decision:
+def choose_method(
+    user: str, stored_password: str | None, *, rule: Method | None = None, check: PasswordCheck | None = None
+) -> Decision:
     """Choose the challenge for ``user`` whose configured password is ``stored_password``.
 
     Contract, for everything that later feeds this function:
@@ -113,7 +131,15 @@ def choose_method(user: str, stored_password: str | None, *, rule: Method | None
     * An MD5 verifier cannot serve a SCRAM rule (a doomed SCRAM exchange, as in PostgreSQL); a SCRAM verifier
       serves an MD5 rule with SCRAM (PostgreSQL's upgrade); plaintext serves either. PASSWORD asks for the
       cleartext password and checks it against whatever is stored.
+    * ``check`` is the user's external password check (``auth_pam_service``, ``auth_ldap``, a
+      ``jwt-pkey-fpath:`` password: `PoolSettings.password_check`); it wins over the stored password, as PAM
+      does in the original. It applies only when no access rule names a method (``rule`` None).
     """
+    if check is not None and (rule is None or rule in CLEARTEXT_METHODS):
+        return Decision(Method(check.method), check=check)
+    if rule in CLEARTEXT_METHODS:  # the rule asks for a check the user has none of: nobody can pass
+        assert rule is not None
+        return Decision(rule, reason=f'user "{user}" has no {rule.value} authentication configured')
     if stored_password is None:
         return Decision(rule or Method.SCRAM_SHA_256, reason=f'user "{user}" is not configured')
     if stored_password == "":
@@ -149,6 +175,7 @@ def decide(
     stored_password: str | None,
     *,
     default: Method | None = None,
+    check: PasswordCheck | None = None,
 ) -> Decision:
     """How ``user`` connecting from ``origin`` to ``database`` logs in, under access rules ``rules``.
 
@@ -159,7 +186,7 @@ def decide(
     :func:`choose_method`. A method pg_doorman does not carry out refuses.
     """
     if rules is None:
-        return choose_method(user, stored_password, rule=default)
+        return choose_method(user, stored_password, rule=default, check=check)
     who = f'host "{origin.host}", user "{user}", database "{database}", {origin.encryption}'
     rule = rules.match("local" if origin.local else "host", database, user, origin.address, origin.tls)
     if rule is None:

@@ -217,6 +217,12 @@ _POOL: tuple[_Key, ...] = (
     _Key("reserve_pool_size", 0, "Extra connections above pool_size (and max_db_connections) for long waits."),
     _Key("reserve_pool_timeout", "3s", "A client waiting this long lets its pool use the reserve."),
     _Key("min_guaranteed_pool_size", 0, "Servers per user that eviction never takes (with min_pool_size)."),
+    _Key(
+        "ldap",
+        {"ldapserver": "ldap.example.org", "ldapbasedn": "dc=example,dc=org", "ldapsearchattribute": "uid"},
+        "LDAP options (PostgreSQL's pg_hba ldap option names) for the users with auth_ldap: true.",
+        commented_out=True,
+    ),
 )
 
 _USERS: tuple[tuple[_Key, ...], ...] = (
@@ -226,12 +232,25 @@ _USERS: tuple[tuple[_Key, ...], ...] = (
             "password",
             "md50e9070b976a76706bb4bc4369e934be1",
             "'md5' + md5(password || username), a SCRAM-SHA-256 verifier (from pg_shadow / pg_authid) or "
-            "plaintext. Without server_password the client's proof is passed through to PostgreSQL.",
+            "plaintext. Without server_password the client's proof is passed through to PostgreSQL. "
+            "'jwt-pkey-fpath:/path/public.pem': the client sends an RS256 JWT as its password.",
         ),
         _Key("pool_size", 40, "Most server connections for this user and database. Required."),
         _Key("min_pool_size", 0, "Server connections kept open even when idle (at most pool_size)."),
         _Key("server_lifetime", "30m", "Override of the pool's server_lifetime.", commented_out=True),
         _Key("idle_timeout", "5m", "Override of the pool's idle_timeout.", commented_out=True),
+        _Key(
+            "auth_pam_service",
+            "pg_doorman",
+            "Check the client's password with PAM service /etc/pam.d/<name> instead (password may be omitted).",
+            commented_out=True,
+        ),
+        _Key(
+            "auth_ldap",
+            True,
+            "Check the client's password with LDAP (the pool's ldap options, or this user's own ldap table).",
+            commented_out=True,
+        ),
     ),
     (
         _Key("username", "reporting", "A second user, in session mode, logging in to PostgreSQL as another role."),
@@ -245,7 +264,12 @@ _USERS: tuple[tuple[_Key, ...], ...] = (
         _Key("min_pool_size", 1, "Keep one connection warm."),
         _Key("pool_mode", "session", "Override of the pool's pool_mode."),
         _Key("server_username", "reporting_ro", "PostgreSQL role to log in as (default: username)."),
-        _Key("server_password", "reporting_ro_password", "Plaintext password of server_username."),
+        _Key(
+            "server_password",
+            "reporting_ro_password",
+            "Plaintext password of server_username ('jwt-priv-key-fpath:/path/private.pem': send PostgreSQL a "
+            "120-second RS256 JWT instead).",
+        ),
         _Key("application_name", "reporting", "Override of the pool's application_name."),
     ),
 )

@@ -102,11 +102,6 @@ def read_pool(s: Section) -> None:
     _fallback(s)
 
 
-def read_user(s: Section) -> None:
-    if s.optional_string("auth_pam_service", allow_empty=False) is not None:
-        _notes(s, "auth_pam_service", "PAM authentication; this user logs in with its configured password only")
-
-
 def read_talos(root: Section) -> None:
     talos = root.table("talos")
     if talos is None:
@@ -168,6 +163,6 @@ NOT_ACTIVE_KEYS: dict[str, dict[str, str]] = {
             _FALLBACK,
         ),
     },
-    "pools.<name>.users[]": {"auth_pam_service": "PAM authentication"},
+    "pools.<name>.users[]": {},
     "talos": {"keys": "Talos JWT authentication", "databases": "Talos JWT authentication"},
 }

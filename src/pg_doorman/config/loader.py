@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pg_doorman import tls
 from pg_doorman.auth.hba import HbaError, HbaRules, legacy_rules, load_hba_file, parse_hba
-from pg_doorman.config import later
+from pg_doorman.config import external_auth, later
 from pg_doorman.config.errors import ConfigError, KeyPath, format_key_path
 from pg_doorman.config.reader import Problems, Section, describe
 from pg_doorman.config.schema import (
@@ -334,9 +334,14 @@ def _server_tls(s: Section, inherited: ServerTls | None) -> ServerTls:
     return result
 
 
-def _read_user(s: Section) -> UserConfig | None:
+def _read_user(s: Section, pool_ldap: dict[str, object] | None = None) -> UserConfig | None:
     username = s.required_string("username", allow_empty=False)
-    password = s.required_string("password")
+    external = external_auth.read_user_auth(s, pool_ldap, s.optional_string("password"))
+    # A PAM or LDAP user needs no password of its own (the check is elsewhere).
+    if external.pam_service is not None or external.ldap is not None:
+        password: str | None = s.string("password", "")
+    else:
+        password = s.required_string("password")
     pool_size = s.required_integer("pool_size", minimum=1)
     min_pool_size = s.integer("min_pool_size", 0)
     server_username = s.optional_string("server_username", allow_empty=False)
@@ -351,13 +356,14 @@ def _read_user(s: Section) -> UserConfig | None:
         s.error("min_pool_size", f"must not exceed pool_size ({pool_size}), got {min_pool_size}")
     if server_password is not None and server_username is None:
         s.error("server_password", "requires server_username (the PostgreSQL role to log in as)")
-    later.read_user(s)
     s.finish()
     if username is None or password is None or pool_size is None:
         return None
     return UserConfig(
         username=username,
         password=password,
+        auth_pam_service=external.pam_service,
+        ldap=external.ldap,
         pool_size=pool_size,
         min_pool_size=min_pool_size,
         server_username=server_username,
@@ -401,8 +407,9 @@ def _user_sections(pool: Section) -> list[Section]:
 def _read_users(pool: Section) -> tuple[UserConfig, ...]:
     users: list[UserConfig] = []
     first_seen: dict[str, KeyPath] = {}
+    pool_ldap = external_auth.pool_ldap_table(pool)
     for section in _user_sections(pool):
-        user = _read_user(section)
+        user = _read_user(section, pool_ldap)
         if user is None:
             continue
         if user.username in first_seen:
@@ -411,6 +418,8 @@ def _read_users(pool: Section) -> tuple[UserConfig, ...]:
             continue
         first_seen[user.username] = section.path
         users.append(user)
+    if pool_ldap is not None and not any(user.ldap is not None for user in users):
+        pool.problems.warn(pool.key_path("ldap"), "no user of this pool has auth_ldap: true; these options are unused")
     return tuple(users)
 
 

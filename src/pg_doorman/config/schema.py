@@ -14,7 +14,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
+from pg_doorman.auth.external import PasswordCheck, password_check_of
 from pg_doorman.auth.hba import HbaRules
+from pg_doorman.auth.ldap import LdapOptions
 from pg_doorman.config.units import parse_file_mode
 from pg_doorman.config.web import WebConfig
 
@@ -187,6 +189,8 @@ class UserConfig:
     application_name: str | None = None
     server_lifetime: float | None = None
     idle_timeout: float | None = None
+    auth_pam_service: str | None = None  # external password checks: config/external_auth.py
+    ldap: LdapOptions | None = None
 
     @property
     def password_kind(self) -> PasswordKind:
@@ -301,6 +305,8 @@ class PoolSettings:
     # Built by auth_query (auth/auth_query.py) for users the configuration does not list, not from users[].
     auth_query: bool = False
     server_tls: ServerTls = field(default_factory=ServerTls)
+    # The user's external password check (JWT, PAM, LDAP: auth/external.py), None for a stored secret.
+    password_check: PasswordCheck | None = None
 
     @property
     def password_kind(self) -> PasswordKind:
@@ -401,4 +407,5 @@ def _resolve(general: General, pool: PoolConfig, user: UserConfig) -> PoolSettin
         reserve_pool_timeout=pool.reserve_pool_timeout,
         guaranteed_pool_size=max(user.min_pool_size, pool.min_guaranteed_pool_size),
         server_tls=pool.server_tls,
+        password_check=password_check_of(user.password, user.auth_pam_service, user.ldap),
     )

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 CLIENTS_DEFAULT_LIMIT = 1000
 LOGS_DEFAULT_LIMIT = 500
-SECRET_KEYS = ("admin_password", "password", "server_password")
+SECRET_KEYS = ("admin_password", "password", "server_password", "bind_password")
 # Settings that a reload does not change (inventory §2.9): listeners, sockets, process layout.
 RESTART_REQUIRED = frozenset(
     {
@@ -52,7 +52,10 @@ class ApiError(Exception):
 def jsonable(value: object) -> JSON:
     """Dataclasses, tuples and floats as JSON allows them (infinite bucket bounds become "+Inf")."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {
+            f.name: "********" if f.name in SECRET_KEYS and getattr(value, f.name) else jsonable(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+        }
     if isinstance(value, Mapping):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):

@@ -19,6 +19,7 @@ from pg_doorman.prepared import StatementRegistry
 from pg_doorman.protocol.errors import (
     ADMIN_SHUTDOWN,
     CONNECTION_FAILURE,
+    INVALID_AUTHORIZATION,
     TOO_MANY_CONNECTIONS,
     PoolerError,
     ServerError,
@@ -119,7 +120,7 @@ class Pool(Lender):
             return ServerCredentials(user=s.server_username, md5_verifier=password)
         if password.startswith("SCRAM-SHA-256$"):
             return ServerCredentials(user=s.server_username, scram_client_key=self.scram_client_key)
-        if password:
+        if password and s.password_check is None:  # a JWT/PAM/LDAP user's password is nothing to send PostgreSQL
             return ServerCredentials(user=s.server_username, password=password)
         return ServerCredentials(user=s.server_username)
 
@@ -300,10 +301,11 @@ class Pool(Lender):
                     server = await self._open_tcp(tls_plan.ask)
                     try:
                         await self._login(server)
-                    except ServerError:
-                        if not tls_plan.retry_with_tls:
+                    except ServerError as plain_error:
+                        # server_tls_mode allow: PostgreSQL refused the plain connection (28000: its pg_hba has only
+                        # hostssl for us): once more over TLS. Other failures (a wrong password) are the answer.
+                        if not tls_plan.retry_with_tls or plain_error.sqlstate != INVALID_AUTHORIZATION:
                             raise
-                        # server_tls_mode allow: PostgreSQL refused the plain login (pg_hba hostssl): once over TLS.
                         server.abort()
                         server = None
                         server = await self._open_tcp(True)
