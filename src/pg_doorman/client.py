@@ -1123,6 +1123,7 @@ class ClientConnection(Borrower):
             and self.state != codes.CLIENT_CLOSED
             and transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]
         ):
+            log.debug("admin console %s: waiting for the client to read its reply", self.peer)
             self._login_wait = asyncio.get_running_loop().create_future()
             try:
                 await self._login_wait

@@ -58,8 +58,13 @@ class Reader:
                 return
 
 
-def login(port: int, user: str, database: str, password: str) -> tuple[socket.socket, Reader]:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+def login(port: int, user: str, database: str, password: str, rcvbuf: int = 0) -> tuple[socket.socket, Reader]:
+    """A logged-in connection; ``rcvbuf`` (bytes, set before connecting) keeps the receive window small."""
+    sock = socket.socket()
+    sock.settimeout(30)
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.sendall(_startup(user, database))
     reader = Reader(sock)

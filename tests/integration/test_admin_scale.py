@@ -17,11 +17,14 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import latency_probe
 import psycopg
 import pytest
+from psycopg_helpers import wait_until
 from wire_client import md5_verifier
 
 from pg_doorman.devcluster import TempPostgres
@@ -162,3 +165,87 @@ def test_show_clients_at_10000_clients_does_not_stall_forwarding(
             probe.wait()
         for sock in idle:
             sock.close()
+
+
+def _read_results(reader: latency_probe.Reader) -> tuple[list[int], bytes]:
+    """Until ReadyForQuery: the DataRow count of each result, and the kinds of the other messages in order."""
+    rows = [0]
+    others = b""
+    while True:
+        kind, _ = reader.message()
+        if kind == b"D":
+            rows[-1] += 1
+            continue
+        others += kind
+        if kind == b"C":
+            rows.append(0)
+        elif kind == b"Z":
+            return rows[:-1], others
+
+
+SHOWS_IN_ONE_QUERY = 10
+
+
+@pytest.fixture
+def crowded(many_files: None, doorman: Any, pg_trust: TempPostgres, pool_config: Any) -> Iterator[tuple[Any, int]]:
+    """pg_doorman with 3,000 idle clients (a SHOW CLIENTS of ≈ 600 kB); yields the process and the count."""
+    count = 3000
+    user = {"username": "app", "password": md5_verifier("app_pass", "app"), "pool_size": 2}
+    general = {"max_connections": count + 100, "log_client_connections": False, "log_client_disconnections": False}
+    proc = doorman(pool_config(pg_trust, [user], general=general))
+    idle = asyncio.run(_hold_idle(proc.port, count))
+    try:
+        yield proc, count
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_console_client_that_stops_reading_holds_nobody_up(crowded: tuple[Any, int]) -> None:
+    proc, count = crowded
+    sock, reader = latency_probe.login(proc.port, "admin", "pgdoorman", "admin_pass", rcvbuf=4096)
+    try:
+        mark = len(proc.log_text())
+        # Ten results of ≈ 600 kB: more than the kernel takes in for a client that does not read (≈ 3 MB here).
+        sock.sendall(_frame(b"Q", b"SHOW CLIENTS; " * SHOWS_IN_ONE_QUERY + b"\0"))
+        proc.wait_for_log("waiting for the client to read its reply", after=mark)
+        # The console waits for its client; everybody else goes on.
+        with psycopg.connect(proc.dsn(), autocommit=True, connect_timeout=10) as app:
+            for _ in range(50):
+                begun = time.monotonic()
+                assert app.execute("SELECT 1").fetchone() == (1,)
+                assert time.monotonic() - begun < 1.0
+            with psycopg.connect(
+                proc.admin_dsn(), autocommit=True, connect_timeout=10, cursor_factory=psycopg.ClientCursor
+            ) as other_admin:
+                assert len(other_admin.execute("SHOW CLIENTS").fetchall()) == count + 3
+        # Then the slow reader gets both results whole, in order (the psycopg clients have gone by then).
+        rows, others = _read_results(reader)
+        assert others == b"TC" * SHOWS_IN_ONE_QUERY + b"Z"
+        # The first SHOW took its list of clients before the psycopg sessions came; the later ones took theirs
+        # while those came and went.
+        assert rows[0] == count + 1 and all(count + 1 <= n <= count + 3 for n in rows), rows
+        sock.sendall(_frame(b"Q", b"SHOW LISTS\0"))
+        assert _read_results(reader) == ([12], b"TCZ")
+    finally:
+        sock.close()
+
+
+def test_a_console_client_leaving_in_the_middle_of_a_reply(crowded: tuple[Any, int]) -> None:
+    proc, count = crowded
+    for pause in (0.0, 0.02, None):
+        sock, _ = latency_probe.login(proc.port, "admin", "pgdoorman", "admin_pass", rcvbuf=4096)
+        mark = len(proc.log_text())
+        sock.sendall(_frame(b"Q", b"SHOW CLIENTS; SHOW SERVERS; " * SHOWS_IN_ONE_QUERY + b"\0"))
+        if pause is None:  # while the console waits for it to read
+            proc.wait_for_log("waiting for the client to read its reply", after=mark)
+        else:  # while the console builds and writes
+            time.sleep(pause)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # leave with a reset
+        sock.close()
+    with psycopg.connect(
+        proc.admin_dsn(), autocommit=True, connect_timeout=10, cursor_factory=psycopg.ClientCursor
+    ) as admin:
+        # The sessions that left are gone (not shown as clients), the pooler answers in full.
+        wait_until(lambda: len(admin.execute("SHOW CLIENTS").fetchall()) == count + 1, what="the sessions gone")
+    assert "Traceback" not in proc.log_text()
