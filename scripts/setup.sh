@@ -5,6 +5,7 @@
 #   postgresql-15, postgresql-client-15 (TempPostgres, psql, pgbench), pgbouncer (benchmark peer),
 #   nodejs/npm if `node`/`npm` is missing, default-jdk-headless if `javac` is missing and
 #   libpostgresql-jdbc-java if no pgJDBC jar is found (driver tests), prometheus (promtool) and curl (web tests),
+#   chromium and chromium-driver (headless browser test of the web console),
 #   python3-venv if `python3 -m venv` cannot work,
 # gcc and the Python headers (compiled hot path),
 # then creates .venv and installs the package with its test extras (editable), compiles the hot path (Cython,
@@ -73,6 +74,9 @@ command -v gcc >/dev/null 2>&1 || missing+=(gcc libc6-dev)
 # promtool (Debian's prometheus package) checks deploy/prometheus/alerts.yaml; curl talks to the web listener.
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# Headless Chromium and its WebDriver: tests/integration/test_web_console.py opens the web console in them.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if [ -n "$PYTHON" ] && ! "$PYTHON" -c 'import os, sysconfig; inc = sysconfig.get_paths()["include"]; raise SystemExit(not os.path.exists(os.path.join(inc, "Python.h")))' 2>/dev/null; then
     missing+=(python3-dev)
 fi

@@ -109,7 +109,7 @@ class Application:
 
     def _apply(self, config: Config) -> PoolChanges:
         """Put a (re)loaded configuration into effect: pools, client limits, socket options."""
-        changes = self.registry.reload(config.all_pool_settings())
+        changes = self.registry.reload(config.all_pool_settings(), config.auth_query_templates())
         general = config.general
         self.registry.configure_engine(general)  # retain_connections_max, proxy_copy_data_timeout, max_memory_usage
         self.context.configure(general)

@@ -360,7 +360,7 @@ class ClientConnection(Borrower):
             return
         if pool.retired:
             # A reload replaced this client's pool: a retired pool opens no servers, so move to its successor.
-            successor = self.context.registry.pool_for(self.database, self.user)
+            successor = self.context.registry.successor(pool)
             if successor is None:
                 self.fail(pool_removed())
                 return
@@ -965,10 +965,15 @@ class ClientConnection(Borrower):
         if memory.budget.exhausted:  # the admin console stays reachable (memory.py)
             raise memory.budget.error()
         pool = self.context.registry.pool_for(database, user)
-        # Without a pool for (database, user) the user's password from another pool (if any) still decides the
-        # exchange: an unknown database then costs the same exchange, and the same 28P01, as a wrong password.
-        stored = pool.settings.password if pool is not None else self.context.registry.user_passwords.get(user)
-        login = await self._exchange(ClientLogin(user, choose_method(user, stored)))
+        auth_query = self.context.registry.auth_query_for(database, user)
+        if auth_query is not None:  # a user only PostgreSQL knows (configured users always win): auth/auth_query.py
+            verifier, login = await auth_query.login(user, lambda found: choose_method(user, found), self._exchange)
+            pool = self.context.registry.auth_query_pool(database, user, verifier)
+        else:
+            # Without a pool for (database, user) the user's password from another pool (if any) still decides the
+            # exchange: an unknown database then costs the same exchange, and the same 28P01, as a wrong password.
+            stored = pool.settings.password if pool is not None else self.context.registry.user_passwords.get(user)
+            login = await self._exchange(ClientLogin(user, choose_method(user, stored)))
         if pool is None:
             if self.context.registry.has_database(database):
                 raise PoolerError(

@@ -8,6 +8,13 @@
   successor or are told the pool is gone; its busy servers close when their clients give them back.
   `pool_for` is the only question clients ask; the 100 ms tick and the 1 s maintenance visit every pool through
   `tick` and `maintain`.
+- **auth_query pools.** A database with an ``auth_query`` section has an `AuthQuery` (auth/auth_query.py), kept
+  across reloads that leave it unchanged (cache, lookup connections, counters). Its users' pools live in
+  ``pools`` next to the configured ones: in dedicated mode one pool of ``server_user`` built with the
+  configuration, in passthrough mode a pool per user built at its first login (`auth_query_pool`), rebuilt when
+  the user's verifier changed and collected by the maintenance when it has had no client and no server for
+  `DYNAMIC_POOL_GRACE`. A reload keeps a user's pool if its settings come out the same, and drops it otherwise
+  (auth_query changed or removed, or a configured user of that name now exists: configured users always win).
 - **Cancel keys.** Every logged-in client is registered under the (process id, secret) pair its BackendKeyData
   told it. The pair is the key, not the process id alone: pg_doorman's random ids and the real backend ids that
   session-mode clients are given come from different sources (and several PostgreSQL hosts), so two live
@@ -28,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pg_doorman import memory
+from pg_doorman.auth.auth_query import AuthQuery
 from pg_doorman.client import pool_removed
 from pg_doorman.pool import Pool
 from pg_doorman.pool.coordinator import Coordinator, Limits, Member
@@ -35,8 +43,12 @@ from pg_doorman.pool.coordinator import Coordinator, Limits, Member
 if TYPE_CHECKING:
     from pg_doorman.client import ClientConnection
     from pg_doorman.config import General, PoolSettings
+    from pg_doorman.config.schema import AuthQueryConfig
 
 log = logging.getLogger("pg_doorman.registry")
+
+DYNAMIC_POOL_GRACE = 1.0
+"""Seconds an auth_query user's pool stays without clients and servers before the maintenance drops it."""
 
 CancelKey = tuple[int, int]
 """A BackendKeyData (process id, secret), as PostgreSQL sends them: two int32."""
@@ -90,7 +102,10 @@ class PoolRegistry:
 
     __slots__ = (
         "_cancel_keys",
+        "_empty_since",
         "_randbits",
+        "_static",
+        "auth_queries",
         "coordinators",
         "databases",
         "pools",
@@ -112,11 +127,21 @@ class PoolRegistry:
         self.coordinators: dict[str, Coordinator] = {}
         self.retain_connections_max = 3
         self.proxy_copy_data_timeout = 15.0
+        # auth_query: by database; which pools are configured ones (their users never go through auth_query);
+        # when each auth_query user's pool was first seen without clients and servers (for the collection).
+        self.auth_queries: dict[str, AuthQuery] = {}
+        self._static: frozenset[tuple[str, str]] = frozenset()
+        self._empty_since: dict[tuple[str, str], float] = {}
 
     # ------------------------------------------------------------------ pools
 
-    def reload(self, all_settings: Iterable[PoolSettings]) -> PoolChanges:
-        """Make the pools those of ``all_settings`` (`Config.all_pool_settings()`): keep, replace or retire.
+    def reload(
+        self,
+        all_settings: Iterable[PoolSettings],
+        auth_queries: Iterable[tuple[AuthQueryConfig, PoolSettings]] = (),
+    ) -> PoolChanges:
+        """Make the pools those of ``all_settings`` (`Config.all_pool_settings()`) and ``auth_queries``
+        (`Config.auth_query_templates()`): keep, replace or retire.
 
         Returns which (database, user) pools were added, replaced (settings changed) and removed.
         """
@@ -132,20 +157,110 @@ class PoolRegistry:
             else:
                 new[key] = self._create(settings, existing)
                 (changes.added if existing is None else changes.replaced).append(key)
-        self._coordinate(all_settings, new, old)  # before waiters move: their new pools may need a slot
+        self._static = frozenset(new)
+        templates = self._reload_auth_queries(list(auth_queries), old, new, changes)
+        self._coordinate(all_settings + templates, new, old)  # before waiters move: their new pools may need a slot
         for key, pool in old.items():
             if new.get(key) is not pool:
                 pool.retire()
-                self._move_waiters(pool, new.get(key))
+                successor = new.get(key)
+                if successor is not None and successor.settings.auth_query != pool.settings.auth_query:
+                    successor = None  # a configured user now shadows an auth_query user's pool, or the reverse
+                self._move_waiters(pool, successor)
                 if key not in new:
                     changes.removed.append(key)
+                self._count_dropped(pool)
         self.pools = new
+        self._empty_since = {key: since for key, since in self._empty_since.items() if key in new}
         self.databases = frozenset(db for db, _ in new)
         passwords: dict[str, str] = {}
         for settings in all_settings:
             passwords.setdefault(settings.username, settings.password)
         self.user_passwords = passwords
         return changes
+
+    def _reload_auth_queries(
+        self,
+        setups: list[tuple[AuthQueryConfig, PoolSettings]],
+        old: dict[tuple[str, str], Pool],
+        new: dict[tuple[str, str], Pool],
+        changes: PoolChanges,
+    ) -> list[PoolSettings]:
+        """The auth_query part of `reload`: keep or rebuild each database's AuthQuery and its users' pools (added
+        to ``new``). Returns the templates (their database limits count for max_db_connections)."""
+        previous = self.auth_queries
+        current: dict[str, AuthQuery] = {}
+        for config, template in setups:
+            database = template.database
+            auth = previous.get(database)
+            if auth is None or not auth.same_setup(config, template):
+                auth = AuthQuery(config, template)
+            current[database] = auth
+            if auth.dedicated:
+                settings = auth.dedicated_settings()
+                key = (database, settings.username)
+                existing = old.get(key)
+                if existing is not None and existing.settings == settings:
+                    new[key] = existing
+                else:
+                    new[key] = self._create(settings, existing)
+                    (changes.added if existing is None else changes.replaced).append(key)
+        for database, auth in previous.items():
+            if current.get(database) is not auth:
+                auth.close()
+        for key, pool in old.items():
+            if key in new or pool.retired:
+                continue
+            auth = current.get(key[0])
+            s = pool.settings
+            unchanged = auth is not None and auth is previous.get(key[0]) and not auth.dedicated
+            if unchanged and auth is not None and auth.pool_settings(s.username, s.password) == s:
+                new[key] = pool  # an auth_query user's pool that this reload leaves as it was
+        self.auth_queries = current
+        return [template for _, template in setups]
+
+    def auth_query_for(self, database: str, user: str) -> AuthQuery | None:
+        """The AuthQuery that authenticates ``user`` in ``database``, or None: a configured user (they always
+        win), or no auth_query there."""
+        if (database, user) in self._static:
+            return None
+        return self.auth_queries.get(database)
+
+    def auth_query_pool(self, database: str, user: str, password: str) -> Pool:
+        """The pool of a user `AuthQuery.login` admitted with verifier ``password``: the shared server_user pool
+        (dedicated mode), or the user's own (passthrough), built now if it has none or its verifier changed."""
+        auth = self.auth_queries[database]
+        if auth.dedicated:
+            return self.pools[(database, auth.dedicated_settings().username)]
+        key = (database, user)
+        settings = auth.pool_settings(user, password)
+        existing = self.pools.get(key)
+        if existing is not None and existing.settings == settings:
+            return existing
+        pool = self._create(settings, None)  # a changed verifier: the old ClientKey is of the old password
+        coordinator = pool.coordinator = self.coordinators.get(database)
+        if coordinator is not None:
+            coordinator.set_members([*coordinator.members, pool])
+        if existing is not None:
+            existing.retire()
+            self._move_waiters(existing, pool)
+            log.info("auth_query: pool %s rebuilt (the user's password changed)", pool.name)
+        else:
+            log.info("auth_query: pool %s created", pool.name)
+        self.pools[key] = pool
+        self._empty_since.pop(key, None)
+        auth.stats.dynamic_pools_created += 1
+        return pool
+
+    def successor(self, pool: Pool) -> Pool | None:
+        """The pool that took over from the retired ``pool`` (a reload, or a rebuilt auth_query pool), for its
+        connected clients; None when there is none. A client stays with its kind of pool: one admitted by
+        auth_query never moves to a configured user's pool of the same name (nor the reverse)."""
+        s = pool.settings
+        successor = self.pools.get((s.database, s.username))
+        if successor is None or successor.settings.auth_query != s.auth_query:
+            return None
+        return successor
 
     @staticmethod
     def _create(settings: PoolSettings, predecessor: Pool | None) -> Pool:
@@ -202,6 +317,44 @@ class PoolRegistry:
             coordinator.set_members(list(dict.fromkeys(members + draining)))
         self.coordinators = coordinators
 
+    def _count_dropped(self, pool: Pool) -> None:
+        """A passthrough auth_query pool was dropped: count it in its database's AuthQuery."""
+        s = pool.settings
+        auth = self.auth_queries.get(s.database)
+        if s.auth_query and auth is not None and not auth.dedicated:
+            auth.stats.dynamic_pools_destroyed += 1
+
+    def collect_idle_auth_query_pools(self, now: float) -> int:
+        """Drop the passthrough auth_query pools that had no client, no server and no waiter for
+        DYNAMIC_POOL_GRACE seconds (never those with min_pool_size); returns how many. A login that just built
+        a pool counts as its client before it awaits anything, so a new pool is never collected under it."""
+        dropped = 0
+        for key, pool in list(self.pools.items()):
+            s = pool.settings
+            if not s.auth_query or key in self._static:
+                continue
+            auth = self.auth_queries.get(s.database)
+            if auth is None or auth.dedicated:
+                continue
+            if pool.client_count > 0 or pool.size > 0 or pool.waiters or s.min_pool_size > 0:
+                self._empty_since.pop(key, None)
+                continue
+            since = self._empty_since.setdefault(key, now)
+            if now - since < DYNAMIC_POOL_GRACE:
+                continue
+            del self.pools[key]
+            del self._empty_since[key]
+            pool.retire()
+            coordinator = pool.coordinator
+            if coordinator is not None:
+                coordinator.set_members([member for member in coordinator.members if member is not pool])
+            auth.stats.dynamic_pools_destroyed += 1
+            log.info("auth_query: idle pool %s dropped", pool.name)
+            dropped += 1
+        for auth in self.auth_queries.values():
+            auth.prune()
+        return dropped
+
     def configure_engine(self, general: General) -> None:
         """The general settings of the pool engine that act on every pool (read at each maintenance run)."""
         self.retain_connections_max = general.retain_connections_max
@@ -209,14 +362,8 @@ class PoolRegistry:
         memory.budget.configure(general.max_memory_usage)
 
     def pool_for(self, database: str, user: str) -> Pool | None:
-        """The pool that serves ``user`` in ``database``, or None.
-
-        Every pool comes from the configuration today, so this only finds. Hook point for pools created at login
-        (auth_query: a user the configuration does not list, whose password PostgreSQL is asked for): the login
-        looks the password up first (that awaits), then asks here; when no pool is found and the database allows
-        it, this is where the user's pool is built (with `_create`), added to ``pools`` and returned. Callers
-        already treat every answer as possibly new, and `reload` must then decide what becomes of such pools.
-        """
+        """The pool that serves ``user`` in ``database``, or None. For a user that auth_query authenticates
+        (`auth_query_for` is not None) the pool comes from `auth_query_pool` after the login instead."""
         return self.pools.get((database, user))
 
     def has_database(self, database: str) -> bool:
@@ -259,6 +406,11 @@ class PoolRegistry:
                 coordinator.release_reserve(now)
             except Exception:
                 log.exception("maintenance of database %s failed", coordinator.database)
+        if self.auth_queries:
+            try:
+                self.collect_idle_auth_query_pools(now)
+            except Exception:
+                log.exception("collection of idle auth_query pools failed")
 
     @staticmethod
     def _roll_stats(pool: Pool, now: float) -> None:

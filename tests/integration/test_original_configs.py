@@ -26,7 +26,7 @@ PENDING_KEYS = re.compile(
 REFUSAL = "must not start without"
 # The original rejects these too (negative scenarios of its suite).
 ORIGINAL_REJECTS = ("is set by pg_doorman itself and cannot be a startup parameter",)
-MIN_ACCEPTED = 11
+MIN_ACCEPTED = 14
 
 
 def _check(path: Path) -> subprocess.CompletedProcess[str]:

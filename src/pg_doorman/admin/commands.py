@@ -39,6 +39,7 @@ SHOW_SUBCOMMANDS: tuple[str, ...] = (
     "lists",
     "users",
     "startup_parameters",
+    "auth_query",
     "sockets",
     "log_level",
     "version",

@@ -69,7 +69,7 @@ _SHOW_COMPLETE = messages.command_complete("SHOW")
 
 HELP_ITEMS = (
     "SHOW HELP|CONFIG|DATABASES|POOLS|POOLS_EXTENDED|POOLS_MEMORY|PREPARED_STATEMENTS",
-    "SHOW CLIENTS|SERVERS|CONNECTIONS|STATS|LISTS|USERS|STARTUP_PARAMETERS|SOCKETS|LOG_LEVEL|VERSION",
+    "SHOW CLIENTS|SERVERS|CONNECTIONS|STATS|LISTS|USERS|STARTUP_PARAMETERS|AUTH_QUERY|SOCKETS|LOG_LEVEL|VERSION",
     "SET log_level = 'error|warn|info|debug|trace|off|default'",
     "PAUSE [db]",
     "RESUME [db]",
@@ -678,6 +678,45 @@ def show_startup_parameters(ops: AdminContext) -> bytes:
     return result_set(STARTUP_PARAMETERS_COLUMNS, rows)
 
 
+AUTH_QUERY_COLUMNS = [
+    Column("database"),
+    *_cols(
+        "cache_entries cache_hits cache_misses cache_refetches cache_rate_limited auth_success auth_failure "
+        "executor_queries executor_errors dynamic_pools_current dynamic_pools_created dynamic_pools_destroyed",
+        INT8,
+    ),
+]
+
+
+def show_auth_query(ops: AdminContext) -> bytes:
+    """One row per database with an auth_query: its cache, logins, lookups and passthrough pools."""
+    registry = ops.registry
+    rows: Rows = []
+    for db, auth in sorted(registry.auth_queries.items()):
+        st = auth.stats
+        current = 0
+        if not auth.dedicated:
+            current = sum(1 for p in registry.pools.values() if p.settings.auth_query and p.settings.database == db)
+        rows.append(
+            (
+                db,
+                auth.cache_entries(),
+                st.cache_hits,
+                st.cache_misses,
+                st.cache_refetches,
+                st.cache_rate_limited,
+                st.auth_success,
+                st.auth_failure,
+                st.executor_queries,
+                st.executor_errors,
+                current,
+                st.dynamic_pools_created,
+                st.dynamic_pools_destroyed,
+            )
+        )
+    return result_set(AUTH_QUERY_COLUMNS, rows)
+
+
 # ------------------------------------------------------------------ SOCKETS
 
 # /proc/net/tcp "st" values 1..13, in order (include/net/tcp_states.h).
@@ -796,6 +835,7 @@ SHOW_VIEWS: dict[str, Callable[[AdminContext], Iterable[bytes]]] = {
     "lists": show_lists,
     "users": _whole(show_users),
     "startup_parameters": _whole(show_startup_parameters),
+    "auth_query": _whole(show_auth_query),
     "sockets": _whole(show_sockets),
     "log_level": _whole(show_log_level),
     "version": _whole(show_version),

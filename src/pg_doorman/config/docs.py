@@ -39,6 +39,25 @@ def _table(title: str, keys: tuple[_Key, ...], extra: dict[str, str]) -> list[st
     return [*lines, ""]
 
 
+_AUTH_QUERY: tuple[_Key, ...] = (
+    _Key("query", "SELECT usename, passwd FROM auth.lookup($1)", "Lookup query; $1 is the user name (sent as a "
+         "parameter). 0 or 1 row; the password column is `passwd`, else `password`, else the only column: an MD5 "
+         "or SCRAM-SHA-256 verifier. NULL, empty or anything else: the user cannot log in."),
+    _Key("user", "doorman_auth", "Role the lookup connections log in as (required)."),
+    _Key("password", "", "Plaintext password of `user` (md5 and SCRAM are computed; empty: the server trusts it)."),
+    _Key("database", "", "Database of the lookup connections; default: the pool's server_database."),
+    _Key("workers", 2, "Lookup connections (opened on first need)."),
+    _Key("server_user", "", "Set: dedicated mode, every auth_query user shares one pool logging in as this role. "
+         "Unset: passthrough, a pool per user logging in as the user (MD5 pass-the-hash or SCRAM ClientKey)."),
+    _Key("server_password", "", "Plaintext password of server_user (requires server_user)."),
+    _Key("pool_size", 40, "Size of each auth_query pool."),
+    _Key("min_pool_size", 0, "Servers kept open per auth_query pool (such pools are never collected)."),
+    _Key("cache_ttl", "1h", "How long a found verifier is used without asking again."),
+    _Key("cache_failure_ttl", "30s", "How long \"no such user\" is remembered."),
+    _Key("min_interval", "1s", "Least time between two re-reads for one user after a failed password check."),
+)  # fmt: skip
+
+
 def reference_markdown() -> str:
     users: list[_Key] = [key for user in _USERS for key in user]
     lines = [
@@ -63,6 +82,9 @@ def reference_markdown() -> str:
         "",
         *_table("pools.<name>", _POOL, NOT_ACTIVE_KEYS["pools.<name>"]),
         *_table("pools.<name>.users[]", tuple(users), NOT_ACTIVE_KEYS["pools.<name>.users[]"]),
+        "`auth_query` (a table in a pool section): users looked up in PostgreSQL at login; static users win.",
+        "",
+        *_table("pools.<name>.auth_query", _AUTH_QUERY, {}),
         *_table("talos", (), NOT_ACTIVE_KEYS["talos"]),
     ]
     return "\n".join(lines).rstrip("\n") + "\n"

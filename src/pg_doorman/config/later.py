@@ -120,12 +120,7 @@ def read_pool(s: Section) -> str | None:
     _scaling(s)
     _fallback(s)
     _server_tls_files(s)
-    server_tls_mode = s.optional_choice("server_tls_mode", SERVER_TLS_MODES)
-    auth_query = s.table("auth_query")
-    if auth_query is not None:
-        _read_auth_query(auth_query)
-        _notes(s, "auth_query", "users not listed in the file cannot log in")
-    return server_tls_mode
+    return s.optional_choice("server_tls_mode", SERVER_TLS_MODES)
 
 
 def tls_notes(s: Section, *, client_certificate: bool, tls_mode: str | None, server_tls_mode: str) -> None:
@@ -142,24 +137,6 @@ def tls_notes(s: Section, *, client_certificate: bool, tls_mode: str | None, ser
 def read_user(s: Section) -> None:
     if s.optional_string("auth_pam_service", allow_empty=False) is not None:
         _notes(s, "auth_pam_service", "PAM authentication; this user logs in with its configured password only")
-
-
-def _read_auth_query(s: Section) -> None:
-    s.required_string("query", allow_empty=False)
-    s.required_string("user", allow_empty=False)
-    s.optional_string("password")
-    s.optional_string("database", allow_empty=False)
-    s.optional_integer("workers", minimum=1)
-    server_user = s.optional_string("server_user", allow_empty=False)
-    if s.optional_string("server_password") is not None and server_user is None:
-        s.error("server_password", "requires server_user")
-    pool_size = s.optional_integer("pool_size", minimum=1)
-    min_pool_size = s.optional_integer("min_pool_size")
-    if min_pool_size is not None and min_pool_size > (40 if pool_size is None else pool_size):
-        s.error("min_pool_size", "must not exceed pool_size")
-    for key in ("cache_ttl", "cache_failure_ttl", "min_interval"):
-        s.optional_duration(key)
-    s.finish()
 
 
 def read_talos(root: Section) -> None:
@@ -273,8 +250,6 @@ NOT_ACTIVE_KEYS: dict[str, dict[str, str]] = {
         "server_tls_ca_cert": "TLS toward PostgreSQL",
         "server_tls_certificate": "TLS toward PostgreSQL",
         "server_tls_private_key": "TLS toward PostgreSQL",
-        "auth_query": "auth_query (query, user, password, database, workers, server_user, server_password, "
-        "pool_size, min_pool_size, cache_ttl, cache_failure_ttl, min_interval): users not in the file cannot log in",
     },
     "pools.<name>.users[]": {"auth_pam_service": "PAM authentication"},
     "talos": {"keys": "Talos JWT authentication", "databases": "Talos JWT authentication"},

@@ -19,6 +19,7 @@ from pg_doorman.config.schema import (
     POOL_MODES,
     SERVER_TLS_MODES,
     TLS_MODES,
+    AuthQueryConfig,
     Config,
     General,
     HbaSource,
@@ -355,7 +356,15 @@ def _read_pool(name: str, s: Section, general: General, server_tls_modes: dict[s
         reserve_pool_size=s.integer("reserve_pool_size", 0),
         reserve_pool_timeout=s.duration("reserve_pool_timeout", 3.0),
         min_guaranteed_pool_size=s.integer("min_guaranteed_pool_size", 0),
+        auth_query=_read_auth_query(s),
     )
+    server_user = pool.auth_query.server_user if pool.auth_query is not None else None
+    if server_user is not None and pool.user(server_user) is not None:
+        s.problems.add(
+            (*s.key_path("auth_query"), "server_user"),
+            f"'{server_user}' is also a user of this pool: the shared auth_query pool and the static user's pool "
+            "would be the same (database, user); choose another role",
+        )
     _check_pool_engine(s, pool, general)
     if general.prepared_statements and pool.prepared_statements_cache_size == 0:
         s.error("prepared_statements_cache_size", "must be greater than 0 while prepared_statements is on")
@@ -370,6 +379,41 @@ def _read_pool(name: str, s: Section, general: General, server_tls_modes: dict[s
         server_tls_modes[format_key_path(s.key_path("server_tls_mode"))] = server_tls_mode
     s.finish()
     return pool
+
+
+def _read_auth_query(pool: Section) -> AuthQueryConfig | None:
+    """``pools.<name>.auth_query`` (see `AuthQueryConfig`), with the original's checks."""
+    s = pool.table("auth_query")
+    if s is None:
+        return None
+    query = s.required_string("query", allow_empty=False)
+    user = s.required_string("user", allow_empty=False)
+    if query is not None and "$1" not in query:
+        s.error("query", "must use $1 for the user name (it is sent as a parameter, never spliced into the SQL)")
+    server_user = s.optional_string("server_user", allow_empty=False)
+    server_password = s.optional_string("server_password")
+    if server_password is not None and server_user is None:
+        s.error("server_password", "requires server_user")
+    pool_size = s.integer("pool_size", 40, minimum=1)
+    min_pool_size = s.integer("min_pool_size", 0)
+    if min_pool_size > pool_size:
+        s.error("min_pool_size", f"must not exceed pool_size ({pool_size}), got {min_pool_size}")
+    config = AuthQueryConfig(
+        query=query or "",
+        user=user or "",
+        password=s.string("password", ""),
+        database=s.optional_string("database", allow_empty=False),
+        workers=s.integer("workers", 2, minimum=1, maximum=64),
+        server_user=server_user,
+        server_password=server_password,
+        pool_size=pool_size,
+        min_pool_size=min_pool_size,
+        cache_ttl=s.duration("cache_ttl", 3600.0),
+        cache_failure_ttl=s.duration("cache_failure_ttl", 30.0),
+        min_interval=s.duration("min_interval", 1.0),
+    )
+    s.finish()
+    return config if query is not None and user is not None else None
 
 
 def _check_pool_engine(s: Section, pool: PoolConfig, general: General) -> None:

@@ -175,6 +175,34 @@ class UserConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthQueryConfig:
+    """A ``pools.<name>.auth_query`` section: users that only PostgreSQL knows (auth/auth_query.py).
+
+    ``query`` is run with ``$1`` = the user name on ``workers`` connections that log in as ``user`` with
+    ``password`` (plaintext) to ``database`` (None: the pool's server_database). With ``server_user`` every such
+    user shares one pool whose servers log in as that role (dedicated mode); without it each user gets a pool of
+    its own that logs in as the user with the verifier the query returned (passthrough mode). Durations in s.
+    """
+
+    query: str
+    user: str
+    password: str = ""
+    database: str | None = None
+    workers: int = 2
+    server_user: str | None = None
+    server_password: str | None = None
+    pool_size: int = 40
+    min_pool_size: int = 0
+    cache_ttl: float = 3600.0
+    cache_failure_ttl: float = 30.0
+    min_interval: float = 1.0
+
+    @property
+    def dedicated(self) -> bool:
+        return self.server_user is not None
+
+
+@dataclass(frozen=True, slots=True)
 class PoolConfig:
     """One ``pools.<name>`` section; ``name`` is the database name clients connect to."""
 
@@ -202,6 +230,7 @@ class PoolConfig:
     reserve_pool_size: int = 0
     reserve_pool_timeout: float = 3.0
     min_guaranteed_pool_size: int = 0
+    auth_query: AuthQueryConfig | None = None
 
     def user(self, username: str) -> UserConfig | None:
         for user in self.users:
@@ -249,6 +278,8 @@ class PoolSettings:
     reserve_pool_size: int
     reserve_pool_timeout: float
     guaranteed_pool_size: int
+    # Built by auth_query (auth/auth_query.py) for users the configuration does not list, not from users[].
+    auth_query: bool = False
 
     @property
     def password_kind(self) -> PasswordKind:
@@ -296,6 +327,17 @@ class Config:
     def all_pool_settings(self) -> list[PoolSettings]:
         """Resolved settings of every configured (database, user) pair, in file order."""
         return [_resolve(self.general, pool, user) for pool in self.pools.values() for user in pool.users]
+
+    def auth_query_templates(self) -> list[tuple[AuthQueryConfig, PoolSettings]]:
+        """Every auth_query section with the settings its pools inherit (pool section, then general), as a
+        pool for a nameless user with auth_query's pool_size / min_pool_size: `AuthQuery` fills in the name."""
+        templates = []
+        for pool in self.pools.values():
+            aq = pool.auth_query
+            if aq is not None:
+                user = UserConfig(username="", password="", pool_size=aq.pool_size, min_pool_size=aq.min_pool_size)
+                templates.append((aq, _resolve(self.general, pool, user)))
+        return templates
 
 
 def _resolve(general: General, pool: PoolConfig, user: UserConfig) -> PoolSettings:

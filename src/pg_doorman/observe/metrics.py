@@ -120,6 +120,7 @@ class DoormanCollector:
         pools = views.pool_views(self.app.registry.pools.values())
         yield from self._pools(pools)
         yield from self._check_query(pools)
+        yield from self._auth_query()
         yield from self._web()
 
     def _check_query(self, pools: list[views.PoolView]) -> Iterator[Metric]:
@@ -129,6 +130,55 @@ class DoormanCollector:
         cache = _counter("pooler_check_query_cache_total", "pooler_check_query probes answered from the cache.")
         cache.add_metric([], sum(view.check_query_cache for view in pools))
         yield cache
+
+    # ------------------------------------------------------------------ auth_query
+
+    def _auth_query(self) -> Iterator[Metric]:
+        """pg_doorman_auth_query_*: the original's gauges (every value, by type and database) and counters
+        (the cumulative types), from the same numbers as SHOW AUTH_QUERY; none without an auth_query."""
+        families = {
+            "cache": ("type", ("entries", *_CACHE_COUNTS), _CACHE_COUNTS),
+            "auth": ("result", ("success", "failure"), ("success", "failure")),
+            "executor": ("type", ("queries", "errors"), ("queries", "errors")),
+            "dynamic_pools": ("type", ("current", "created", "destroyed"), ("created", "destroyed")),
+        }  # fmt: skip
+        values: dict[str, dict[str, dict[str, int]]] = {name: {} for name in families}
+        registry = self.app.registry
+        if not registry.auth_queries:
+            return
+        for database, auth in registry.auth_queries.items():
+            st = auth.stats
+            current = 0
+            if not auth.dedicated:
+                current = sum(
+                    1 for p in registry.pools.values() if p.settings.auth_query and p.settings.database == database
+                )
+            values["cache"][database] = {
+                "entries": auth.cache_entries(),
+                "hits": st.cache_hits,
+                "misses": st.cache_misses,
+                "refetches": st.cache_refetches,
+                "rate_limited": st.cache_rate_limited,
+            }
+            values["auth"][database] = {"success": st.auth_success, "failure": st.auth_failure}
+            values["executor"][database] = {"queries": st.executor_queries, "errors": st.executor_errors}
+            values["dynamic_pools"][database] = {
+                "current": current,
+                "created": st.dynamic_pools_created,
+                "destroyed": st.dynamic_pools_destroyed,
+            }
+        for name, (label, gauge_types, counter_types) in families.items():
+            gauge = _gauge(f"auth_query_{name}", f"auth_query {name.replace('_', ' ')}, by {label} and database.",
+                           [label, "database"])  # fmt: skip
+            counter = _counter(f"auth_query_{name}_total", f"auth_query {name.replace('_', ' ')} since start.",
+                               [label, "database"])  # fmt: skip
+            for database, numbers in sorted(values[name].items()):
+                for kind in gauge_types:
+                    gauge.add_metric([kind, database], numbers[kind])
+                for kind in counter_types:
+                    counter.add_metric([kind, database], numbers[kind])
+            yield gauge
+            yield counter
 
     # ------------------------------------------------------------------ process
 
@@ -315,6 +365,9 @@ class DoormanCollector:
         sso_error = _gauge("web_sso_config_error", "1 if sso_enabled is set but SSO cannot be used.")
         sso_error.add_metric([], 1 if self.app.config.web.sso_enabled else 0)
         yield sso_error
+
+
+_CACHE_COUNTS = ("hits", "misses", "refetches", "rate_limited")
 
 
 def _rolled_up_errors(by_sqlstate: Mapping[str, int]) -> dict[str, int]:
