@@ -5,6 +5,7 @@ collection."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from test_forwarding import RecordingTransport
 
 from pg_doorman import codes, views
 from pg_doorman.admin import Console
-from pg_doorman.admin.show import CHUNK_POOLS, CHUNK_ROWS
+from pg_doorman.admin.show import CHUNK_POOLS, CHUNK_ROWS, PoolTotals
 from pg_doorman.admin.wire import RowEncoder, data_row
 from pg_doorman.app import Application
 from pg_doorman.client import ClientConnection
@@ -181,3 +182,8 @@ def test_show_clients_at_thousands_of_clients_sets_off_no_garbage_collection(tmp
         gc.callbacks.remove(record)
     assert rows == 5000
     assert collections == []
+
+
+def test_pool_totals_read_pool_view_fields_by_their_names() -> None:
+    """STATS, DATABASES and LISTS read a PoolView through PoolTotals: every name must be a PoolView field."""
+    assert set(PoolTotals._fields) <= {f.name for f in dataclasses.fields(views.PoolView)}

@@ -31,7 +31,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from pg_doorman import __version__, codes, views
 from pg_doorman.admin.commands import SHOW_SUBCOMMANDS
@@ -56,13 +56,13 @@ if TYPE_CHECKING:
     from pg_doorman.pool import Pool
     from pg_doorman.server import ServerConnection
 
-__all__ = ["CHUNK_POOLS", "CHUNK_ROWS", "SHOW_VIEWS", "show", "show_chunks"]
+__all__ = ["CHUNK_POOLS", "CHUNK_ROWS", "SHOW_VIEWS", "PoolTotals", "show", "show_chunks"]
 
 Rows = list[Sequence[Value]]
 Chunks = Iterator[bytes]
 CHUNK_ROWS = 250
 """Rows of a connection view (CLIENTS, SERVERS, PREPARED_STATEMENTS) built between two yield points."""
-CHUNK_POOLS = 50
+CHUNK_POOLS = 25
 """Pools whose snapshots (`views.pool_view`: counters, percentiles, histograms) are taken between two yield
 points."""
 _SHOW_COMPLETE = messages.command_complete("SHOW")
@@ -135,13 +135,51 @@ def _pool_view_chunks(ops: AdminContext) -> Iterator[list[views.PoolView]]:
         yield views.pool_views(pools[start : start + CHUNK_POOLS])
 
 
-def _all_pool_views(ops: AdminContext) -> Generator[bytes, None, list[views.PoolView]]:
-    """Every pool's snapshot, for views that sum over pools; yields a yield point between chunks."""
-    out: list[views.PoolView] = []
+class PoolTotals(NamedTuple):
+    """What the views that sum over pools (STATS, DATABASES, LISTS) read of a `views.PoolView`, same names.
+
+    A tuple of plain values, which the garbage collector stops tracking: keeping a thousand whole snapshots
+    (dicts, histograms) alive until the sums are made would set off a full collection."""
+
+    database: str
+    user: str
+    pool_mode: str
+    pool_size: int
+    min_pool_size: int
+    servers_active: int
+    servers_idle: int
+    servers_other: int
+    servers_opening: int
+    clients_active: int
+    clients_waiting: int
+    clients_idle: int
+    paused: bool
+    xact_count: int
+    query_count: int
+    bytes_received: int
+    bytes_sent: int
+    xact_time_us: int
+    query_time_us: int
+    wait_time_us: int
+    errors: int
+    avg_xact_count: int
+    avg_query_count: int
+    avg_recv: int
+    avg_sent: int
+    avg_errors: int
+    avg_xact_time_us: int
+    avg_query_time_us: int
+    avg_wait_time_us: int
+
+
+def _all_pool_totals(ops: AdminContext) -> Generator[bytes, None, list[PoolTotals]]:
+    """Every pool's totals, for views that sum over pools; yields a yield point between chunks."""
+    out: list[PoolTotals] = []
+    names = PoolTotals._fields
     for chunk in _pool_view_chunks(ops):
         if out:
             yield YIELD_POINT
-        out.extend(chunk)
+        out.extend(PoolTotals._make([getattr(p, name) for name in names]) for p in chunk)
     return out
 
 
@@ -330,8 +368,8 @@ def _weighted(pairs: list[tuple[int, int]]) -> int:
 
 
 def show_stats(ops: AdminContext) -> Chunks:
-    by_database: dict[str, list[views.PoolView]] = {}
-    for p in (yield from _all_pool_views(ops)):
+    by_database: dict[str, list[PoolTotals]] = {}
+    for p in (yield from _all_pool_totals(ops)):
         by_database.setdefault(p.database, []).append(p)
     rows: Rows = []
     for database, pools in by_database.items():
@@ -525,8 +563,8 @@ DATABASES_COLUMNS = [
 
 def show_databases(ops: AdminContext) -> Chunks:
     """One row per configured database; pool sizes summed over its users (each user has a pool of its own)."""
-    by_database: dict[str, list[views.PoolView]] = {}
-    for p in (yield from _all_pool_views(ops)):
+    by_database: dict[str, list[PoolTotals]] = {}
+    for p in (yield from _all_pool_totals(ops)):
         by_database.setdefault(p.database, []).append(p)
     rows: Rows = []
     for name, pool_config in ops.config.pools.items():
@@ -568,7 +606,7 @@ LISTS_COLUMNS = [Column("list"), Column("items", INT4)]
 
 
 def show_lists(ops: AdminContext) -> Chunks:
-    pools = yield from _all_pool_views(ops)
+    pools = yield from _all_pool_totals(ops)
     idle = sum(p.clients_idle for p in pools)
     used = sum(p.clients_active + p.clients_waiting for p in pools)
     rows: Rows = [
