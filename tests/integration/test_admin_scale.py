@@ -32,8 +32,8 @@ from pg_doorman.devcluster import TempPostgres
 IDLE_CLIENTS = 10_000
 SHOW_RUNS = 5
 # The worst round trip of SELECT 1 while SHOW CLIENTS runs. Before chunking, a SHOW at 10,000 clients held the
-# event loop for its whole duration (≈ 0.3 s here); with chunks of a few milliseconds the worst round trip
-# measured on a loaded 2-core machine stays below 20 ms.
+# event loop for its whole duration: 0.2 s on the 2-core test VM, 0.5 s with other suites running. In chunks,
+# the worst round trip measured 6-20 ms, and 10-35 ms at load 8 on those 2 cores.
 MAX_STALL_S = 0.05
 PROBE = Path(__file__).with_name("latency_probe.py")
 
