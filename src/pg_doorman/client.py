@@ -1123,10 +1123,12 @@ class ClientConnection(Borrower):
         if it is above its high-water mark (then it has paused us, and resume_writing will come)."""
         await asyncio.sleep(0)
         transport = self.transport
+        limits = getattr(transport, "get_write_buffer_limits", None)  # a transport without it: no waiting
         while (
             transport is not None
+            and limits is not None
             and self.state != codes.CLIENT_CLOSED
-            and transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]
+            and transport.get_write_buffer_size() > limits()[1]
         ):
             log.debug("admin console %s: waiting for the client to read its reply", self.peer)
             self._login_wait = asyncio.get_running_loop().create_future()

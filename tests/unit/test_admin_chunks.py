@@ -22,6 +22,7 @@ from pg_doorman.admin.wire import RowEncoder, data_row
 from pg_doorman.app import Application
 from pg_doorman.client import ClientConnection
 from pg_doorman.config import load_config
+from pg_doorman.server import ServerConnection
 
 QUERY = 0x51
 
@@ -187,3 +188,23 @@ def test_show_clients_at_thousands_of_clients_sets_off_no_garbage_collection(tmp
 def test_pool_totals_read_pool_view_fields_by_their_names() -> None:
     """STATS, DATABASES and LISTS read a PoolView through PoolTotals: every name must be a PoolView field."""
     assert set(PoolTotals._fields) <= {f.name for f in dataclasses.fields(views.PoolView)}
+
+
+def test_show_servers_comes_in_chunks_and_leaves_out_servers_closed_meanwhile(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    pool = app.registry.pools[("db0", "u")]
+    for pid in range(2 * CHUNK_ROWS + 3):
+        server = ServerConnection(pool)
+        server.set_transport(RecordingTransport())  # type: ignore[arg-type]
+        server.state = codes.SERVER_IDLE
+        server.pid = 5000 + pid
+        pool.servers.add(server)
+    order = list(pool.servers)  # the order SHOW SERVERS takes them in
+    stream = chunks(Console(app.admin), "SHOW SERVERS")
+    first = next(stream)
+    assert kinds(first) == b"T" + b"D" * CHUNK_ROWS
+    for server in order[-4:]:
+        server.state = codes.SERVER_CLOSED
+    rest = list(stream)
+    # One of the closed ones was in the second chunk, three were the whole third one.
+    assert [kinds(part) for part in rest] == [b"D" * (CHUNK_ROWS - 1), b"CZ"]

@@ -124,7 +124,9 @@ def _chunked(columns: Sequence[Column], row_chunks: Iterable[Iterable[Sequence[V
         if not first:
             yield YIELD_POINT
         first = False
-        yield encoder.rows(rows)
+        data = encoder.rows(rows)
+        if data:  # an empty piece would read as a yield point
+            yield data
     yield _SHOW_COMPLETE
 
 
