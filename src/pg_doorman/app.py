@@ -113,6 +113,7 @@ class Application:
         general = config.general
         self.registry.configure_engine(general)  # retain_connections_max, proxy_copy_data_timeout, max_memory_usage
         self.context.configure(general)
+        self.context.access_rules = config.access_rules  # pg_hba: new connections use the new rules
         sockets.current = sockets.SocketOptions(
             keepalive_idle=general.tcp_keepalives_idle,
             keepalive_interval=general.tcp_keepalives_interval,

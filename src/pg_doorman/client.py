@@ -20,7 +20,8 @@ from pg_doorman import clock, codes, memory, sessionhints, sockets
 from pg_doorman.admin import MAX_CONSOLE_MESSAGE, Console, is_admin_database, login_decision
 from pg_doorman.admission import OverLimitClient
 from pg_doorman.auth.client_login import ClientLogin, LoginFailed
-from pg_doorman.auth.policy import choose_method
+from pg_doorman.auth.hba import client_address
+from pg_doorman.auth.policy import ClientOrigin, Decision, Method, decide
 from pg_doorman.ledger import ServerLedger
 from pg_doorman.prepared import Expect
 from pg_doorman.protocol import messages
@@ -965,15 +966,23 @@ class ClientConnection(Borrower):
         if memory.budget.exhausted:  # the admin console stays reachable (memory.py)
             raise memory.budget.error()
         pool = self.context.registry.pool_for(database, user)
+        origin = self._origin()
+
+        def decision_for(stored: str | None) -> Decision:
+            """The access rules (pg_hba) and the stored password decide how this user logs in (auth/policy.py)."""
+            decision = decide(self.context.access_rules, origin, database, user, stored)
+            self._log_trust(decision)
+            return decision
+
         auth_query = self.context.registry.auth_query_for(database, user)
         if auth_query is not None:  # a user only PostgreSQL knows (configured users always win): auth/auth_query.py
-            verifier, login = await auth_query.login(user, lambda found: choose_method(user, found), self._exchange)
+            verifier, login = await auth_query.login(user, decision_for, self._exchange)
             pool = self.context.registry.auth_query_pool(database, user, verifier)
         else:
             # Without a pool for (database, user) the user's password from another pool (if any) still decides the
             # exchange: an unknown database then costs the same exchange, and the same 28P01, as a wrong password.
             stored = pool.settings.password if pool is not None else self.context.registry.user_passwords.get(user)
-            login = await self._exchange(ClientLogin(user, choose_method(user, stored)))
+            login = await self._exchange(ClientLogin(user, decision_for(stored)))
         if pool is None:
             if self.context.registry.has_database(database):
                 raise PoolerError(
@@ -998,9 +1007,25 @@ class ClientConnection(Borrower):
         await self._finish_login(defaults, params)
         return None
 
+    def _origin(self) -> ClientOrigin:
+        """What access rules see of this connection: Unix socket or TCP, the peer's address, TLS."""
+        transport = self.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        tls = bool(getattr(self, "tls", False)) or (
+            transport is not None and transport.get_extra_info("ssl_object") is not None
+        )
+        return ClientOrigin(local=not isinstance(peer, tuple), address=client_address(peer), tls=tls)
+
+    def _log_trust(self, decision: Decision) -> None:
+        if decision.method is Method.TRUST:
+            log.info("client %s logs in as %s to %s without a password: %s", self.peer, self.user, self.database,
+                     decision.reason)  # fmt: skip
+
     async def _exchange(self, login: ClientLogin) -> ClientLogin:
         """Run a password exchange to its end: send its requests, feed it the client's answers."""
-        self.write(login.start())
+        first = login.start()
+        if first:
+            self.write(first)
         while not login.done:
             kind, body = await self._read_message(login.max_message_length)
             reply = login.feed(kind, body)
@@ -1099,7 +1124,12 @@ class ClientConnection(Borrower):
     async def _admin_login(self) -> Console:
         """The admin database: every user name gets the same md5 challenge; then the console answers."""
         admin_user, admin_password = self.context.admin_credentials()
-        await self._exchange(ClientLogin(self.user, login_decision(self.user, admin_user, admin_password)))
+        decision = login_decision(
+            self.user, admin_user, admin_password,
+            rules=self.context.access_rules, origin=self._origin(), database=self.database,
+        )  # fmt: skip
+        self._log_trust(decision)
+        await self._exchange(ClientLogin(self.user, decision))
         self.is_admin = True
         console = Console(self.context.admin)
         self.write(console.startup_reply())

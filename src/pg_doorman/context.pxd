@@ -3,6 +3,7 @@
 
 
 cdef class ClientContext:
+    cdef public object access_rules
     cdef public object admin
     cdef public object admin_password
     cdef public object admin_username

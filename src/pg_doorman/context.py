@@ -2,9 +2,10 @@
 
 A `ClientContext` holds the pool registry (which pool serves it, its cancel key), the limits it enforces
 (``max_message_size``, ``client_login_timeout``), whether the pooler is shutting down, the admin console's
-credentials, and the three callbacks by which the process counts its clients (``admit``, ``client_closed``) and
-routes a CancelRequest (``cancel``). `Application` builds one, hands it to every ClientConnection and updates it in
-place on reload (`configure`) and at shutdown, so every client sees the new values at once.
+credentials, the access rules (pg_hba), and the three callbacks by which the process counts its clients
+(``admit``, ``client_closed``) and routes a CancelRequest (``cancel``). `Application` builds one, hands it to
+every ClientConnection and updates it in place on reload (`configure`) and at shutdown, so every client sees the
+new values at once.
 
 Compiled with the hot path (context.pxd): the forwarding loops read ``max_message_size`` once per received chunk
 and a released client reads ``shutting_down`` once per transaction, both as C fields.
@@ -19,6 +20,7 @@ from pg_doorman.protocol import messages
 
 if TYPE_CHECKING:
     from pg_doorman.admin import AdminContext
+    from pg_doorman.auth.hba import HbaRules
     from pg_doorman.client import ClientConnection
     from pg_doorman.config import General
     from pg_doorman.registry import PoolRegistry
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 
 class ClientContext:
     __slots__ = (
+        "access_rules",
         "admin",
         "admin_password",
         "admin_username",
@@ -57,6 +60,7 @@ class ClientContext:
         self.login_timeout = 0.0
         self.admin_username = ""
         self.admin_password = ""
+        self.access_rules: HbaRules | None = None  # pg_hba / legacy hba rules (set by Application); None: none
         self.check_query = b""  # general.pooler_check_query as a whole Query message (see client._answer_check)
         self.admin: AdminContext | None = None  # what the admin console sees and may do (set by Application)
         self.configure(general)

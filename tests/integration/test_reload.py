@@ -68,12 +68,13 @@ def test_reload_bad_file_keeps_running_config_and_says_why(tmp_path: Path) -> No
     assert events.recent()[-1].kind == "CONFIG_VALIDATION_ERROR"
     assert app.registry.pools[("appdb", "app")] is pool
 
-    # A file this version must not run with (access rules) is refused the same way, naming the key.
-    config["general"]["pg_hba"] = {"content": "host all all 127.0.0.1/32 md5"}
+    # Access rules with a bad line are refused the same way, naming the key, the rule text's line and why.
+    config["general"]["pg_hba"] = {"content": "host all all 127.0.0.1/32 md5\nhots all all 0.0.0.0/0 trust"}
     _rewrite(path, config)
     result = app.reload()
-    assert not result.ok and "general.pg_hba" in result.message and "must not start without" in result.message
-    assert app.config.general.pg_hba is None
+    assert not result.ok and "general.pg_hba" in result.message
+    assert '(general.pg_hba):2: invalid connection type "hots"' in result.message
+    assert app.config.general.pg_hba is None and app.context.access_rules is None
 
 
 # ---------------------------------------- a real process
@@ -125,14 +126,14 @@ def test_sighup_refused_file_logs_why_and_keeps_serving(
             proc.config_path.write_bytes(b"\xff\xfe not a config")
         else:
             bad = copy.deepcopy(proc.config)
-            bad["general"]["hba"] = ["127.0.0.1/32"]
+            bad["general"]["pg_hba"] = "host all all localhost md5"  # host names are refused at load
             rewrite_config(proc, bad)
         offset = len(proc.log_text())
         proc.send_signal(signal.SIGHUP)
         line = proc.wait_for_log("reload failed", after=offset, timeout=5)
         assert "ERROR" in line
         tail = proc.log_text()[offset:]
-        assert ("general.hba" in tail) if change == "access_rules" else ("cannot read file" in tail)
+        assert ("general.pg_hba" in tail) if change == "access_rules" else ("cannot read file" in tail)
         assert proc.returncode is None
         assert scalar(client, "select pg_backend_pid()") == pid
     finally:

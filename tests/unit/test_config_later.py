@@ -89,8 +89,6 @@ def test_auth_query_is_checked(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("general", "pool", "key"),
     [
-        ('hba = ["10.0.0.0/8"]', "", "general.hba"),
-        ('pg_hba = "host all all 0.0.0.0/0 md5"', "", "general.pg_hba"),
         ('tls_mode = "require"\ntls_certificate = "{crt}"\ntls_private_key = "{crt}"', "", "general.tls_mode"),
         ('server_tls_mode = "require"', "", "general.server_tls_mode"),
         ("", 'server_tls_mode = "verify-full"\nserver_tls_ca_cert = "{crt}"', "pools.db.server_tls_mode"),

@@ -25,11 +25,13 @@ from pg_doorman.admin import commands
 from pg_doorman.admin.operations import SYNTAX_ERROR, AdminError
 from pg_doorman.admin.show import show_chunks
 from pg_doorman.admin.wire import Column, result_set
-from pg_doorman.auth.policy import Decision, Method, choose_method
+from pg_doorman.auth.hba import HbaRules
+from pg_doorman.auth.policy import ClientOrigin, Decision, Method, decide
 from pg_doorman.protocol import messages
 from pg_doorman.protocol.errors import (
     FEATURE_NOT_SUPPORTED,
     INTERNAL_ERROR,
+    INVALID_AUTHORIZATION,
     SYSTEM_ERROR,
     PoolerError,
     ProtocolViolation,
@@ -63,18 +65,40 @@ _EXTENDED_REFUSED = messages.error_response(
 )
 
 
-def login_decision(user: str, admin_username: str, admin_password: str) -> Decision:
-    """How ``user`` is challenged on the admin database: always md5 with a fresh salt, for every name.
+def login_decision(
+    user: str,
+    admin_username: str,
+    admin_password: str,
+    *,
+    rules: HbaRules | None = None,
+    origin: ClientOrigin | None = None,
+    database: str = "pgdoorman",
+) -> Decision:
+    """How ``user`` is challenged on the admin database.
 
-    Only the admin name with its password can pass; any other name, and the admin name while ``admin_password``
-    is empty, run the same md5 exchange and fail the same way, so the admin name cannot be found by probing.
+    Access rules apply as to any database (``all`` matches the admin database too, as in PostgreSQL and the
+    original): ``reject`` and no matching rule refuse, ``trust`` admits the admin user without a password. Without
+    rules, or under an md5 rule, it is md5 with a fresh salt for every name: only the admin name with its password
+    can pass; any other name, and the admin name while ``admin_password`` is empty, run the same exchange and fail
+    the same way, so the admin name cannot be found by probing. A trust rule admits only the admin name (the
+    original admitted any name): another name is refused as PostgreSQL refuses a role that does not exist.
     """
-    if user == admin_username and admin_password:
-        return choose_method(user, admin_password, rule=Method.MD5)
-    doomed = choose_method(user, None, rule=Method.MD5)
+    stored = admin_password if user == admin_username and admin_password else None
+    if origin is None:
+        origin = ClientOrigin(local=True)
+    decision = decide(rules, origin, database, user, stored, default=Method.MD5)
+    if decision.method is Method.TRUST and user != admin_username:
+        return Decision(
+            Method.REJECT,
+            reason=f'role "{user}" does not exist',
+            sqlstate=INVALID_AUTHORIZATION,
+            rule=f'"{user}" is not the admin user ({decision.rule})',
+        )
+    if not decision.doomed:
+        return decision
     if user == admin_username:
-        return replace(doomed, reason="general.admin_password is empty: the admin console admits nobody")
-    return replace(doomed, reason=f'"{user}" is not the admin user')
+        return replace(decision, reason="general.admin_password is empty: the admin console admits nobody")
+    return replace(decision, reason=f'"{user}" is not the admin user')
 
 
 def _error(err: PoolerError) -> bytes:

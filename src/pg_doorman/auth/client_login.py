@@ -1,8 +1,9 @@
 """A client's password exchange as a sans-I/O state machine: pg_doorman in PostgreSQL's place.
 
-`ClientLogin(user, decision).start()` gives the first authentication request (AuthenticationMD5Password or
-AuthenticationSASL); each message the client sends is then passed to `feed()`, which returns the bytes to send back
-(possibly empty) or raises. When `done` becomes true the client has proven who it is; AuthenticationOk and the
+`ClientLogin(user, decision).start()` gives the first authentication request (AuthenticationMD5Password,
+AuthenticationSASL or AuthenticationCleartextPassword; nothing for ``trust``, which is done at once); each
+message the client sends is then passed to `feed()`, which returns the bytes to send back (possibly empty) or
+raises. When `done` becomes true the client has proven who it is; AuthenticationOk and the
 rest of the startup reply are the caller's (it still has to find a server and its parameters). `client_key` is
 the SCRAM ClientKey recovered from the proof, for SCRAM passthrough to PostgreSQL.
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 import hmac
 import secrets
 
-from pg_doorman.auth.md5 import new_md5_salt, verify_md5_response
+from pg_doorman.auth.md5 import md5_verifier, new_md5_salt, verify_md5_response
 from pg_doorman.auth.policy import Decision, Method
 from pg_doorman.auth.scram import DEFAULT_ITERATIONS, SALT_LEN, AuthError, ScramServer, ScramVerifier
 from pg_doorman.protocol import messages
@@ -36,6 +37,7 @@ make the pooler buffer a large body."""
 
 _PASSWORD_MESSAGE = 0x70  # 'p': PasswordMessage, SASLInitialResponse and SASLResponse all use it
 _TERMINATE = 0x58  # 'X'
+_AUTH_CLEARTEXT = messages.message(b"R", (3).to_bytes(4, "big"))  # AuthenticationCleartextPassword
 
 # Per-process secret for mock SCRAM salts: stable for one user name (a prober sees the same salt twice, as for a
 # real user), different between names and unpredictable from outside.
@@ -80,7 +82,12 @@ class ClientLogin:
         """The first authentication request; raises LoginFailed when the decision refuses outright."""
         decision = self._decision
         if decision.method is Method.REJECT:
-            raise LoginFailed(decision.sqlstate, decision.reason)
+            raise LoginFailed(decision.sqlstate, decision.reason, why=decision.rule)
+        if decision.method is Method.TRUST:
+            self.done = True
+            return b""
+        if decision.method is Method.PASSWORD:
+            return _AUTH_CLEARTEXT
         if decision.method is Method.MD5:
             self._salt = new_md5_salt()
             return messages.auth_md5(self._salt)
@@ -100,6 +107,8 @@ class ClientLogin:
         if kind != _PASSWORD_MESSAGE:
             expected = "SASL" if scram is not None else "password"
             raise ProtocolViolation(f"expected {expected} response, got message type {kind}")
+        if self._decision.method is Method.PASSWORD:
+            return self._check_password(body)
         if scram is None:
             return self._check_md5(body)
         try:
@@ -122,6 +131,26 @@ class ClientLogin:
         if not isinstance(verifier, str):
             raise self._failed(self._decision.reason)
         if not verify_md5_response(verifier, self._salt, body):
+            raise self._failed("wrong password")
+        self.done = True
+        return b""
+
+    def _check_password(self, body: bytes) -> bytes:
+        """A cleartext PasswordMessage (``password`` rule), checked against what is stored, as PostgreSQL does."""
+        if not body.endswith(b"\x00") or b"\x00" in body[:-1]:
+            raise ProtocolViolation("invalid password packet")
+        password = body[:-1].decode("utf-8", "surrogateescape")
+        verifier = self._decision.verifier
+        if verifier is None:
+            raise self._failed(self._decision.reason)
+        if not password:
+            raise self._failed("empty password")
+        if isinstance(verifier, ScramVerifier):
+            derived = ScramVerifier.from_password(password, verifier.salt, verifier.iterations).stored_key
+            ok = hmac.compare_digest(derived, verifier.stored_key)
+        else:
+            ok = hmac.compare_digest(md5_verifier(password, self._user).encode(), verifier.encode())
+        if not ok:
             raise self._failed("wrong password")
         self.done = True
         return b""

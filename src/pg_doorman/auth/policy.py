@@ -1,54 +1,81 @@
 """Which authentication a client gets: the one place that turns "what we know about this user" into a method.
 
-PostgreSQL decides in two steps: pg_hba.conf names a method for the connection, and the role's stored secret
-must be able to serve it (an ``md5`` rule is upgraded to SCRAM when the role stores a SCRAM secret; a
-``scram-sha-256`` rule cannot be served by an MD5 secret; a role without a usable secret goes through a doomed
-exchange rather than being refused outright, so that the reply does not tell which roles exist). pg_doorman has no
-access rules yet, so today the rule is implicit: the stored password's kind decides, and the admin console asks
-for md5. :func:`choose_method` is where access rules (pg_hba ``trust``/``reject``/``md5``/``scram-sha-256``),
-auth_query, JWT and PAM will plug in; :class:`pg_doorman.auth.client_login.ClientLogin` carries the decision
-out, and the connection code only moves bytes.
+PostgreSQL decides in two steps: pg_hba.conf names a method for the connection (the first matching record
+decides, `auth.hba`), and the role's stored secret must be able to serve it (an ``md5`` rule is upgraded to SCRAM
+when the role stores a SCRAM secret; a ``scram-sha-256`` rule cannot be served by an MD5 secret; a role without a
+usable secret goes through a doomed exchange rather than being refused outright, so that the reply does not tell
+which roles exist). :func:`decide` is the first step, :func:`choose_method` the second;
+:class:`pg_doorman.auth.client_login.ClientLogin` carries the decision out, and the connection code only moves
+bytes. Without access rules the stored password's kind decides (the admin console asks for md5).
+
+The rule that ties them: **no password means no login, unless a rule says trust.** An empty password is refused
+(28000) under every method but ``trust``; ``trust`` logs in without an exchange even when a password is set.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from enum import Enum
 
+from pg_doorman.auth.hba import HbaRules, IPAddress, Method, Rule
 from pg_doorman.auth.md5 import is_md5_verifier, md5_verifier
 from pg_doorman.auth.scram import ScramVerifier, make_scram_verifier, parse_scram_verifier
 from pg_doorman.protocol.errors import INVALID_AUTHORIZATION
 
-__all__ = ["Decision", "Method", "choose_method", "scram_verifier_for_plaintext"]
+__all__ = [
+    "ClientOrigin",
+    "Decision",
+    "Method",
+    "choose_method",
+    "decide",
+    "scram_verifier_for_plaintext",
+]
+
+_EXCHANGES = frozenset({Method.MD5, Method.SCRAM_SHA_256, Method.PASSWORD})
 
 
-class Method(Enum):
-    """How a client proves who it is (PostgreSQL's pg_hba method names)."""
+@dataclass(frozen=True, slots=True)
+class ClientOrigin:
+    """What access rules see of a connection: Unix socket or TCP, the peer's address, TLS and its certificate.
 
-    MD5 = "md5"
-    SCRAM_SHA_256 = "scram-sha-256"
-    REJECT = "reject"  # refused before any exchange, with `Decision.reason` as the client's message
+    ``certificate_name`` is the CN of a verified client certificate (None: no certificate was presented)."""
+
+    local: bool
+    address: IPAddress | None = None
+    tls: bool = False
+    certificate_name: str | None = None
+
+    @property
+    def host(self) -> str:
+        """As PostgreSQL names the client in its messages: ``[local]`` or the address."""
+        return "[local]" if self.local or self.address is None else str(self.address)
+
+    @property
+    def encryption(self) -> str:
+        return "SSL encryption" if self.tls else "no encryption"
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """What :func:`choose_method` decided.
+    """What :func:`decide` / :func:`choose_method` decided.
 
-    ``verifier`` is what the client's answer is checked against: an ``md5...`` verifier for MD5, a parsed SCRAM
-    verifier for SCRAM-SHA-256, or None for a doomed exchange that nobody can pass (an unknown user: the client
-    gets the same challenge and the same failure as for a wrong password). ``reason`` says why, for the log; for
-    REJECT it is also the message sent to the client with ``sqlstate``.
+    ``method`` is TRUST (no exchange), MD5, SCRAM_SHA_256, PASSWORD (cleartext) or REJECT. ``verifier`` is what
+    the client's answer is checked against: an ``md5...`` verifier for MD5 and PASSWORD, a parsed SCRAM verifier
+    for SCRAM-SHA-256 (and PASSWORD), or None for a doomed exchange that nobody can pass (an unknown user: the
+    client gets the same challenge and the same failure as for a wrong password). ``reason`` says why, for the
+    log; for REJECT it is also the message sent to the client with ``sqlstate``. ``rule`` names the pg_hba record
+    that decided (``file:line``), for the log.
     """
 
     method: Method
     verifier: str | ScramVerifier | None = None
     reason: str = ""
     sqlstate: str = ""
+    rule: str = ""
 
     @property
     def doomed(self) -> bool:
-        return self.method is not Method.REJECT and self.verifier is None
+        return self.method in _EXCHANGES and self.verifier is None
 
 
 @functools.lru_cache(maxsize=1024)
@@ -79,13 +106,13 @@ def choose_method(user: str, stored_password: str | None, *, rule: Method | None
       SCRAM-SHA-256 verifier, plaintext, ``""`` (no password), or None when the user is unknown. An unknown user
       always gets a doomed exchange of the method the rule asks for (SCRAM-SHA-256 by default), never a refusal,
       so that the answer does not depend on whether the name exists.
-    * ``rule`` is the method an access rule demands for this connection (the admin console passes MD5; pg_hba
-      will pass the matching line's method); None means "follow the stored password". A ``trust`` rule will return
-      a decision without exchange here, and is the only way an empty password can log in; ``reject`` becomes
-      REJECT.
-    * An empty password is refused (28000): without access rules it would let anybody in from anywhere.
+    * ``rule`` is the password method an access rule demands for this connection (MD5, SCRAM_SHA_256 or
+      PASSWORD; the admin console passes MD5); None means "follow the stored password". ``trust`` and ``reject``
+      are decided by :func:`decide` before this is asked.
+    * An empty password is refused (28000): only a trust rule lets a user without a password in.
     * An MD5 verifier cannot serve a SCRAM rule (a doomed SCRAM exchange, as in PostgreSQL); a SCRAM verifier
-      serves an MD5 rule with SCRAM (PostgreSQL's upgrade); plaintext serves either.
+      serves an MD5 rule with SCRAM (PostgreSQL's upgrade); plaintext serves either. PASSWORD asks for the
+      cleartext password and checks it against whatever is stored.
     """
     if stored_password is None:
         return Decision(rule or Method.SCRAM_SHA_256, reason=f'user "{user}" is not configured')
@@ -96,13 +123,90 @@ def choose_method(user: str, stored_password: str | None, *, rule: Method | None
             "(empty password; a trust rule is needed)",
             sqlstate=INVALID_AUTHORIZATION,
         )
+    scram = _scram_verifier(stored_password) if stored_password.startswith("SCRAM-SHA-256$") else None
+    if rule is Method.PASSWORD:
+        if scram is not None:
+            return Decision(Method.PASSWORD, scram)
+        if is_md5_verifier(stored_password):
+            return Decision(Method.PASSWORD, stored_password)
+        return Decision(Method.PASSWORD, md5_verifier(stored_password, user))
     if is_md5_verifier(stored_password):
         if rule is Method.SCRAM_SHA_256:
             return Decision(Method.SCRAM_SHA_256, reason=f'user "{user}" has an MD5 password, not a SCRAM secret')
         return Decision(Method.MD5, stored_password)
-    scram = _scram_verifier(stored_password) if stored_password.startswith("SCRAM-SHA-256$") else None
     if scram is not None:
         return Decision(Method.SCRAM_SHA_256, scram)
     if rule is Method.MD5:
         return Decision(Method.MD5, md5_verifier(stored_password, user))
     return Decision(Method.SCRAM_SHA_256, scram_verifier_for_plaintext(stored_password))
+
+
+def decide(
+    rules: HbaRules | None,
+    origin: ClientOrigin,
+    database: str,
+    user: str,
+    stored_password: str | None,
+    *,
+    default: Method | None = None,
+) -> Decision:
+    """How ``user`` connecting from ``origin`` to ``database`` logs in, under access rules ``rules``.
+
+    ``rules`` None means no access rules are configured: every client gets the ``default`` password method
+    (None: follow the stored password). With rules, the first matching record decides, as in PostgreSQL: none →
+    refused (28000, PostgreSQL's ``no pg_hba.conf entry`` message); ``reject`` → refused; ``trust`` → in without
+    an exchange; ``cert`` → in when the client certificate's CN is the user name; md5 / scram-sha-256 / password →
+    :func:`choose_method`. A method pg_doorman does not carry out refuses.
+    """
+    if rules is None:
+        return choose_method(user, stored_password, rule=default)
+    who = f'host "{origin.host}", user "{user}", database "{database}", {origin.encryption}'
+    rule = rules.match("local" if origin.local else "host", database, user, origin.address, origin.tls)
+    if rule is None:
+        return _refused(f"no pg_hba.conf entry for {who}", "no rule matches")
+    method = rule.method
+    if method is Method.REJECT:
+        return _refused(f"pg_hba.conf rejects connection for {who}", "reject rule", rule)
+    certificate = _certificate_check(rule, origin, user)
+    if certificate is not None:
+        return certificate
+    if method is Method.TRUST:
+        return Decision(Method.TRUST, reason=f"trust rule {rule.where}", rule=rule.where)
+    if method is Method.CERT:
+        return Decision(Method.TRUST, reason=f"client certificate CN matches, cert rule {rule.where}", rule=rule.where)
+    if method in _EXCHANGES:
+        decision = choose_method(user, stored_password, rule=method)
+        return Decision(decision.method, decision.verifier, decision.reason, decision.sqlstate, rule.where)
+    return _refused(
+        f'{method.value} authentication failed for user "{user}"',
+        f'method "{method.value}" is not supported by pg_doorman',
+        rule,
+    )
+
+
+def _certificate_check(rule: Rule, origin: ClientOrigin, user: str) -> Decision | None:
+    """A refusal when the rule needs a client certificate the connection lacks (``cert``, ``clientcert=``)."""
+    clientcert = rule.option("clientcert")
+    if rule.method is not Method.CERT and clientcert is None:
+        return None
+    if origin.certificate_name is None:
+        if rule.method is Method.CERT:
+            return _refused(f'certificate authentication failed for user "{user}"', "no client certificate", rule)
+        return _refused("connection requires a valid client certificate", "no client certificate", rule)
+    if (rule.method is Method.CERT or clientcert == "verify-full") and origin.certificate_name != user:
+        return _refused(
+            f'certificate authentication failed for user "{user}"',
+            f'the certificate is for "{origin.certificate_name}"',
+            rule,
+        )
+    return None
+
+
+def _refused(message: str, why: str, rule: Rule | None = None) -> Decision:
+    where = f"{why} ({rule.where}: {rule.text})" if rule is not None else why
+    return Decision(
+        Method.REJECT,
+        reason=message,
+        sqlstate=INVALID_AUTHORIZATION,
+        rule=where,
+    )

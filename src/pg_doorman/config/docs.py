@@ -69,8 +69,8 @@ def reference_markdown() -> str:
         "more files into this one. Check a file with `pg_doorman -t FILE`.",
         "",
         f"Settings marked *{NOT_ACTIVE}* are read and checked, reported by `-t` and at startup, and take effect in a "
-        "later version. Access rules (`hba`, `pg_hba`) and required TLS refuse to start instead: ignoring them "
-        "would let in clients they are meant to keep out.",
+        "later version. Required TLS refuses to start instead: ignoring it would let in clients it is meant to keep "
+        'out. Access rules (`pg_hba`, `hba`) are in effect: see the README\'s "Access rules (pg_hba)".',
         "",
         *_table("general", _GENERAL, NOT_ACTIVE_KEYS["general"]),
         "Also `daemon_pid_file` (pid file, written with `-d` and in the foreground when set; `-d` defaults to "

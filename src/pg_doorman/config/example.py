@@ -157,7 +157,8 @@ _GENERAL: tuple[_Key, ...] = (
     _Key(
         "pg_hba",
         {"content": "host all all 0.0.0.0/0 md5"},
-        "pg_hba.conf rules: the rules as a string, or a table with either path (a file) or content.",
+        "pg_hba.conf rules (PostgreSQL's grammar, first match decides): the rules as a string, or a table with "
+        "either path (a file, re-read on reload) or content.",
         commented_out=True,
     ),
     # pool engine

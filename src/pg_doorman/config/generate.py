@@ -3,9 +3,8 @@
 It logs in (plain or ``--ssl``, any auth method the pooler itself speaks), reads every login role with its stored
 verifier (``pg_shadow``: superuser only) and every database that is not a template, and writes one pool per
 database holding every role, with the verifier as the role's password, so clients log in through pg_doorman with
-the passwords they already have. Unlike the original it writes no ``pg_hba`` trust rules (access rules are not
-active yet, and trust for everybody is not what anybody expects from a generated file) and a random admin password
-instead of ``admin``.
+the passwords they already have. Unlike the original it writes no ``pg_hba`` trust rules (trust for everybody is
+not what anybody expects from a generated file) and a random admin password instead of ``admin``.
 """
 
 from __future__ import annotations

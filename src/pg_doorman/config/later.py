@@ -2,10 +2,10 @@
 
 Every one is read with its type and checked as the original checks it, so that ``pg_doorman -t`` finds the same
 mistakes; a setting that is present is then reported as "not active yet" (by ``-t`` and in the startup log),
-never ignored without a word. Three settings would *widen access* if they were ignored: access rules
-(``general.hba`` / ``general.pg_hba``) and a TLS requirement (``general.tls_mode`` require/verify-full,
-``server_tls_mode`` require/verify-ca/verify-full). A configuration with one of those is refused at startup (and by
-``-t``): see `refusals`.
+never ignored without a word. Settings that would *widen access* if they were ignored, a TLS requirement
+(``general.tls_mode`` require/verify-full, ``server_tls_mode`` require/verify-ca/verify-full), make a configuration
+refused at startup (and by ``-t``): see `refusal_lines`. (Access rules, ``hba`` / ``pg_hba``, are in effect:
+auth/hba.py.)
 
 Keys that the original itself ignores (it has no such setting and drops unknown keys) are accepted with a
 warning saying so (`ORIGINAL_IGNORES`).
@@ -155,8 +155,6 @@ def read_talos(root: Section) -> None:
 def refusal_lines(
     file: str,
     *,
-    hba: bool,
-    pg_hba: bool,
     tls_mode: str | None,
     server_tls_modes: dict[str, str],
 ) -> list[str]:
@@ -165,12 +163,6 @@ def refusal_lines(
     ``server_tls_modes`` maps a key path (``general.server_tls_mode`` / ``pools.x.server_tls_mode``) to its mode.
     """
     lines = []
-    if hba or pg_hba:
-        key = "general.pg_hba" if pg_hba else "general.hba"
-        lines.append(
-            f"{file}: {key}: client access rules are {NOT_ACTIVE}, and pg_doorman must not start without them "
-            "(it would let in clients the rules refuse); remove the key to start without access rules"
-        )
     if tls_mode in ("require", "verify-full"):
         lines.append(
             f"{file}: general.tls_mode: '{tls_mode}': TLS for clients is {NOT_ACTIVE}, and pg_doorman must not "
@@ -230,8 +222,6 @@ NOT_ACTIVE_KEYS: dict[str, dict[str, str]] = {
         "server_tls_ca_cert": "TLS toward PostgreSQL",
         "server_tls_certificate": "TLS toward PostgreSQL",
         "server_tls_private_key": "TLS toward PostgreSQL",
-        "hba": "client access rules (a file with them refuses to start)",
-        "pg_hba": "client access rules (a file with them refuses to start)",
     },
     "pools.<name>": {
         "scaling_warm_pool_ratio": _SCALING,

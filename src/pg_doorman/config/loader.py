@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from pg_doorman.auth.hba import HbaError, HbaRules, legacy_rules, load_hba_file, parse_hba
 from pg_doorman.config import later
 from pg_doorman.config.errors import ConfigError, KeyPath, format_key_path
 from pg_doorman.config.reader import Problems, Section, describe
@@ -126,7 +127,39 @@ def _pg_hba(section: Section) -> HbaSource | None:
     return HbaSource(path=path, content=content)
 
 
-def _read_general(root: Section) -> General:
+def _access_rules(s: Section, legacy: tuple[str, ...], source: HbaSource | None) -> HbaRules | None:
+    """Parse the access rules (pg_hba text or file, or the legacy CIDR list) now, so that a bad line stops the
+    load (and a reload keeps the running rules) and a changed file makes a changed configuration."""
+    key = "pg_hba" if source is not None else "hba"
+    try:
+        if source is not None and source.path is not None:
+            if not Path(source.path).is_file():
+                return None  # already reported by existing_file
+            rules = load_hba_file(source.path)
+        elif source is not None:
+            config_file = s.problems.source.file_of(s.key_path("pg_hba"))
+            rules = parse_hba(
+                source.content or "", source=f"{config_file} (general.pg_hba)", base_dir=Path(config_file).parent
+            )
+        elif legacy:
+            rules = legacy_rules(legacy)
+            s.problems.warn(
+                s.key_path("hba"),
+                "the legacy allow-list: clients from these networks and Unix-socket clients log in with their "
+                "password, all others are refused; pg_hba says the same and more",
+            )
+        else:
+            return None
+    except HbaError as exc:
+        for line in exc.lines:
+            s.error(key, line)
+        return None
+    for line in rules.warnings:
+        s.problems.warn(s.key_path(key), line)
+    return rules
+
+
+def _read_general(root: Section) -> tuple[General, HbaRules | None]:
     s = root.table("general")
     if s is None:
         if not root.has("general"):
@@ -151,6 +184,8 @@ def _read_general(root: Section) -> General:
             )
 
     daemon_pid_file, syslog_prog_name = later.read_general(s)
+    hba = s.string_list("hba")
+    pg_hba = _pg_hba(s)
     general = General(
         admin_username=admin_username or "",
         admin_password=admin_password or "",
@@ -198,8 +233,8 @@ def _read_general(root: Section) -> General:
         server_tls_ca_cert=existing_file(s, "server_tls_ca_cert"),
         server_tls_certificate=existing_file(s, "server_tls_certificate"),
         server_tls_private_key=existing_file(s, "server_tls_private_key"),
-        hba=s.string_list("hba"),
-        pg_hba=_pg_hba(s),
+        hba=hba,
+        pg_hba=pg_hba,
         daemon_pid_file=daemon_pid_file,
         syslog_prog_name=syslog_prog_name,
         # pool engine
@@ -219,8 +254,9 @@ def _read_general(root: Section) -> General:
         tls_mode=general.tls_mode,
         server_tls_mode=general.server_tls_mode,
     )
+    access_rules = _access_rules(s, hba, pg_hba) if not (hba and pg_hba) else None
     s.finish()
-    return general
+    return general, access_rules
 
 
 def _check_general(s: Section, general: General) -> None:
@@ -465,7 +501,7 @@ def load_config(path: str | Path) -> Config:
     source = load_source(Path(path))
     problems = Problems(source)
     root = Section(problems, (), source.data)
-    general = _read_general(root)
+    general, access_rules = _read_general(root)
     server_tls_modes = {"general.server_tls_mode": general.server_tls_mode}
     pools = _read_pools(root, general, server_tls_modes)
     web = read_web(root, general.admin_password)
@@ -475,14 +511,13 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(problems.lines)
     refusals = later.refusal_lines(
         source.main_file,
-        hba=bool(general.hba),
-        pg_hba=general.pg_hba is not None,
         tls_mode=general.tls_mode,
         server_tls_modes=server_tls_modes,
     )
     return Config(
         path=str(path),
         general=general,
+        access_rules=access_rules,
         pools=pools,
         warnings=tuple(problems.warnings),
         not_active=tuple(problems.notes),

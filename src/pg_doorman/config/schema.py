@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
+from pg_doorman.auth.hba import HbaRules
 from pg_doorman.config.units import parse_file_mode
 from pg_doorman.config.web import WebConfig
 
@@ -313,6 +314,9 @@ class Config:
     not_active: tuple[str, ...] = ()
     refusals: tuple[str, ...] = ()
     web: WebConfig = field(default_factory=WebConfig)
+    # The rules of general.pg_hba (its file is read at every load and reload) or of the legacy general.hba list;
+    # None: no access rules, every client logs in with its password (auth/policy.py).
+    access_rules: HbaRules | None = None
 
     def pool_settings(self, db: str, username: str) -> PoolSettings | None:
         """Resolve the pool for ``db`` and ``username`` (user → pool → general), or None if unknown."""
