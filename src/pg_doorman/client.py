@@ -258,7 +258,8 @@ class ClientConnection(Borrower):
         self._rx = MessageBuffer(context.max_message_size)
         self._rx_waiter: asyncio.Future[None] | None = None
         # What the login coroutine waits for besides the client's bytes: a server from the pool, or the end of its
-        # parameter sync (see _lend_at_login). Failed when the connection ends.
+        # parameter sync (see _lend_at_login); on the admin console, room in the socket (_console_room). Failed when
+        # the connection ends.
         self._login_wait: asyncio.Future[None] | None = None
         self._queued: list[bytes] = []
         self._skip = 0
@@ -344,6 +345,10 @@ class ClientConnection(Borrower):
         server = self.server
         if server is not None:
             server.resume_reading()
+        elif self.is_admin:  # an admin console writing a large reply waits for this (_console_room)
+            waiter = self._login_wait
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     # ---------------------------------------------------------------- helpers
 
@@ -1222,12 +1227,36 @@ class ClientConnection(Borrower):
         return console
 
     async def _serve_console(self, console: Console) -> None:
+        """Write each chunk of the console's replies, letting the event loop run between chunks and waiting while
+        this client's socket is full: a large SHOW never holds other clients up, nor piles up in memory."""
         while not console.closed:
             kind, body = await self._read_message(MAX_CONSOLE_MESSAGE)
-            reply = console.feed(kind, body)
-            if reply:
-                self.write(reply)
+            for chunk in console.replies(kind, body):
+                if self.state == codes.CLIENT_CLOSED:
+                    return
+                if chunk:
+                    self.write(chunk)
+                await self._console_room()
         self.close()
+
+    async def _console_room(self) -> None:
+        """Let other connections run, then wait until the transport has resumed writing (below its low-water mark)
+        if it is above its high-water mark (then it has paused us, and resume_writing will come)."""
+        await asyncio.sleep(0)
+        transport = self.transport
+        limits = getattr(transport, "get_write_buffer_limits", None)  # a transport without it: no waiting
+        while (
+            transport is not None
+            and limits is not None
+            and self.state != codes.CLIENT_CLOSED
+            and transport.get_write_buffer_size() > limits()[1]
+        ):
+            log.debug("admin console %s: waiting for the client to read its reply", self.peer)
+            self._login_wait = asyncio.get_running_loop().create_future()
+            try:
+                await self._login_wait
+            finally:
+                self._login_wait = None
 
 
 def parse_options(options: str) -> dict[str, str]:

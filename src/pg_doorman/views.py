@@ -151,47 +151,66 @@ class PoolView:
     wait_histogram: HistogramView = HistogramView((), 0, 0.0)
 
 
-def server_view(server: ServerConnection) -> ServerView:
+ServerFields = tuple[str, int, str, int, str, float, float, int, bool, int, int, int, int, str]
+"""The values of `ServerView`'s fields, in its order."""
+ClientFields = tuple[int, str, str, str, str, str, int, float, bool, int, int, int, float, bool, float]
+"""The values of `ClientView`'s fields, in its order."""
+
+
+def server_fields(server: ServerConnection) -> ServerFields:
+    """A server's `ServerView` as a plain tuple, for readers that turn thousands of servers into rows at once:
+    building a tuple costs a fraction of building the frozen dataclass."""
     client = server.client
     ledger = server.ledger
-    pool = server.pool
-    return ServerView(
-        pool=getattr(pool, "name", ""),
-        pid=int(server.pid),
-        state=SERVER_STATES.get(server.state, str(server.state)),
-        client_pid=int(client.pid) if client is not None else 0,
-        transaction_status=chr(ledger.tx_status),
-        created_at=server.created_at,
-        last_used=server.last_used,
-        prepared_statements=len(server.statements),
-        clean=ledger.is_clean(),
-        xact_count=int(server.xact_count),
-        query_count=int(server.query_count),
-        bytes_sent=int(server.bytes_sent),
-        bytes_received=int(server.bytes_received),
-        application_name=server.params.get("application_name", ""),
+    state = server.state
+    return (
+        getattr(server.pool, "name", ""),
+        int(server.pid),
+        SERVER_STATES.get(state) or str(state),
+        int(client.pid) if client is not None else 0,
+        chr(ledger.tx_status),
+        server.created_at,
+        server.last_used,
+        len(server.statements),
+        ledger.is_clean(),
+        int(server.xact_count),
+        int(server.query_count),
+        int(server.bytes_sent),
+        int(server.bytes_received),
+        server.params.get("application_name", ""),
+    )
+
+
+def server_view(server: ServerConnection) -> ServerView:
+    return ServerView(*server_fields(server))
+
+
+def client_fields(client: ClientConnection) -> ClientFields:
+    """A client's `ClientView` as a plain tuple (see `server_fields`): SHOW CLIENTS reads 10,000 of these."""
+    server = client.server
+    state = client.state
+    waiting = state == codes.CLIENT_WAITING
+    return (
+        client.pid,
+        client.peer,
+        client.user,
+        client.database,
+        client.application_name,
+        CLIENT_STATES.get(state) or str(state),
+        server.pid if server is not None else 0,
+        client.wait_deadline if waiting else 0.0,
+        client.is_admin,
+        client.xact_count,
+        client.query_count,
+        client.error_count,
+        client.connected_at,
+        client.tls,
+        _monotonic_of(client.wait_started) if waiting else 0.0,
     )
 
 
 def client_view(client: ClientConnection) -> ClientView:
-    server = client.server
-    return ClientView(
-        pid=int(client.pid),
-        peer=client.peer,
-        user=client.user,
-        database=client.database,
-        application_name=client.application_name,
-        state=CLIENT_STATES.get(client.state, str(client.state)),
-        server_pid=int(server.pid) if server is not None else 0,
-        wait_deadline=client.wait_deadline if client.state == codes.CLIENT_WAITING else 0.0,
-        is_admin=client.is_admin,
-        xact_count=int(client.xact_count),
-        query_count=int(client.query_count),
-        error_count=int(client.error_count),
-        connected_at=client.connected_at,
-        tls=client.tls,
-        wait_started=_monotonic_of(client.wait_started) if client.state == codes.CLIENT_WAITING else 0.0,
-    )
+    return ClientView(*client_fields(client))
 
 
 def _monotonic_of(us: int) -> float:
@@ -290,4 +309,4 @@ def server_views(pools: Iterable[Pool]) -> list[ServerView]:
 
 
 def client_views(clients: Iterable[ClientConnection]) -> list[ClientView]:
-    return [client_view(client) for client in clients]
+    return [ClientView(*client_fields(client)) for client in clients]

@@ -1,22 +1,29 @@
 """One admin console session, sans-I/O: messages in, replies out.
 
 Simple Query only. A Query may carry several statements (``SHOW POOLS; SHOW STATS``): each gets its answer, then
-one ReadyForQuery, all in one reply (the client connection writes it in one go). A failing statement gets an
+one ReadyForQuery. A failing statement gets an
 ErrorResponse with severity ERROR and ends the Query (as PostgreSQL does), the session goes on: unknown
 commands are 58000, an unknown database 3D000, an unknown SET parameter 42601. Extended-protocol messages are
 answered at their Sync with one 0A000 error (the console has no prepared statements). Anything else (COPY data,
 function calls, garbage) ends the session.
+
+A reply comes in chunks (`Console.replies`): a SHOW at 10,000 clients is built and written a few hundred rows
+at a time, and the client connection lets the event loop run between chunks (and waits while the console
+client's socket is full), so that no other client waits for a large SHOW. Rows are read as the chunks are
+asked for; `show` says which connections a view shows when they come and go meanwhile. Small replies are one
+chunk. `feed` joins the chunks, for callers that want the whole reply at once.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from pg_doorman.admin import commands
 from pg_doorman.admin.operations import SYNTAX_ERROR, AdminError
-from pg_doorman.admin.show import show
+from pg_doorman.admin.show import show_chunks
 from pg_doorman.admin.wire import Column, result_set
 from pg_doorman.auth.hba import HbaRules
 from pg_doorman.auth.policy import ClientOrigin, Decision, Method, decide
@@ -122,44 +129,71 @@ class Console:
         return _STARTUP_REPLY
 
     def feed(self, kind: int, body: bytes) -> bytes:
-        """One client message; returns the reply. Raises ProtocolViolation for a message the console refuses."""
+        """One client message; returns the whole reply. Raises ProtocolViolation for a message the console
+        refuses."""
+        return b"".join(self.replies(kind, body))
+
+    def replies(self, kind: int, body: bytes) -> Iterable[bytes]:
+        """One client message; returns its reply as chunks to write one after the other, letting the event loop
+        run between them (an empty chunk: nothing to write, but a point to let it run). Raises ProtocolViolation
+        at once, before any chunk, for a message the console refuses."""
         if kind == _QUERY:
-            return self.query(body.rstrip(b"\x00").decode("utf-8", errors="replace"))
+            return self.query_chunks(body.rstrip(b"\x00").decode("utf-8", errors="replace"))
         if kind == _SYNC:
             failed, self._extended_failed = self._extended_failed, False
-            return (_EXTENDED_REFUSED if failed else b"") + messages.READY_IDLE
+            return ((_EXTENDED_REFUSED if failed else b"") + messages.READY_IDLE,)
         if kind == _TERMINATE:
             self.closed = True
-            return b""
+            return ()
         if kind in _EXTENDED:
             self._extended_failed = True
-            return b""
+            return ()
         raise ProtocolViolation(f"unexpected message {chr(kind)!r} on the admin console")
 
     def query(self, sql: str) -> bytes:
         """The whole answer to one Query: each statement's result, up to the first error, then ReadyForQuery."""
-        out: list[bytes] = []
+        return b"".join(self.query_chunks(sql))
+
+    def query_chunks(self, sql: str) -> Iterator[bytes]:
+        """The answer to one Query in chunks. A view's pieces are gathered up to its next yield point, so a small
+        reply is one chunk, ReadyForQuery included; an error met after some rows were sent follows them, as
+        PostgreSQL sends an error in the middle of a result."""
         if commands.is_tab_completion(sql):
             column, values = commands.completion_rows(sql)
-            out.append(result_set([Column(column)], [(v,) for v in values], tag=f"SELECT {len(values)}"))
-            return b"".join(out) + messages.READY_IDLE
+            yield result_set([Column(column)], [(v,) for v in values], tag=f"SELECT {len(values)}") + (
+                messages.READY_IDLE
+            )
+            return
         statements = commands.split_statements(sql)
         if not statements:
-            return messages.EMPTY_QUERY_RESPONSE + messages.READY_IDLE
+            yield messages.EMPTY_QUERY_RESPONSE + messages.READY_IDLE
+            return
+        pending: list[bytes] = []
         for text in statements:
             try:
-                out.append(self.run(text))
+                for piece in self.statement_chunks(text):
+                    if piece:
+                        pending.append(piece)
+                    else:  # a yield point
+                        yield b"".join(pending)
+                        pending = []
             except PoolerError as err:
-                out.append(_error(err))
+                pending.append(_error(err))
                 break
             except Exception:
                 log.exception("admin console: %r failed", text)
-                out.append(_error(AdminError(INTERNAL_ERROR, "internal error in the admin console")))
+                pending.append(_error(AdminError(INTERNAL_ERROR, "internal error in the admin console")))
                 break
-        return b"".join(out) + messages.READY_IDLE
+        pending.append(messages.READY_IDLE)
+        yield b"".join(pending)
 
     def run(self, text: str) -> bytes:
-        """One statement's reply (without ReadyForQuery); PoolerError for a command that fails."""
+        """One statement's whole reply (without ReadyForQuery); PoolerError for a command that fails."""
+        return b"".join(self.statement_chunks(text))
+
+    def statement_chunks(self, text: str) -> Iterable[bytes]:
+        """One statement's reply as pieces and yield points (`wire.YIELD_POINT`); PoolerError for a command that
+        fails (raised at once, or for a SHOW while its rows are built)."""
         ops = self.ops
         statement = commands.parse(text)
         verb, args = statement.verb, statement.args
@@ -168,35 +202,35 @@ class Console:
         if verb == "SHOW":
             if len(args) != 1:
                 raise _unknown(text)
-            reply = show(ops, args[0])
-            if reply is None:
+            pieces = show_chunks(ops, args[0])
+            if pieces is None:
                 raise _unknown(text)
-            return reply
+            return pieces
         if verb == "SET":
-            return self._set(text)
+            return (self._set(text),)
         database = args[0] if args else None
         if len(args) > 1:
             raise _unknown(text)
         if verb == "PAUSE":
             ops.pause(database)
-            return messages.command_complete("PAUSE")
+            return (messages.command_complete("PAUSE"),)
         if verb == "RESUME":
             ops.resume(database)
-            return messages.command_complete("RESUME")
+            return (messages.command_complete("RESUME"),)
         if verb == "RECONNECT":
             ops.reconnect(database)
-            return messages.command_complete("RECONNECT")
+            return (messages.command_complete("RECONNECT"),)
         if verb == "KILL":
             ops.kill(database)
-            return messages.command_complete("KILL")
+            return (messages.command_complete("KILL"),)
         if args:
             raise _unknown(text)
         if verb == "RELOAD":
             ops.reload()
-            return messages.command_complete("RELOAD")
+            return (messages.command_complete("RELOAD"),)
         if verb == "SHUTDOWN":
             ops.shutdown()
-            return result_set([Column("success")], [("t",)], tag="SHUTDOWN")
+            return (result_set([Column("success")], [("t",)], tag="SHUTDOWN"),)
         raise _unknown(text)
 
     def _set(self, text: str) -> bytes:

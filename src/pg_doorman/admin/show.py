@@ -15,6 +15,14 @@ read them unchanged; the original PgDoorman's further columns follow. Per view:
 - DATABASES, LISTS, USERS, CONFIG, VERSION: PgBouncer's columns (the original's are the same or a prefix).
 
 Every view is O(pools + servers) except CLIENTS (O(clients)) and SOCKETS (reads /proc at most every 15 s).
+
+A view is an iterable of byte pieces (`show_chunks`). The views that grow with clients, servers, pools or
+prepared statements produce their rows in chunks (`CHUNK_ROWS` rows, `CHUNK_POOLS` pools) with a
+`wire.YIELD_POINT` between chunks, so that the console can let the event loop run: at 10,000 clients no
+chunk holds forwarding up for more than a few milliseconds. Such a view takes its list of clients (servers,
+pools) when it starts, as a plain list of references: clients that connect later are not in it, and a client
+that has gone before its chunk is built is left out (a SHOW never shows a connection as "closed"); the rows
+of one chunk are read at one moment, those of the next chunk a moment later.
 """
 
 from __future__ import annotations
@@ -22,21 +30,42 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
-from pg_doorman import __version__, views
+from pg_doorman import __version__, codes, views
 from pg_doorman.admin.commands import SHOW_SUBCOMMANDS
-from pg_doorman.admin.wire import INT4, INT8, NUMERIC, Column, Value, result_set
+from pg_doorman.admin.wire import (
+    INT4,
+    INT8,
+    NUMERIC,
+    YIELD_POINT,
+    Column,
+    RowEncoder,
+    Value,
+    result_set,
+    row_description,
+)
 from pg_doorman.config.units import format_duration
+from pg_doorman.protocol import messages
 
 if TYPE_CHECKING:
     from pg_doorman.admin.operations import AdminContext
+    from pg_doorman.client import ClientConnection
+    from pg_doorman.config.schema import PoolSettings
     from pg_doorman.pool import Pool
+    from pg_doorman.server import ServerConnection
 
-__all__ = ["SHOW_VIEWS", "show"]
+__all__ = ["CHUNK_POOLS", "CHUNK_ROWS", "SHOW_VIEWS", "PoolTotals", "show", "show_chunks"]
 
 Rows = list[Sequence[Value]]
+Chunks = Iterator[bytes]
+CHUNK_ROWS = 250
+"""Rows of a connection view (CLIENTS, SERVERS, PREPARED_STATEMENTS) built between two yield points."""
+CHUNK_POOLS = 25
+"""Pools whose snapshots (`views.pool_view`: counters, percentiles, histograms) are taken between two yield
+points."""
+_SHOW_COMPLETE = messages.command_complete("SHOW")
 
 HELP_ITEMS = (
     "SHOW HELP|CONFIG|DATABASES|POOLS|POOLS_EXTENDED|POOLS_MEMORY|PREPARED_STATEMENTS",
@@ -82,6 +111,80 @@ def _split_peer(peer: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _chunked(columns: Sequence[Column], row_chunks: Iterable[Iterable[Sequence[Value]]]) -> Chunks:
+    """A result set from rows that come in chunks: a yield point after each chunk but the last.
+
+    A chunk may be a generator that makes each row as it is encoded: then no rows pile up as live tuples, which
+    would set off the cyclic garbage collector, whose full pass over a process with 10,000 clients holds the
+    event loop up longer than the whole SHOW."""
+    yield row_description(columns)
+    encoder = RowEncoder(len(columns))
+    first = True
+    for rows in row_chunks:
+        if not first:
+            yield YIELD_POINT
+        first = False
+        data = encoder.rows(rows)
+        if data:  # an empty piece would read as a yield point
+            yield data
+    yield _SHOW_COMPLETE
+
+
+def _pool_view_chunks(ops: AdminContext) -> Iterator[list[views.PoolView]]:
+    """Snapshots of the pools that are there now, `CHUNK_POOLS` at a time."""
+    pools = ops.pools()
+    for start in range(0, len(pools), CHUNK_POOLS):
+        yield views.pool_views(pools[start : start + CHUNK_POOLS])
+
+
+class PoolTotals(NamedTuple):
+    """What the views that sum over pools (STATS, DATABASES, LISTS) read of a `views.PoolView`, same names.
+
+    A tuple of plain values, which the garbage collector stops tracking: keeping a thousand whole snapshots
+    (dicts, histograms) alive until the sums are made would set off a full collection."""
+
+    database: str
+    user: str
+    pool_mode: str
+    pool_size: int
+    min_pool_size: int
+    servers_active: int
+    servers_idle: int
+    servers_other: int
+    servers_opening: int
+    clients_active: int
+    clients_waiting: int
+    clients_idle: int
+    paused: bool
+    xact_count: int
+    query_count: int
+    bytes_received: int
+    bytes_sent: int
+    xact_time_us: int
+    query_time_us: int
+    wait_time_us: int
+    errors: int
+    avg_xact_count: int
+    avg_query_count: int
+    avg_recv: int
+    avg_sent: int
+    avg_errors: int
+    avg_xact_time_us: int
+    avg_query_time_us: int
+    avg_wait_time_us: int
+
+
+def _all_pool_totals(ops: AdminContext) -> Generator[bytes, None, list[PoolTotals]]:
+    """Every pool's totals, for views that sum over pools; yields a yield point between chunks."""
+    out: list[PoolTotals] = []
+    names = PoolTotals._fields
+    for chunk in _pool_view_chunks(ops):
+        if out:
+            yield YIELD_POINT
+        out.extend(PoolTotals._make([getattr(p, name) for name in names]) for p in chunk)
+    return out
+
+
 # ------------------------------------------------------------------ POOLS
 
 POOLS_COLUMNS = [
@@ -100,37 +203,36 @@ POOLS_COLUMNS = [
 ]
 
 
-def show_pools(ops: AdminContext) -> bytes:
-    rows: Rows = []
-    for p in views.pool_views(ops.pools()):
-        maxwait_s, maxwait_us = divmod(p.maxwait_us, 1_000_000)
-        rows.append(
-            (
-                p.database,
-                p.user,
-                p.clients_active,
-                p.clients_waiting,
-                0,
-                0,
-                p.servers_active,
-                0,
-                0,
-                p.servers_idle,
-                p.servers_other,
-                0,
-                p.servers_opening,
-                maxwait_s,
-                maxwait_us,
-                p.pool_mode,
-                p.clients_idle,
-                0,
-                p.pool_size,
-                p.avg_xact_time_us,
-                p.paused,
-                p.oldest_active_age_ms,
-            )
-        )
-    return result_set(POOLS_COLUMNS, rows)
+def _pools_row(p: views.PoolView) -> Sequence[Value]:
+    maxwait_s, maxwait_us = divmod(p.maxwait_us, 1_000_000)
+    return (
+        p.database,
+        p.user,
+        p.clients_active,
+        p.clients_waiting,
+        0,
+        0,
+        p.servers_active,
+        0,
+        0,
+        p.servers_idle,
+        p.servers_other,
+        0,
+        p.servers_opening,
+        maxwait_s,
+        maxwait_us,
+        p.pool_mode,
+        p.clients_idle,
+        0,
+        p.pool_size,
+        p.avg_xact_time_us,
+        p.paused,
+        p.oldest_active_age_ms,
+    )
+
+
+def show_pools(ops: AdminContext) -> Chunks:
+    return _chunked(POOLS_COLUMNS, ([_pools_row(p) for p in chunk] for chunk in _pool_view_chunks(ops)))
 
 
 POOLS_EXTENDED_COLUMNS = [
@@ -146,45 +248,45 @@ POOLS_EXTENDED_COLUMNS = [
 ]
 
 
-def show_pools_extended(ops: AdminContext) -> bytes:
+def _pools_extended_row(p: views.PoolView) -> Sequence[Value]:
+    maxwait_s, maxwait_us = divmod(p.maxwait_us, 1_000_000)
+    q, x, w = p.query_percentiles_us, p.xact_percentiles_us, p.wait_percentiles_us
+    return (
+        p.database,
+        p.user,
+        p.clients_active,
+        p.clients_waiting,
+        p.servers_active,
+        p.servers_idle,
+        p.servers_other,
+        p.servers_opening,
+        p.pool_size,
+        maxwait_s,
+        maxwait_us,
+        p.pool_mode,
+        p.bytes_received,
+        p.bytes_sent,
+        q.get("0.99", 0),
+        x.get("0.99", 0),
+        q.get("0.95", 0),
+        x.get("0.95", 0),
+        q.get("0.5", 0),
+        x.get("0.5", 0),
+        p.clients_idle,
+        w.get("0.99", 0),
+        w.get("0.95", 0),
+        w.get("0.5", 0),
+        p.bytes_received,
+        p.errors,
+        p.paused,
+    )
+
+
+def show_pools_extended(ops: AdminContext) -> Chunks:
     """The original's POOLS_EXTENDED (``bytes_recieved`` spelled as it spells it), then a few more columns:
     idle clients, wait percentiles, ``bytes_received`` spelled right, errors and the paused flag."""
-    rows: Rows = []
-    for p in views.pool_views(ops.pools()):
-        maxwait_s, maxwait_us = divmod(p.maxwait_us, 1_000_000)
-        q, x, w = p.query_percentiles_us, p.xact_percentiles_us, p.wait_percentiles_us
-        rows.append(
-            (
-                p.database,
-                p.user,
-                p.clients_active,
-                p.clients_waiting,
-                p.servers_active,
-                p.servers_idle,
-                p.servers_other,
-                p.servers_opening,
-                p.pool_size,
-                maxwait_s,
-                maxwait_us,
-                p.pool_mode,
-                p.bytes_received,
-                p.bytes_sent,
-                q.get("0.99", 0),
-                x.get("0.99", 0),
-                q.get("0.95", 0),
-                x.get("0.95", 0),
-                q.get("0.5", 0),
-                x.get("0.5", 0),
-                p.clients_idle,
-                w.get("0.99", 0),
-                w.get("0.95", 0),
-                w.get("0.5", 0),
-                p.bytes_received,
-                p.errors,
-                p.paused,
-            )
-        )
-    return result_set(POOLS_EXTENDED_COLUMNS, rows)
+    chunks = ([_pools_extended_row(p) for p in chunk] for chunk in _pool_view_chunks(ops))
+    return _chunked(POOLS_EXTENDED_COLUMNS, chunks)
 
 
 POOLS_MEMORY_COLUMNS = [
@@ -198,22 +300,25 @@ POOLS_MEMORY_COLUMNS = [
 ]
 
 
-def show_pools_memory(ops: AdminContext) -> bytes:
+def show_pools_memory(ops: AdminContext) -> Chunks:
     """Prepared-statement caches per pool: the pool-wide map and what its servers hold."""
-    rows: Rows = [
-        (
-            p.database,
-            p.user,
-            p.statement_cache_entries,
-            p.statement_cache_hits,
-            p.statement_cache_misses,
-            p.statement_cache_evictions,
-            p.server_statements,
-            p.server_statement_evictions,
-        )
-        for p in views.pool_views(ops.pools())
-    ]
-    return result_set(POOLS_MEMORY_COLUMNS, rows)
+    chunks = (
+        [
+            (
+                p.database,
+                p.user,
+                p.statement_cache_entries,
+                p.statement_cache_hits,
+                p.statement_cache_misses,
+                p.statement_cache_evictions,
+                p.server_statements,
+                p.server_statement_evictions,
+            )
+            for p in chunk
+        ]
+        for chunk in _pool_view_chunks(ops)
+    )
+    return _chunked(POOLS_MEMORY_COLUMNS, chunks)
 
 
 PREPARED_COLUMNS = [Column("pool"), Column("name"), Column("query"), Column("parameter_types", INT4)]
@@ -228,12 +333,19 @@ def _pool_statements(pool: Pool) -> Iterable[tuple[str, str, int]]:
         yield stmt.name.decode(errors="replace"), stmt.query.decode(errors="replace"), count
 
 
-def show_prepared_statements(ops: AdminContext) -> bytes:
+def _prepared_rows(ops: AdminContext) -> Iterator[Rows]:
     rows: Rows = []
     for pool in ops.pools():
         for name, query, count in _pool_statements(pool):
             rows.append((pool.name, name, query, count))
-    return result_set(PREPARED_COLUMNS, rows)
+            if len(rows) >= CHUNK_ROWS:
+                yield rows
+                rows = []
+    yield rows
+
+
+def show_prepared_statements(ops: AdminContext) -> Chunks:
+    return _chunked(PREPARED_COLUMNS, _prepared_rows(ops))
 
 
 # ------------------------------------------------------------------ STATS
@@ -257,9 +369,9 @@ def _weighted(pairs: list[tuple[int, int]]) -> int:
     return round(sum(value * weight for value, weight in pairs) / total)
 
 
-def show_stats(ops: AdminContext) -> bytes:
-    by_database: dict[str, list[views.PoolView]] = {}
-    for p in views.pool_views(ops.pools()):
+def show_stats(ops: AdminContext) -> Chunks:
+    by_database: dict[str, list[PoolTotals]] = {}
+    for p in (yield from _all_pool_totals(ops)):
         by_database.setdefault(p.database, []).append(p)
     rows: Rows = []
     for database, pools in by_database.items():
@@ -284,7 +396,7 @@ def show_stats(ops: AdminContext) -> bytes:
                 sum(p.avg_errors for p in pools),
             )
         )
-    return result_set(STATS_COLUMNS, rows)
+    yield result_set(STATS_COLUMNS, rows)
 
 
 # ---------------------------------------------------------- CLIENTS, SERVERS
@@ -316,47 +428,57 @@ CLIENTS_COLUMNS = [
 ]
 
 
-def show_clients(ops: AdminContext) -> bytes:
-    """One row per connected client (the only O(clients) view): admin sessions included, as PgBouncer does."""
+def _client_rows(ops: AdminContext) -> Iterator[Iterator[Sequence[Value]]]:
     general = ops.config.general
-    local_addr, local_port = general.host, general.port
+    clients = list(ops.clients)
+    for start in range(0, len(clients), CHUNK_ROWS):
+        yield _client_chunk(clients[start : start + CHUNK_ROWS], general.host, general.port)
+
+
+def _client_chunk(clients: list[ClientConnection], local_addr: str, local_port: int) -> Iterator[Sequence[Value]]:
+    """The rows of some clients, each made as it is encoded (no list of rows: see `_chunked`)."""
     now_wall, now_mono = time.time(), time.monotonic()
-    rows: Rows = []
-    append = rows.append
-    for c in views.client_views(list(ops.clients)):
-        addr, port = _split_peer(c.peer)
-        ptr = _ptr(c.pid)
-        waited_us = int((now_mono - c.wait_started) * 1_000_000) if c.wait_started > 0 else 0
-        connected = _wall(c.connected_at, now_wall, now_mono)
-        state = "active" if c.is_admin else c.state
-        append(
-            (
-                "C",
-                c.user,
-                c.database,
-                state,
-                addr,
-                port,
-                local_addr,
-                local_port,
-                connected,
-                connected,
-                waited_us // 1_000_000,
-                waited_us % 1_000_000,
-                0,
-                ptr,
-                _ptr(c.server_pid),
-                0,
-                "TLS" if c.tls else "",
-                c.application_name,
-                ptr.upper().replace("0X", "0x"),
-                c.xact_count,
-                c.query_count,
-                c.error_count,
-                int(now_mono - c.connected_at) if c.connected_at > 0 else 0,
-            )
+    fields = views.client_fields
+    closed = views.CLIENT_STATES[codes.CLIENT_CLOSED]
+    for client in clients:
+        (pid, peer, user, database, app_name, state, server_pid, _, is_admin, xacts, queries, errors,
+         connected_at, tls, wait_started) = fields(client)  # fmt: skip
+        if state == closed:
+            continue
+        addr, port = _split_peer(peer)
+        ident = pid & 0xFFFFFFFF
+        waited_us = int((now_mono - wait_started) * 1_000_000) if wait_started > 0 else 0
+        connected = _wall(connected_at, now_wall, now_mono)
+        yield (
+            "C",
+            user,
+            database,
+            "active" if is_admin else state,
+            addr,
+            port,
+            local_addr,
+            local_port,
+            connected,
+            connected,
+            waited_us // 1_000_000,
+            waited_us % 1_000_000,
+            0,
+            f"{ident:#010x}" if ident else "",
+            _ptr(server_pid),
+            0,
+            "TLS" if tls else "",
+            app_name,
+            f"0x{ident:08X}" if ident else "",
+            xacts,
+            queries,
+            errors,
+            int(now_mono - connected_at) if connected_at > 0 else 0,
         )
-    return result_set(CLIENTS_COLUMNS, rows)
+
+
+def show_clients(ops: AdminContext) -> Chunks:
+    """One row per connected client (the only O(clients) view): admin sessions included, as PgBouncer does."""
+    return _chunked(CLIENTS_COLUMNS, _client_rows(ops))
 
 
 SERVERS_COLUMNS = [
@@ -367,45 +489,54 @@ SERVERS_COLUMNS = [
 ]
 
 
-def show_servers(ops: AdminContext) -> bytes:
+def _server_rows(ops: AdminContext) -> Iterator[Iterator[Sequence[Value]]]:
+    servers = [(pool.settings, server) for pool in ops.pools() for server in list(pool.servers)]
+    for start in range(0, len(servers), CHUNK_ROWS):
+        yield _server_chunk(servers[start : start + CHUNK_ROWS])
+
+
+def _server_chunk(servers: list[tuple[PoolSettings, ServerConnection]]) -> Iterator[Sequence[Value]]:
     now_wall, now_mono = time.time(), time.monotonic()
-    rows: Rows = []
-    for pool in ops.pools():
-        s_ = pool.settings
-        for server in list(pool.servers):
-            v = views.server_view(server)
-            ptr = _ptr(v.pid)
-            rows.append(
-                (
-                    "S",
-                    s_.username,
-                    s_.database,
-                    v.state,
-                    s_.server_host,
-                    s_.server_port,
-                    "",
-                    0,
-                    _wall(v.created_at, now_wall, now_mono),
-                    _wall(v.last_used, now_wall, now_mono),
-                    0,
-                    0,
-                    0,
-                    ptr,
-                    _ptr(v.client_pid),
-                    v.pid,
-                    "",
-                    v.application_name,
-                    ptr.upper().replace("0X", "0x"),
-                    v.pid,
-                    v.xact_count,
-                    v.query_count,
-                    v.bytes_sent,
-                    v.bytes_received,
-                    int(now_mono - v.created_at),
-                    v.prepared_statements,
-                )
-            )
-    return result_set(SERVERS_COLUMNS, rows)
+    fields = views.server_fields
+    closed = views.SERVER_STATES[codes.SERVER_CLOSED]
+    for settings, server in servers:
+        (_, pid, state, client_pid, _, created_at, last_used, statements, _, xacts, queries, sent, received,
+         app_name) = fields(server)  # fmt: skip
+        if state == closed:
+            continue
+        ptr = _ptr(pid)
+        yield (
+            "S",
+            settings.username,
+            settings.database,
+            state,
+            settings.server_host,
+            settings.server_port,
+            "",
+            0,
+            _wall(created_at, now_wall, now_mono),
+            _wall(last_used, now_wall, now_mono),
+            0,
+            0,
+            0,
+            ptr,
+            _ptr(client_pid),
+            pid,
+            "",
+            app_name,
+            ptr.upper().replace("0X", "0x"),
+            pid,
+            xacts,
+            queries,
+            sent,
+            received,
+            int(now_mono - created_at),
+            statements,
+        )
+
+
+def show_servers(ops: AdminContext) -> Chunks:
+    return _chunked(SERVERS_COLUMNS, _server_rows(ops))
 
 
 CONNECTIONS_COLUMNS = _cols("total errors tls plain cancel", NUMERIC)
@@ -432,10 +563,10 @@ DATABASES_COLUMNS = [
 ]
 
 
-def show_databases(ops: AdminContext) -> bytes:
+def show_databases(ops: AdminContext) -> Chunks:
     """One row per configured database; pool sizes summed over its users (each user has a pool of its own)."""
-    by_database: dict[str, list[views.PoolView]] = {}
-    for p in views.pool_views(ops.pools()):
+    by_database: dict[str, list[PoolTotals]] = {}
+    for p in (yield from _all_pool_totals(ops)):
         by_database.setdefault(p.database, []).append(p)
     rows: Rows = []
     for name, pool_config in ops.config.pools.items():
@@ -458,7 +589,7 @@ def show_databases(ops: AdminContext) -> bytes:
                 0,
             )
         )
-    return result_set(DATABASES_COLUMNS, rows)
+    yield result_set(DATABASES_COLUMNS, rows)
 
 
 USERS_COLUMNS = [Column("name"), Column("pool_mode")]
@@ -476,8 +607,8 @@ def show_users(ops: AdminContext) -> bytes:
 LISTS_COLUMNS = [Column("list"), Column("items", INT4)]
 
 
-def show_lists(ops: AdminContext) -> bytes:
-    pools = views.pool_views(ops.pools())
+def show_lists(ops: AdminContext) -> Chunks:
+    pools = yield from _all_pool_totals(ops)
     idle = sum(p.clients_idle for p in pools)
     used = sum(p.clients_active + p.clients_waiting for p in pools)
     rows: Rows = [
@@ -494,7 +625,7 @@ def show_lists(ops: AdminContext) -> bytes:
         ("dns_queries", 0),
         ("dns_pending", 0),
     ]
-    return result_set(LISTS_COLUMNS, rows)
+    yield result_set(LISTS_COLUMNS, rows)
 
 
 # ------------------------------------------------------------------ CONFIG
@@ -719,9 +850,18 @@ def show_sockets(ops: AdminContext) -> bytes:
     return result_set(SOCKETS_COLUMNS, [socket_counts()])
 
 
-SHOW_VIEWS: dict[str, Callable[[AdminContext], bytes]] = {
-    "help": show_help,
-    "config": show_config,
+def _whole(view: Callable[[AdminContext], bytes]) -> Callable[[AdminContext], Iterable[bytes]]:
+    """A view small enough to build in one go, as a view of one piece."""
+
+    def pieces(ops: AdminContext) -> Iterable[bytes]:
+        return (view(ops),)
+
+    return pieces
+
+
+SHOW_VIEWS: dict[str, Callable[[AdminContext], Iterable[bytes]]] = {
+    "help": _whole(show_help),
+    "config": _whole(show_config),
     "databases": show_databases,
     "pools": show_pools,
     "pools_extended": show_pools_extended,
@@ -730,20 +870,27 @@ SHOW_VIEWS: dict[str, Callable[[AdminContext], bytes]] = {
     "prepared_statements": show_prepared_statements,
     "clients": show_clients,
     "servers": show_servers,
-    "connections": show_connections,
+    "connections": _whole(show_connections),
     "stats": show_stats,
     "lists": show_lists,
-    "users": show_users,
-    "startup_parameters": show_startup_parameters,
-    "auth_query": show_auth_query,
-    "sockets": show_sockets,
-    "log_level": show_log_level,
-    "version": show_version,
+    "users": _whole(show_users),
+    "startup_parameters": _whole(show_startup_parameters),
+    "auth_query": _whole(show_auth_query),
+    "sockets": _whole(show_sockets),
+    "log_level": _whole(show_log_level),
+    "version": _whole(show_version),
 }
 assert set(SHOW_SUBCOMMANDS) <= set(SHOW_VIEWS)
 
 
-def show(ops: AdminContext, what: str) -> bytes | None:
-    """The result set of ``SHOW what`` (any letter case), or None when there is no such view."""
+def show_chunks(ops: AdminContext, what: str) -> Iterable[bytes] | None:
+    """The result set of ``SHOW what`` (any letter case) as pieces with yield points between chunks (see the
+    module docstring), or None when there is no such view. Rows are read as the pieces are asked for."""
     view = SHOW_VIEWS.get(what.lower())
     return view(ops) if view is not None else None
+
+
+def show(ops: AdminContext, what: str) -> bytes | None:
+    """The whole result set of ``SHOW what`` in one piece, or None when there is no such view."""
+    pieces = show_chunks(ops, what)
+    return b"".join(pieces) if pieces is not None else None
