@@ -13,6 +13,7 @@ from pg_doorman.server cimport Borrower, ServerConnection
 
 cdef bytes _NAMED_KINDS
 cdef bytes _COPY_FROM_CLIENT
+cdef bytes _FRONTEND_TYPES
 cdef bytes _SQL_PREPARE_FIRST
 cdef bytes _MAYBE_BEGIN
 

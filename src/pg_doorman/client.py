@@ -133,6 +133,9 @@ _LONE_BEGIN = re.compile(
 
 
 _COPY_FROM_CLIENT = type_table({"dcf": 1})
+# Every message type a frontend may send after login (PostgreSQL's SocketBackend); any other is a protocol
+# violation the pooler refuses itself rather than let it cost a server (PostgreSQL would close it).
+_FRONTEND_TYPES = type_table({"BCdcfDEHFPQSX": 1})
 
 
 def _drop_copy_messages(data: bytes) -> bytes:
@@ -537,7 +540,7 @@ class ClientConnection(Borrower):
             kind = data[pos]
             length = data[pos + 1]  # big-endian int32; shifted as a wide int (compiled: no 32-bit overflow)
             length = (length << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4]
-            if length < 4 or length > limit:
+            if length < 4 or length > limit or not _FRONTEND_TYPES[kind]:
                 self._reject_message(kind, length)
                 return
             k = kinds[kind]
@@ -623,7 +626,7 @@ class ClientConnection(Borrower):
             kind = data[pos]
             length = data[pos + 1]  # big-endian int32; shifted as a wide int (compiled: no 32-bit overflow)
             length = (length << 24) | (data[pos + 2] << 16) | (data[pos + 3] << 8) | data[pos + 4]
-            if length < 4 or length > limit:
+            if length < 4 or length > limit or not _FRONTEND_TYPES[kind]:
                 self._reject_message(kind, length)
                 return
             end = pos + 1 + length
@@ -753,6 +756,9 @@ class ClientConnection(Borrower):
         self._forward_tracked(source)
 
     def _reject_message(self, kind: int, length: int) -> None:
+        if not _FRONTEND_TYPES[kind]:
+            self.fail(ProtocolViolation(f"invalid frontend message type {kind}"))
+            return
         if length >= 1 << 31:
             length -= 1 << 32  # PostgreSQL reads the length as a signed int32: this one is negative
         if length < 4:
