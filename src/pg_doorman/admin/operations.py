@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Protocol
 
-from pg_doorman import events
+from pg_doorman import events, logs
 from pg_doorman.pool import killed_error
 from pg_doorman.protocol.errors import INVALID_CATALOG_NAME, PoolerError
 
@@ -31,18 +31,8 @@ log = logging.getLogger("pg_doorman.admin")
 
 CONFIG_FILE_ERROR = "F0000"  # PostgreSQL's config_file_error
 SYNTAX_ERROR = "42601"
-TRACE = 5  # below DEBUG: the original's `trace` level
-# Runtime log levels accepted by SET log_level, as logging levels (the original's names; "warning" too).
-LOG_LEVELS = {
-    "error": logging.ERROR,
-    "warn": logging.WARNING,
-    "warning": logging.WARNING,
-    "info": logging.INFO,
-    "debug": logging.DEBUG,
-    "trace": TRACE,
-    "off": logging.CRITICAL + 10,
-}
-logging.addLevelName(TRACE, "TRACE")
+# Runtime log levels accepted by SET log_level: the command line's (logs.LEVELS), and "off".
+LOG_LEVELS = {**logs.LEVELS, "off": logging.CRITICAL + 10}
 
 
 class AdminError(PoolerError):
