@@ -177,3 +177,24 @@ def test_auth_ldap_without_options_fails_the_config_check(doorman: StartDoorman,
     proc = doorman({"pools": {"appdb": pool}}, wait=False)
     assert proc.wait(30) != 0
     assert "needs LDAP options" in proc.log_text()
+
+
+def test_a_pg_hba_ldap_rule_checks_with_its_own_options(
+    doorman: StartDoorman, pg_trust: TempPostgres, slapd: Slapd
+) -> None:
+    """PostgreSQL's way: the pg_hba record says ``ldap`` and carries the options; the users need no LDAP settings
+    (nor a password) of their own. A second record sends another address nowhere (no match: refused)."""
+    hba = (
+        f'host all all 127.0.0.1/32 ldap ldapserver=127.0.0.1 ldapport={slapd.port} ldapprefix="uid=" '
+        f'ldapsuffix=",{PEOPLE_DN}"\n'
+    )
+    users: list[dict[str, Any]] = [
+        {"username": name, "password": "", "server_username": "app", "pool_size": 2} for name in ("alice", "bob")
+    ]
+    pool = {"server_host": "127.0.0.1", "server_port": pg_trust.port, "users": users}
+    proc = doorman({"general": {"pg_hba": hba}, "pools": {"appdb": pool}})
+    with psycopg.connect(proc.dsn("alice", USERS["alice"]), connect_timeout=10) as conn:
+        assert conn.execute("select current_user").fetchone() == ("app",)
+    assert cleartext_login(proc.port, "alice", USERS["bob"])["C"] == "28P01"
+    assert cleartext_login(proc.port, "bob", "")["C"] == "28P01"  # empty: refused before any bind
+    assert cleartext_login(proc.port, "*)(uid=*", USERS["alice"])["C"] == "28P01"

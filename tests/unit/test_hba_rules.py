@@ -293,8 +293,33 @@ def test_every_bad_line_is_reported_at_once() -> None:
 def test_unsupported_methods_parse_with_a_warning() -> None:
     r = rules('local all all peer map=m\nhost all all 0.0.0.0/0 ldap ldapserver=x ldapprefix="cn=" ldapsuffix=",dc=x"')
     assert [rule.method for rule in r.rules] == [Method.PEER, Method.LDAP]
-    assert all("is not supported by pg_doorman" in w for w in r.warnings) and len(r.warnings) == 2
+    assert len(r.warnings) == 1 and 'method "peer" is not supported by pg_doorman' in r.warnings[0]
     assert r.rules[1].option("ldapprefix") == "cn="
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("host all all 0.0.0.0/0 ldap ldapserver=x ldapbogus=1", "ldapbogus"),
+        ('host all all 0.0.0.0/0 ldap ldapserver=x ldapprefix="uid=" ldapbasedn="dc=x"', "ldap"),
+        ("host all all 0.0.0.0/0 pam pamservice=x nonsense=1", 'unrecognized authentication option name "nonsense"'),
+    ],
+)
+def test_ldap_and_pam_rule_options_are_checked_at_load(line: str, message: str) -> None:
+    [error] = errors(line)
+    assert error.startswith("pg_hba.conf:1: ") and message in error, error
+
+
+def test_ldap_and_pam_rules_name_their_own_check() -> None:
+    ldap = rules('host all all 0.0.0.0/0 ldap ldapserver=10.1.1.1 ldapprefix="uid=" ldapsuffix=",dc=x"')
+    decision = decide(ldap, tcp("10.0.0.1"), "db", "u", None)
+    assert decision.method is Method.LDAP and decision.check is not None and not decision.doomed
+    assert decision.rule == "pg_hba.conf:1"
+    pam = rules("host all all 0.0.0.0/0 pam pamservice=pg_doorman_x")
+    decision = decide(pam, tcp("10.0.0.1"), "db", "u", "stored-is-not-used")
+    assert decision.method is Method.PAM and getattr(decision.check, "service", None) == "pg_doorman_x"
+    default = decide(rules("host all all 0.0.0.0/0 pam"), tcp("10.0.0.1"), "db", "u", None)
+    assert getattr(default.check, "service", None) == "postgresql"
 
 
 def test_replication_never_matches() -> None:
@@ -376,7 +401,7 @@ def test_password_methods_follow_postgresql() -> None:
         assert decide(rules("local all all password"), UNIX, "db", "u", stored).method is Method.PASSWORD
 
 
-@pytest.mark.parametrize("method", ["peer", "ident", "ldap ldapserver=x", "pam", "radius radiusservers=x", "gss"])
+@pytest.mark.parametrize("method", ["peer", "ident", "radius radiusservers=x", "gss"])
 def test_unsupported_method_refuses(method: str) -> None:
     decision = decide(rules(f"local all all {method}"), UNIX, "db", "u", "secret")
     name = method.split()[0]

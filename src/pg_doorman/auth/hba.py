@@ -17,8 +17,10 @@ What pg_doorman cannot evaluate is said at load, never silently widened:
   (GSSAPI encryption is declined), ``hostnogssenc`` matches every TCP connection.
 * Host names, ``samehost`` and ``samenet`` are refused at load: they need DNS or the interface list, which this
   version does not consult.
-* Methods other than trust / reject / md5 / scram-sha-256 / password / cert (peer, ident, ldap, pam, radius, gss,
-  sspi) parse, and a connection their record matches is refused (deny by default, with the reason in the log).
+* ``ldap`` (PostgreSQL's ldap* options, checked at load by auth.ldap) and ``pam`` (``pamservice``, default
+  ``postgresql``) are carried out by auth/ldap.py and auth/pam.py. Methods other than trust / reject / md5 /
+  scram-sha-256 / password / cert / ldap / pam (peer, ident, radius, gss, sspi) parse, and a connection their
+  record matches is refused (deny by default, with the reason in the log).
 
 Everything here is sans-I/O except reading ``@file`` includes, done through a callable so tests can feed text.
 """
@@ -54,7 +56,7 @@ MAX_FILE_BYTES = 10 * 1024 * 1024  # a pg_hba file larger than this is a mistake
 
 
 class Method(Enum):
-    """PostgreSQL's pg_hba method names. pg_doorman carries out the first six (see `SUPPORTED_METHODS`)."""
+    """PostgreSQL's pg_hba method names. pg_doorman carries out those in `SUPPORTED_METHODS`."""
 
     TRUST = "trust"
     REJECT = "reject"
@@ -74,7 +76,16 @@ class Method(Enum):
 
 
 SUPPORTED_METHODS = frozenset(
-    {Method.TRUST, Method.REJECT, Method.MD5, Method.SCRAM_SHA_256, Method.PASSWORD, Method.CERT}
+    {
+        Method.TRUST,
+        Method.REJECT,
+        Method.MD5,
+        Method.SCRAM_SHA_256,
+        Method.PASSWORD,
+        Method.CERT,
+        Method.LDAP,
+        Method.PAM,
+    }
 )
 
 
@@ -95,6 +106,8 @@ _OPTIONS: dict[Method, frozenset[str]] = {
     Method.SCRAM_SHA_256: frozenset({"clientcert"}),
     Method.PASSWORD: frozenset({"clientcert"}),
     Method.CERT: frozenset({"clientcert", "map", "clientname"}),
+    Method.PAM: frozenset({"clientcert", "pamservice", "pam_use_hostname"}),
+    # Method.LDAP: PostgreSQL's ldap* options, checked whole by auth.ldap.parse_ldap_options (see _rule).
 }
 
 
@@ -450,6 +463,13 @@ def _rule(parser: _Parser, source: str, number: int, text: str, base_dir: Path) 
     if method is Method.CERT and conn_type is not ConnType.HOSTSSL:
         raise ValueError("cert authentication is only supported on hostssl connections")
     options = _options(method, conn_type, rest[1:])
+    if method is Method.LDAP:
+        from pg_doorman.auth.ldap import LdapOptionError, parse_ldap_options
+
+        try:
+            parse_ldap_options({name: value for name, value in options if name != "clientcert"})
+        except LdapOptionError as exc:
+            raise ValueError(f"{exc.key}: {exc}") from None
     where = f"{source}:{number}"
     never = never_db + never_user
     if never:

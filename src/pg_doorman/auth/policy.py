@@ -18,6 +18,7 @@ auth/external.py) decides when no access rule names a method: the client then se
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -204,11 +205,31 @@ def decide(
     if method in _EXCHANGES:
         decision = choose_method(user, stored_password, rule=method)
         return Decision(decision.method, decision.verifier, decision.reason, decision.sqlstate, rule.where)
+    if method is Method.LDAP or method is Method.PAM:
+        # The rule's own check (its ldap* options, its pamservice), whatever the user has configured.
+        decision = choose_method(user, stored_password, rule=method, check=_rule_check(rule))
+        return dataclasses.replace(decision, rule=rule.where)
     return _refused(
         f'{method.value} authentication failed for user "{user}"',
         f'method "{method.value}" is not supported by pg_doorman',
         rule,
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _rule_check(rule: Rule) -> PasswordCheck:
+    """The password check an ``ldap`` or ``pam`` rule names (built once per rule; the options were checked when
+    the rules were loaded)."""
+    from pg_doorman.auth.external import password_check_of
+    from pg_doorman.auth.ldap import parse_ldap_options
+
+    if rule.method is Method.PAM:
+        check = password_check_of("", rule.option("pamservice") or "postgresql", None)
+    else:
+        options = {name: value for name, value in rule.options if name != "clientcert"}
+        check = password_check_of("", None, parse_ldap_options(options))
+    assert check is not None
+    return check
 
 
 def _certificate_check(rule: Rule, origin: ClientOrigin, user: str) -> Decision | None:
