@@ -57,6 +57,7 @@ from pg_doorman.tls import (
     PLAIN_REFUSED,
     TLS_RECORD_HANDSHAKE,
     ClientTlsPolicy,
+    certificate_common_name,
     certificate_user_problem,
 )
 from pg_doorman.tls import upgrade as tls_upgrade
@@ -1103,13 +1104,16 @@ class ClientConnection(Borrower):
         return None
 
     def _origin(self) -> ClientOrigin:
-        """What access rules see of this connection: Unix socket or TCP, the peer's address, TLS."""
+        """What access rules see of this connection: Unix socket or TCP, the peer's address, TLS and the common
+        name of a client certificate the TLS handshake verified (tls_mode verify-ca/verify-full)."""
         transport = self.transport
         peer = transport.get_extra_info("peername") if transport is not None else None
-        tls = bool(getattr(self, "tls", False)) or (
-            transport is not None and transport.get_extra_info("ssl_object") is not None
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        tls = bool(self.tls) or ssl_object is not None
+        name = certificate_common_name(ssl_object.getpeercert()) if ssl_object is not None else None
+        return ClientOrigin(
+            local=not isinstance(peer, tuple), address=client_address(peer), tls=tls, certificate_name=name
         )
-        return ClientOrigin(local=not isinstance(peer, tuple), address=client_address(peer), tls=tls)
 
     def _log_trust(self, decision: Decision) -> None:
         if decision.method is Method.TRUST:

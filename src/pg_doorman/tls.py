@@ -232,6 +232,14 @@ def client_tls(general: General) -> ClientTls:
     )
 
 
+def certificate_common_name(peercert: dict[str, Any] | None) -> str | None:
+    """The common name of a verified client certificate (`ssl.SSLObject.getpeercert()`), or None."""
+    if not peercert:
+        return None
+    names = [value for rdn in peercert.get("subject", ()) for (field, value) in rdn if field == "commonName"]
+    return names[0] if names else None
+
+
 def certificate_user_problem(peercert: dict[str, Any] | None, user: str) -> str | None:
     """Why a verified client certificate does not name ``user`` (its common name must equal it), or None."""
     if not peercert:

@@ -334,3 +334,18 @@ def test_bad_certificate_is_a_config_error(
     proc = doorman(pool_config(pg_trust, general=general), wait=False)
     assert proc.popen.wait(20) != 0
     assert "general.tls_private_key" in proc.log_text()
+
+
+def test_pg_hba_cert_record_admits_the_certificate_named_user(
+    doorman: Any, pg_trust: TempPostgres, pool_config: Any, certs: TlsFiles, client_cert: tuple[str, str]
+) -> None:
+    """``hostssl ... cert``: the client certificate (verified by tls_mode verify-ca) stands in for the password,
+    for the user its common name names; a plain connection matches no record."""
+    general = tls_general(certs, "verify-ca", tls_ca_cert=certs.ca_cert)
+    general["pg_hba"] = "hostssl all all 127.0.0.1/32 cert\n"
+    proc = doorman(pool_config(pg_trust, users=("app", "app2"), general=general))
+    crt, key = client_cert  # CN=app
+    ok = psql(proc.dsn() + f" sslmode=require sslcert={crt} sslkey={key}", "select current_user")
+    assert ok.returncode == 0 and ok.stdout.strip() == "app", ok.stderr
+    other = psql(proc.dsn(user="app2") + f" sslmode=require sslcert={crt} sslkey={key}", "select 1")
+    assert other.returncode != 0 and 'certificate authentication failed for user "app2"' in other.stderr
