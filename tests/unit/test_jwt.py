@@ -72,14 +72,16 @@ def test_a_good_token_passes() -> None:
         (lambda: "garbage", "not a valid JWT"),
         (lambda: "", "not a valid JWT"),
         (lambda: "a.b.c", "not a valid JWT"),
-        (lambda: _token()[:-4], "not a valid JWT"),
+        # A cut signature is refused; whether as bad base64 or as a wrong signature depends on its last bytes.
+        (lambda: _token()[:-4], ("not a valid JWT", "signature does not match")),
         (lambda: _token()[:-6] + "AAAAAA", "signature does not match"),
     ],
 )
-def test_bad_tokens(make_token: Callable[[], str], needle: str) -> None:
+def test_bad_tokens(make_token: Callable[[], str], needle: str | tuple[str, ...]) -> None:
     # Made when the test runs, not at collection: a token that expires in 60 s must not expire in the queue.
     problem = token_problem(make_token(), "alice", PUBLIC)
-    assert problem is not None and needle in problem
+    needles = (needle,) if isinstance(needle, str) else needle
+    assert problem is not None and any(text in problem for text in needles), problem
 
 
 def test_alg_none_and_hs256_confusion_are_refused() -> None:
