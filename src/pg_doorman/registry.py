@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pg_doorman import memory
+from pg_doorman import memory, views
 from pg_doorman.auth.auth_query import AuthQuery
 from pg_doorman.client import pool_removed
 from pg_doorman.pool import Pool
@@ -423,8 +423,7 @@ class PoolRegistry:
     @staticmethod
     def _roll_stats(pool: Pool, now: float) -> None:
         """Close the pool's 15 s statistics period if it ended (stats.PoolStats.roll): O(servers), once a second."""
-        to_server = int(pool.stats_closed_bytes_sent) + sum(server.bytes_sent for server in pool.servers)
-        from_server = int(pool.stats_closed_bytes_received) + sum(server.bytes_received for server in pool.servers)
+        to_server, from_server = views.traffic_bytes(pool)
         pool.stats.roll(now, to_server, from_server)
 
     # ------------------------------------------------------------ cancel keys

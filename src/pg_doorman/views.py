@@ -218,14 +218,25 @@ def _monotonic_of(us: int) -> float:
     return us / 1e6 if us else 0.0
 
 
+def traffic_bytes(pool: Pool) -> tuple[int, int]:
+    """Bytes clients sent to PostgreSQL and PostgreSQL sent to clients through ``pool``: its closed servers' plus
+    its live servers' counters."""
+    to_server = int(pool.stats_closed_bytes_sent)
+    from_server = int(pool.stats_closed_bytes_received)
+    for server in pool.servers:
+        to_server += server.bytes_sent
+        from_server += server.bytes_received
+    return to_server, from_server
+
+
 def pool_view(pool: Pool) -> PoolView:
     settings = pool.settings
-    active = idle = other = 0
-    bytes_to_server = int(pool.stats_closed_bytes_sent)
-    bytes_from_server = int(pool.stats_closed_bytes_received)
+    active = idle = other = holding = 0
     now_us = clock.now_us()
     oldest_xact = 0
     for server in pool.servers:
+        if server.client is not None:
+            holding += 1
         if server.state == codes.SERVER_ACTIVE:
             active += 1
             if server.xact_start and (not oldest_xact or server.xact_start < oldest_xact):
@@ -234,8 +245,7 @@ def pool_view(pool: Pool) -> PoolView:
             idle += 1
         else:
             other += 1
-        bytes_to_server += server.bytes_sent
-        bytes_from_server += server.bytes_received
+    bytes_to_server, bytes_from_server = traffic_bytes(pool)
     waiting = 0
     oldest_wait = 0
     for client in pool.waiters:
@@ -248,7 +258,6 @@ def pool_view(pool: Pool) -> PoolView:
     query, xact, wait = stats.query, stats.xact, stats.wait
     query_pct, xact_pct, wait_pct = stats.window_percentiles()
     averages = stats.averages
-    holding = sum(1 for server in pool.servers if server.client is not None)
     return PoolView(
         name=pool.name,
         database=settings.database,
