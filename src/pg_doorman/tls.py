@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
+from pg_doorman import tlsstream
 from pg_doorman.protocol import messages
 
 if TYPE_CHECKING:
@@ -277,13 +278,40 @@ async def upgrade(
     *,
     received: bytes = b"",
     handshake_timeout: float | None = None,
+    loop_tls: bool = False,
 ) -> asyncio.Transport:
     """Run a server-side TLS handshake on an open connection and return the encrypted transport; ``protocol``
     keeps receiving (decrypted) data. ``received``: bytes of the handshake already read from the socket (the
-    ClientHello of a direct-TLS client), fed to the TLS layer first."""
-    loop = asyncio.get_running_loop()
+    ClientHello of a direct-TLS client), fed to the TLS layer first.
+
+    The transport is a `tlsstream.TlsTransport` (records through OpenSSL in C, replies written straight to the
+    socket); the event loop's own TLS only where that cannot bind to this interpreter's ssl objects (see
+    tlsio.pxd), or with ``loop_tls``."""
     if handshake_timeout is not None and handshake_timeout <= 0:
         handshake_timeout = None
+    if not loop_tls:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        ssl_object = context.wrap_bio(incoming, outgoing, server_side=True)
+        if tlsstream.native(ssl_object, incoming, outgoing):
+            stream = tlsstream.TlsTransport(transport, protocol, ssl_object, incoming, outgoing)  # type: ignore[arg-type]
+            try:
+                async with asyncio.timeout(handshake_timeout):
+                    await stream.start_handshake(received)
+            except BaseException:
+                stream.abort()
+                raise
+            return stream  # type: ignore[return-value]
+    return await _upgrade_with_loop(transport, protocol, context, received, handshake_timeout)
+
+
+async def _upgrade_with_loop(
+    transport: asyncio.BaseTransport,
+    protocol: asyncio.BaseProtocol,
+    context: ssl.SSLContext,
+    received: bytes,
+    handshake_timeout: float | None,
+) -> asyncio.Transport:
+    loop = asyncio.get_running_loop()
     if not received:
         new = await loop.start_tls(
             transport,  # type: ignore[arg-type]
