@@ -28,6 +28,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+
 from pg_doorman import tlsstream
 from pg_doorman.protocol import messages
 
@@ -196,11 +201,16 @@ class HandshakeLimiter:
 
 @dataclass(slots=True)
 class ClientTls:
-    """Client TLS as the process runs it (built once at start; the keys are restart-only)."""
+    """Client TLS as the process runs it (built once at start; the keys are restart-only).
+
+    ``end_point_hash``: the ``tls-server-end-point`` channel binding data of our certificate (SCRAM-SHA-256-PLUS);
+    None when TLS is not offered or the certificate's signature names no usable hash (then PLUS is not offered).
+    """
 
     policy: ClientTlsPolicy
     context: ssl.SSLContext | None  # None: TLS not offered
     limiter: HandshakeLimiter | None = None
+    end_point_hash: bytes | None = None
 
 
 def build_client_tls(
@@ -214,11 +224,13 @@ def build_client_tls(
 ) -> ClientTls:
     policy = client_policy(mode, certificate is not None and private_key is not None, match_user)
     context = None
+    end_point = None
     if policy.offered:
         assert certificate is not None and private_key is not None
         context = client_context(certificate, private_key, ca_cert, policy.verify_client)
+        end_point = certificate_file_end_point_hash(certificate)
     limiter = HandshakeLimiter(rate_per_second) if rate_per_second > 0 and context is not None else None
-    return ClientTls(policy, context, limiter)
+    return ClientTls(policy, context, limiter, end_point)
 
 
 def client_tls(general: General) -> ClientTls:
@@ -251,6 +263,47 @@ def certificate_user_problem(peercert: dict[str, Any] | None, user: str) -> str 
     if user not in names:
         return f'CN "{names[0]}" does not match'
     return None
+
+
+# ---------------------------------------------------------------------------------------- channel binding
+
+
+@functools.lru_cache(maxsize=16)
+def end_point_hash(der: bytes) -> bytes | None:
+    """``tls-server-end-point`` channel binding data of a DER certificate (RFC 5929 section 4.1): its hash with
+    the hash function of the certificate's signature, SHA-256 when that is MD5 or SHA-1. None when the signature
+    names no hash (Ed25519, Ed448) or the bytes do not parse: no channel binding with that certificate."""
+    try:
+        algorithm = x509.load_der_x509_certificate(der).signature_hash_algorithm
+    except (ValueError, UnsupportedAlgorithm):
+        return None
+    if algorithm is None:
+        return None
+    if isinstance(algorithm, hashes.MD5 | hashes.SHA1):
+        algorithm = hashes.SHA256()
+    digest = hashes.Hash(algorithm)
+    digest.update(der)
+    return digest.finalize()
+
+
+def certificate_file_end_point_hash(path: str) -> bytes | None:
+    """`end_point_hash` of the first (leaf) certificate of a PEM file: the one a TLS handshake presents."""
+    try:
+        with open(path, "rb") as f:
+            leaf = x509.load_pem_x509_certificates(f.read())[0]
+    except (OSError, ValueError, IndexError):
+        return None
+    return end_point_hash(leaf.public_bytes(Encoding.DER))
+
+
+def peer_end_point_hash(transport: asyncio.BaseTransport | None) -> bytes | None:
+    """`end_point_hash` of the certificate the other end of a TLS connection showed (PostgreSQL's, for
+    pg_doorman's own SCRAM-SHA-256-PLUS login); None on a plain connection."""
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    return end_point_hash(der) if der else None
 
 
 # ---------------------------------------------------------------------------------------- upgrading
