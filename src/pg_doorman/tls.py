@@ -78,7 +78,7 @@ class TlsSetupError(Exception):
 def _harden(ctx: ssl.SSLContext) -> ssl.SSLContext:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(MOZILLA_INTERMEDIATE_CIPHERS)
-    ctx.options |= ssl.OP_NO_COMPRESSION
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION  # renegotiation: as PostgreSQL, none
     return ctx
 
 
@@ -345,8 +345,11 @@ async def upgrade(
     if not loop_tls:
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         ssl_object = context.wrap_bio(incoming, outgoing, server_side=True)
-        if tlsstream.native(ssl_object, incoming, outgoing):
+        try:
             stream = tlsstream.TlsTransport(transport, protocol, ssl_object, incoming, outgoing)  # type: ignore[arg-type]
+        except ValueError:
+            pass  # not on this interpreter (see tlsio.pxd)
+        else:
             try:
                 async with asyncio.timeout(handshake_timeout):
                     await stream.start_handshake(received)

@@ -77,6 +77,8 @@ class TlsTransport:
         incoming: ssl.MemoryBIO,
         outgoing: ssl.MemoryBIO,
     ) -> None:
+        if not native(ssl_object, incoming, outgoing):
+            raise ValueError("these ssl objects cannot carry records here: use the event loop's TLS")
         self.raw = raw
         self.app = app
         self.ssl_object = ssl_object
