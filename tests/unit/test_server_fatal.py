@@ -5,13 +5,14 @@ are fed to its callbacks and the client's recording transport shows what the cli
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from test_forwarding import RecordingTransport, feed, make_pair, pair_in
 
-from pg_doorman import codes
+from pg_doorman import codes, connection
 from pg_doorman.app import Application
 from pg_doorman.config import load_config
 from pg_doorman.ledger import ServerLedger
@@ -19,6 +20,13 @@ from pg_doorman.protocol import messages
 from pg_doorman.protocol.framing import MessageBuffer
 
 ROW = messages.message(b"D", b"\x00\x01\x00\x00\x00\x0242")
+
+
+@pytest.fixture(autouse=True)
+def no_drain_left() -> Iterator[None]:
+    """Each test ends its clients' drains (connection_lost), so no closing connection outlives it."""
+    yield
+    assert connection.draining_count() == 0
 
 
 def error(severity: str, code: str, text: str, *, localized_only: bool = False) -> bytes:
@@ -88,6 +96,7 @@ def test_fatal_after_rows_of_a_running_query(tmp_path: Path, tracked: bool) -> N
         server.connection_lost(None)
         assert bytes(client.transport.data) == reply
         assert errors(client) == ["57P01"]
+        client.connection_lost(None)  # its socket goes: the drain ends
 
     asyncio.run(run())
 
@@ -117,6 +126,7 @@ def test_server_gone_without_its_fatal_gets_pg_doormans_08006(
         assert errors(client) == expected, client_messages(client)
         assert client_messages(client)[-1][1]["S"] == "FATAL"
         assert client.state == codes.CLIENT_CLOSED
+        client.connection_lost(None)  # its socket goes: the drain ends
 
     asyncio.run(run())
 
@@ -185,6 +195,7 @@ def test_a_second_server_of_the_client_is_not_confused_with_the_dead_one(tmp_pat
         lend(client, other)
         other.connection_lost(None)
         assert errors(client) == ["08006"]
+        client.connection_lost(None)  # its socket goes: the drain ends
 
     asyncio.run(run())
 
