@@ -32,6 +32,7 @@ HOT_MODULES = [
     "src/pg_doorman/pool/__init__.py",
     "src/pg_doorman/context.py",
     "src/pg_doorman/stats.py",
+    "src/pg_doorman/tlsstream.py",
 ]
 
 

@@ -27,6 +27,7 @@ COMPILED_MODULES = (
     "pool/__init__",
     "context",
     "stats",
+    "tlsstream",
 )
 """The hot path, compiled by Cython when it can be (setup.py). They share C types (client.pxd cimports
 server.pxd, ...), so they are used all together or not at all."""

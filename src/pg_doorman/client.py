@@ -1127,8 +1127,10 @@ class ClientConnection(Borrower):
                      decision.reason)  # fmt: skip
 
     async def _exchange(self, login: ClientLogin) -> ClientLogin:
-        """Run a password exchange to its end: send its requests, feed it the client's answers."""
-        first = login.start()
+        """Run a password exchange to its end: send its requests, feed it the client's answers. Over TLS the
+        exchange gets our certificate's channel binding data (SCRAM-SHA-256-PLUS)."""
+        tls_setup = self.context.tls
+        first = login.start(tls_setup.end_point_hash if self.tls and tls_setup is not None else None)
         if first:
             self.write(first)
         while not login.done:

@@ -29,7 +29,7 @@ from pg_doorman.protocol.errors import CONNECTION_FAILURE, INTERNAL_ERROR, Poole
 from pg_doorman.protocol.framing import MessageBuffer, type_table
 from pg_doorman.reset import CLOSE, PENDING, Cleanup, ResetPolicy
 from pg_doorman.stats import PoolStats
-from pg_doorman.tls import is_tls, open_cancel_connection
+from pg_doorman.tls import is_tls, open_cancel_connection, peer_end_point_hash
 
 if TYPE_CHECKING:
     from pg_doorman.client import ClientConnection
@@ -245,7 +245,7 @@ class ServerConnection(Connection):
         """Run the startup/authentication exchange; raises PoolerError/ServerError/OSError on failure."""
         assert self.transport is not None
         loop = asyncio.get_running_loop()
-        self._login = ServerLogin(creds, database, startup_params)
+        self._login = ServerLogin(creds, database, startup_params, channel_binding=peer_end_point_hash(self.transport))
         self._login_waiter = loop.create_future()
         self.write(self._login.start())
         try:
@@ -255,6 +255,7 @@ class ServerConnection(Connection):
         login = self._login
         self._login = None
         self.pid, self.secret = login.pid, login.secret
+        log.debug("server pid=%s: logged in as %s with %s", login.pid, creds.user, login.auth_method)
         self.params = login.params
         self.refresh_param_token()
         self.state = codes.SERVER_IDLE

@@ -28,6 +28,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from pg_doorman import tlsstream
 from pg_doorman.protocol import messages
 
 if TYPE_CHECKING:
@@ -195,11 +201,16 @@ class HandshakeLimiter:
 
 @dataclass(slots=True)
 class ClientTls:
-    """Client TLS as the process runs it (built once at start; the keys are restart-only)."""
+    """Client TLS as the process runs it (built once at start; the keys are restart-only).
+
+    ``end_point_hash``: the ``tls-server-end-point`` channel binding data of our certificate (SCRAM-SHA-256-PLUS);
+    None when TLS is not offered or the certificate's signature names no usable hash (then PLUS is not offered).
+    """
 
     policy: ClientTlsPolicy
     context: ssl.SSLContext | None  # None: TLS not offered
     limiter: HandshakeLimiter | None = None
+    end_point_hash: bytes | None = None
 
 
 def build_client_tls(
@@ -213,11 +224,13 @@ def build_client_tls(
 ) -> ClientTls:
     policy = client_policy(mode, certificate is not None and private_key is not None, match_user)
     context = None
+    end_point = None
     if policy.offered:
         assert certificate is not None and private_key is not None
         context = client_context(certificate, private_key, ca_cert, policy.verify_client)
+        end_point = certificate_file_end_point_hash(certificate)
     limiter = HandshakeLimiter(rate_per_second) if rate_per_second > 0 and context is not None else None
-    return ClientTls(policy, context, limiter)
+    return ClientTls(policy, context, limiter, end_point)
 
 
 def client_tls(general: General) -> ClientTls:
@@ -252,6 +265,47 @@ def certificate_user_problem(peercert: dict[str, Any] | None, user: str) -> str 
     return None
 
 
+# ---------------------------------------------------------------------------------------- channel binding
+
+
+@functools.lru_cache(maxsize=16)
+def end_point_hash(der: bytes) -> bytes | None:
+    """``tls-server-end-point`` channel binding data of a DER certificate (RFC 5929 section 4.1): its hash with
+    the hash function of the certificate's signature, SHA-256 when that is MD5 or SHA-1. None when the signature
+    names no hash (Ed25519, Ed448) or the bytes do not parse: no channel binding with that certificate."""
+    try:
+        algorithm = x509.load_der_x509_certificate(der).signature_hash_algorithm
+    except (ValueError, UnsupportedAlgorithm):
+        return None
+    if algorithm is None:
+        return None
+    if isinstance(algorithm, hashes.MD5 | hashes.SHA1):
+        algorithm = hashes.SHA256()
+    digest = hashes.Hash(algorithm)
+    digest.update(der)
+    return digest.finalize()
+
+
+def certificate_file_end_point_hash(path: str) -> bytes | None:
+    """`end_point_hash` of the first (leaf) certificate of a PEM file: the one a TLS handshake presents."""
+    try:
+        with open(path, "rb") as f:
+            leaf = x509.load_pem_x509_certificates(f.read())[0]
+    except (OSError, ValueError, IndexError):
+        return None
+    return end_point_hash(leaf.public_bytes(Encoding.DER))
+
+
+def peer_end_point_hash(transport: asyncio.BaseTransport | None) -> bytes | None:
+    """`end_point_hash` of the certificate the other end of a TLS connection showed (PostgreSQL's, for
+    pg_doorman's own SCRAM-SHA-256-PLUS login); None on a plain connection."""
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    return end_point_hash(der) if der else None
+
+
 # ---------------------------------------------------------------------------------------- upgrading
 
 
@@ -277,13 +331,40 @@ async def upgrade(
     *,
     received: bytes = b"",
     handshake_timeout: float | None = None,
+    loop_tls: bool = False,
 ) -> asyncio.Transport:
     """Run a server-side TLS handshake on an open connection and return the encrypted transport; ``protocol``
     keeps receiving (decrypted) data. ``received``: bytes of the handshake already read from the socket (the
-    ClientHello of a direct-TLS client), fed to the TLS layer first."""
-    loop = asyncio.get_running_loop()
+    ClientHello of a direct-TLS client), fed to the TLS layer first.
+
+    The transport is a `tlsstream.TlsTransport` (records through OpenSSL in C, replies written straight to the
+    socket); the event loop's own TLS only where that cannot bind to this interpreter's ssl objects (see
+    tlsio.pxd), or with ``loop_tls``."""
     if handshake_timeout is not None and handshake_timeout <= 0:
         handshake_timeout = None
+    if not loop_tls:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        ssl_object = context.wrap_bio(incoming, outgoing, server_side=True)
+        if tlsstream.native(ssl_object, incoming, outgoing):
+            stream = tlsstream.TlsTransport(transport, protocol, ssl_object, incoming, outgoing)  # type: ignore[arg-type]
+            try:
+                async with asyncio.timeout(handshake_timeout):
+                    await stream.start_handshake(received)
+            except BaseException:
+                stream.abort()
+                raise
+            return stream  # type: ignore[return-value]
+    return await _upgrade_with_loop(transport, protocol, context, received, handshake_timeout)
+
+
+async def _upgrade_with_loop(
+    transport: asyncio.BaseTransport,
+    protocol: asyncio.BaseProtocol,
+    context: ssl.SSLContext,
+    received: bytes,
+    handshake_timeout: float | None,
+) -> asyncio.Transport:
+    loop = asyncio.get_running_loop()
     if not received:
         new = await loop.start_tls(
             transport,  # type: ignore[arg-type]

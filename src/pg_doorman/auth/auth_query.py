@@ -122,8 +122,8 @@ class _RecordingLogin(ClientLogin):
         self._md5_salt = b""
         self.md5_answer: tuple[bytes, bytes] | None = None
 
-    def start(self) -> bytes:
-        request = super().start()
+    def start(self, channel_binding: bytes | None = None) -> bytes:
+        request = super().start(channel_binding)
         # AuthenticationMD5Password: 'R', int32 length 12, int32 5, then the 4-byte salt.
         if request[:1] == b"R" and int.from_bytes(request[5:9], "big") == 5:
             self._md5_salt = request[9:13]

@@ -3,6 +3,10 @@
 `ServerLogin.start()` gives the StartupMessage; every backend message is then fed to `feed()`, which returns the
 bytes to send back (possibly empty). When ReadyForQuery arrives `done` becomes true and `params`, `pid` and
 `secret` describe the new session. An ErrorResponse raises `ServerError` with PostgreSQL's SQLSTATE and text.
+
+Over TLS the caller passes ``channel_binding`` (the ``tls-server-end-point`` hash of PostgreSQL's certificate): a
+SCRAM login then uses SCRAM-SHA-256-PLUS when PostgreSQL offers it, as libpq's ``channel_binding=prefer`` does.
+`auth_method` tells which method the login used.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from dataclasses import dataclass
 
 from pg_doorman.auth.jwt import JWT_PRIVATE_KEY_PREFIX, JwtKeyError, mint_backend_token
 from pg_doorman.auth.md5 import md5_response_for_password, md5_salted_response
-from pg_doorman.auth.scram import ScramClient
+from pg_doorman.auth.scram import MECHANISM, ScramClient, parse_sasl_mechanisms
 from pg_doorman.protocol import messages
 from pg_doorman.protocol.errors import (
     FEATURE_NOT_SUPPORTED,
@@ -39,11 +43,31 @@ class ServerCredentials:
 
 
 class ServerLogin:
-    __slots__ = ("_creds", "_scram", "database", "done", "params", "pid", "secret", "startup_params")
+    __slots__ = (
+        "_channel_binding",
+        "_creds",
+        "_scram",
+        "auth_method",
+        "database",
+        "done",
+        "params",
+        "pid",
+        "secret",
+        "startup_params",
+    )
 
-    def __init__(self, creds: ServerCredentials, database: str, startup_params: dict[str, str]) -> None:
+    def __init__(
+        self,
+        creds: ServerCredentials,
+        database: str,
+        startup_params: dict[str, str],
+        *,
+        channel_binding: bytes | None = None,
+    ) -> None:
         self._creds = creds
+        self._channel_binding = channel_binding
         self._scram: ScramClient | None = None
+        self.auth_method = "trust"  # what PostgreSQL asked for: password, md5, SCRAM-SHA-256(-PLUS)
         self.database = database
         self.startup_params = startup_params
         self.done = False
@@ -87,6 +111,7 @@ class ServerLogin:
         if code == 0:
             return b""
         if code == 3:  # cleartext
+            self.auth_method = "password"
             if creds.password is None:
                 raise self._no_material("password")
             if creds.password.startswith(JWT_PRIVATE_KEY_PREFIX):  # the original's backend JWT (auth/jwt.py)
@@ -99,6 +124,7 @@ class ServerLogin:
                 f"{'md5' if code == 5 else 'SCRAM-SHA-256'} authentication (it must ask for a cleartext password)",
             )
         if code == 5:  # md5 with 4-byte salt
+            self.auth_method = "md5"
             salt = body[4:8]
             if creds.password is not None:
                 return messages.password_message(md5_response_for_password(creds.password, creds.user, salt) + b"\x00")
@@ -106,16 +132,19 @@ class ServerLogin:
                 return messages.password_message(md5_salted_response(creds.md5_verifier, salt) + b"\x00")
             raise self._no_material("md5")
         if code == 10:  # SASL: mechanism list
-            mechanisms = body[4:].split(b"\x00")
-            if b"SCRAM-SHA-256" not in mechanisms:
+            mechanisms = parse_sasl_mechanisms(body[4:])
+            if MECHANISM not in mechanisms:
                 raise PoolerError(FEATURE_NOT_SUPPORTED, "server offered no supported SASL mechanism")
+            binding = self._channel_binding
             if creds.password is not None:
-                self._scram = ScramClient(password=creds.password)
+                self._scram = ScramClient(password=creds.password, channel_binding=binding)
             elif creds.scram_client_key is not None:
-                self._scram = ScramClient(client_key=creds.scram_client_key)
+                self._scram = ScramClient(client_key=creds.scram_client_key, channel_binding=binding)
             else:
                 raise self._no_material("SCRAM-SHA-256")
-            return messages.password_message(self._scram.initial_response())
+            initial = self._scram.initial_response(mechanisms)
+            self.auth_method = self._scram.mechanism
+            return messages.password_message(initial)
         if code == 11:
             if self._scram is None:
                 raise ProtocolViolation("SASLContinue without SASL start")

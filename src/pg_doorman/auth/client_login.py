@@ -84,8 +84,11 @@ class ClientLogin:
         """The longest message (its int32 length field) the client may send next."""
         return MAX_AUTH_MESSAGE
 
-    def start(self) -> bytes:
-        """The first authentication request; raises LoginFailed when the decision refuses outright."""
+    def start(self, channel_binding: bytes | None = None) -> bytes:
+        """The first authentication request; raises LoginFailed when the decision refuses outright.
+
+        ``channel_binding``: on a TLS connection, the ``tls-server-end-point`` hash of our certificate (SCRAM then
+        offers SCRAM-SHA-256-PLUS); None on a plain one."""
         decision = self._decision
         if decision.method is Method.REJECT:
             raise LoginFailed(decision.sqlstate, decision.reason, why=decision.rule)
@@ -100,8 +103,8 @@ class ClientLogin:
         verifier = decision.verifier
         if not isinstance(verifier, ScramVerifier):
             verifier = mock_scram_verifier(self._user)
-        self._scram = ScramServer(verifier)
-        return messages.auth_sasl(ScramServer.mechanisms())
+        self._scram = ScramServer(verifier, channel_binding=channel_binding)
+        return messages.auth_sasl(self._scram.mechanisms())
 
     def feed(self, kind: int, body: bytes) -> bytes:
         """One client message; returns what to send back. Raises on failure (see the module docstring)."""

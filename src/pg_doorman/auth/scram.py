@@ -15,8 +15,14 @@ Wire shape, as PostgreSQL uses it (https://www.postgresql.org/docs/current/sasl-
 AuthenticationSASL lists ``SCRAM-SHA-256``; the client's SASLInitialResponse carries the mechanism, an int32
 length and ``client-first-message``; AuthenticationSASLContinue carries ``server-first-message``; SASLResponse
 carries ``client-final-message``; AuthenticationSASLFinal carries ``server-final-message``. PostgreSQL ignores
-the user name in ``n=`` (it takes it from the startup packet) and libpq sends it empty. Channel binding
-(``-PLUS``) is not offered.
+the user name in ``n=`` (it takes it from the startup packet) and libpq sends it empty.
+
+Channel binding (RFC 5802 section 6, PostgreSQL 11+): over TLS the mechanism list starts with
+``SCRAM-SHA-256-PLUS``, whose gs2 header is ``p=tls-server-end-point,,`` and whose ``c=`` carries that header
+followed by the ``tls-server-end-point`` hash of the server's certificate (RFC 5929), so a man in the middle with
+another certificate cannot relay the exchange. The hash is plain data here (``channel_binding``): the TLS code
+computes it (pg_doorman.tls.end_point_hash). The gs2 flag ``y`` says "I could bind, but the server seems not to":
+a server that does offer PLUS must refuse it (a downgrade).
 
 Every failure raises :class:`AuthError`, whose message and SQLSTATE are fit for the client's ErrorResponse.
 """
@@ -31,12 +37,14 @@ import hmac
 import re
 import secrets
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum, auto
 
 from pg_doorman.auth.saslprep import prepare_password
 from pg_doorman.protocol.errors import (
     FEATURE_NOT_SUPPORTED,
+    INVALID_AUTHORIZATION,
     INVALID_PASSWORD,
     PROTOCOL_VIOLATION,
     PoolerError,
@@ -45,6 +53,7 @@ from pg_doorman.protocol.errors import (
 __all__ = [
     "DEFAULT_ITERATIONS",
     "MECHANISM",
+    "MECHANISM_PLUS",
     "AuthError",
     "ScramClient",
     "ScramServer",
@@ -56,12 +65,18 @@ __all__ = [
 ]
 
 MECHANISM = "SCRAM-SHA-256"
+MECHANISM_PLUS = "SCRAM-SHA-256-PLUS"
+CHANNEL_BINDING_TYPE = "tls-server-end-point"  # the only type PostgreSQL (and so pg_doorman) supports
 DEFAULT_ITERATIONS = 4096  # PostgreSQL's default scram_iterations
 SALT_LEN = 16  # PostgreSQL's SCRAM_DEFAULT_SALT_LEN
 KEY_LEN = 32  # SHA-256 digest size
 NONCE_RAW_LEN = 18  # PostgreSQL's SCRAM_RAW_NONCE_LEN; base64 makes it 24 printable characters
 
 _MECHANISM_B = MECHANISM.encode("ascii")
+_MECHANISM_PLUS_B = MECHANISM_PLUS.encode("ascii")
+_GS2_PLUS = b"p=" + CHANNEL_BINDING_TYPE.encode("ascii") + b",,"
+_GS2_NO_BINDING = b"n,,"
+_GS2_BINDING_UNSEEN = b"y,,"  # the client could bind, but the server did not offer PLUS
 _INT32 = struct.Struct("!i")
 _VERIFIER_RE = re.compile(r"SCRAM-SHA-256\$(\d+):([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+):([A-Za-z0-9+/=]+)")
 
@@ -70,7 +85,8 @@ class AuthError(PoolerError):
     """Authentication failed or the SCRAM exchange was malformed; reported to the client as FATAL.
 
     ``sqlstate`` is ``28P01`` (invalid_password) for a wrong proof or signature, ``08P01`` for a malformed
-    or inconsistent message (as PostgreSQL reports those), ``0A000`` for an unsupported feature.
+    or inconsistent message (as PostgreSQL reports those), ``0A000`` for an unsupported feature, ``28000`` for
+    a channel binding that does not match or a downgrade from it.
     """
 
     def __init__(self, message: str, *, sqlstate: str = INVALID_PASSWORD, detail: str | None = None) -> None:
@@ -243,27 +259,39 @@ class ScramServer:
     Drive it with :meth:`handle_client_first` (SASLInitialResponse body → AuthenticationSASLContinue data)
     and :meth:`handle_client_final` (SASLResponse body → AuthenticationSASLFinal data). ``nonce`` is the
     server's nonce part (printable ASCII without ','; random 18 bytes in base64 by default).
-    Any :class:`AuthError` ends the exchange.
+    ``channel_binding``: the ``tls-server-end-point`` hash of our certificate on a TLS connection (then
+    SCRAM-SHA-256-PLUS is offered and a ``y`` flag is a downgrade); None on a plain connection.
+    Any :class:`AuthError` ends the exchange; the checks and messages are PostgreSQL's (auth-scram.c).
     """
 
-    def __init__(self, verifier: ScramVerifier, nonce: bytes | None = None) -> None:
+    def __init__(
+        self, verifier: ScramVerifier, nonce: bytes | None = None, *, channel_binding: bytes | None = None
+    ) -> None:
         self._verifier = verifier
         self._server_nonce = _random_nonce() if nonce is None else _check_nonce(nonce)
+        self._channel_binding = None if channel_binding is None else bytes(channel_binding)
+        self._binding_in_use = False  # the client chose SCRAM-SHA-256-PLUS
+        self._expected_cbind = b""  # the c= value of client-final-message, base64 text
         self._step = _Step.START
-        self._gs2_header = b""
         self._client_first_bare = b""
         self._server_first = b""
         self._nonce = b""
         self._client_key: bytes | None = None
 
-    @staticmethod
-    def mechanisms() -> bytes:
-        """AuthenticationSASL payload: the one mechanism we offer, NUL-terminated, then the list's NUL."""
+    def mechanisms(self) -> bytes:
+        """AuthenticationSASL payload: PLUS first when we can bind, each NUL-terminated, then the list's NUL."""
+        if self._channel_binding is not None:
+            return _MECHANISM_PLUS_B + b"\x00" + _MECHANISM_B + b"\x00\x00"
         return _MECHANISM_B + b"\x00\x00"
 
     @property
     def authenticated(self) -> bool:
         return self._step is _Step.DONE
+
+    @property
+    def mechanism(self) -> str:
+        """The mechanism the client chose (after :meth:`handle_client_first`)."""
+        return MECHANISM_PLUS if self._binding_in_use else MECHANISM
 
     @property
     def client_key(self) -> bytes:
@@ -281,8 +309,17 @@ class ScramServer:
         """Parse SASLInitialResponse (mechanism NUL, int32 length, client-first); return server-first."""
         self._expect(_Step.START)
         self._step = _Step.FAILED  # until this step succeeds
-        data = _split_initial_response(bytes(sasl_initial_response_payload))
-        self._gs2_header, self._client_first_bare, client_nonce = _parse_client_first(data)
+        mechanism, data = _split_initial_response(bytes(sasl_initial_response_payload))
+        if mechanism == _MECHANISM_PLUS_B and self._channel_binding is not None:
+            self._binding_in_use = True
+        elif mechanism != _MECHANISM_B:
+            # PLUS on a plain connection too: we did not offer it.
+            raise AuthError("client selected an invalid SASL authentication mechanism", sqlstate=PROTOCOL_VIOLATION)
+        gs2_header, self._client_first_bare, client_nonce = _parse_client_first(
+            data, binding_in_use=self._binding_in_use, binding_offered=self._channel_binding is not None
+        )
+        # c= repeats the gs2 header, followed by the certificate hash with PLUS ("biws" is base64 of "n,,").
+        self._expected_cbind = _b64(gs2_header + (self._channel_binding or b"") if self._binding_in_use else gs2_header)
         self._nonce = client_nonce + self._server_nonce
         v = self._verifier
         self._server_first = b"r=%s,s=%s,i=%d" % (self._nonce, _b64(v.salt), v.iterations)
@@ -297,11 +334,15 @@ class ScramServer:
         parts = data.split(b",")
         if len(parts) < 3:
             raise _malformed("client-final-message must carry c=, r= and p=")
-        cbind = _b64decode(_attr(parts[0], b"c"), "channel binding")
-        if not hmac.compare_digest(cbind, self._gs2_header):
-            raise AuthError("SCRAM channel binding check failed", sqlstate=PROTOCOL_VIOLATION)
+        cbind = _attr(parts[0], b"c")
+        if not hmac.compare_digest(cbind, self._expected_cbind):
+            if self._binding_in_use:
+                raise AuthError("SCRAM channel binding check failed", sqlstate=INVALID_AUTHORIZATION)
+            raise AuthError(
+                "unexpected SCRAM channel-binding attribute in client-final-message", sqlstate=PROTOCOL_VIOLATION
+            )
         if not hmac.compare_digest(_attr(parts[1], b"r"), self._nonce):
-            raise AuthError("SCRAM nonce mismatch", sqlstate=PROTOCOL_VIOLATION)
+            raise AuthError("invalid SCRAM response", sqlstate=PROTOCOL_VIOLATION, detail="Nonce does not match.")
         proof_attr = parts[-1]
         proof = _b64decode(_attr(proof_attr, b"p"), "proof")
         if len(proof) != KEY_LEN:
@@ -318,12 +359,13 @@ class ScramServer:
         return b"v=" + _b64(_hmac(v.server_key, auth_message))
 
 
-def _split_initial_response(body: bytes) -> bytes:
-    """client-first-message out of a SASLInitialResponse body, after checking the mechanism name."""
+def _split_initial_response(body: bytes) -> tuple[bytes, bytes]:
+    """(mechanism name, client-first-message) of a SASLInitialResponse body."""
     nul = body.find(b"\x00")
     if nul < 0:
         raise _malformed("SASLInitialResponse has no mechanism name")
-    if body[:nul] != _MECHANISM_B:
+    mechanism = body[:nul]
+    if mechanism not in (_MECHANISM_B, _MECHANISM_PLUS_B):
         raise AuthError("client selected an invalid SASL authentication mechanism", sqlstate=PROTOCOL_VIOLATION)
     rest = body[nul + 1 :]
     if len(rest) < 4:
@@ -334,29 +376,56 @@ def _split_initial_response(body: bytes) -> bytes:
         raise _malformed("SCRAM requires an initial response")
     if length != len(data):
         raise _malformed("SASLInitialResponse length does not match its data")
-    return data
+    return mechanism, data
 
 
-def _parse_client_first(data: bytes) -> tuple[bytes, bytes, bytes]:
-    """(gs2-header, client-first-message-bare, client nonce) of a client-first-message."""
+_NO_BINDING_DATA = (
+    "The client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include channel binding data."
+)
+
+
+def _parse_client_first(data: bytes, *, binding_in_use: bool, binding_offered: bool) -> tuple[bytes, bytes, bytes]:
+    """(gs2-header, client-first-message-bare, client nonce) of a client-first-message.
+
+    The gs2 header is checked as PostgreSQL does: ``p=tls-server-end-point`` only with the PLUS mechanism,
+    ``n`` or ``y`` only without it, ``y`` refused where PLUS was offered (the client was made to think we cannot
+    bind: a downgrade), and no authorization identity."""
     flag = data[:1]
-    if flag == b"p":
-        raise AuthError(
-            "malformed SCRAM message",
-            sqlstate=PROTOCOL_VIOLATION,
-            detail="The client selected SCRAM-SHA-256 without channel binding, "
-            "but the SCRAM message includes channel binding data.",
-        )
-    if flag not in (b"n", b"y") or data[1:2] != b",":
+    if flag in (b"n", b"y"):
+        if binding_in_use:
+            raise _malformed(_NO_BINDING_DATA)
+        if flag == b"y" and binding_offered:
+            raise AuthError(
+                "SCRAM channel binding negotiation error",
+                sqlstate=INVALID_AUTHORIZATION,
+                detail="The client supports SCRAM channel binding but thinks the server does not.  "
+                "However, this server does support channel binding.",
+            )
+        if data[1:2] != b",":
+            raise _malformed("comma expected after the channel-binding flag")
+        rest_at = 2
+    elif flag == b"p":
+        if not binding_in_use:
+            raise _malformed(
+                "The client selected SCRAM-SHA-256 without channel binding, "
+                "but the SCRAM message includes channel binding data."
+            )
+        comma = data.find(b",")
+        if comma < 0:
+            raise _malformed("gs2 header is not terminated")
+        binding_type = _attr(data[:comma], b"p")
+        if binding_type != CHANNEL_BINDING_TYPE.encode("ascii"):
+            shown = "".join(chr(c) if 0x21 <= c <= 0x7E else "?" for c in binding_type[:30])
+            raise AuthError(f'unsupported SCRAM channel-binding type "{shown}"', sqlstate=PROTOCOL_VIOLATION)
+        rest_at = comma + 1
+    else:
         raise _malformed("unexpected channel-binding flag")
-    # gs2-header = cbind-flag "," [authzid] ","; an authzid (a=…) is accepted and ignored.
-    second_comma = data.find(b",", 2)
-    if second_comma < 0:
-        raise _malformed("gs2 header is not terminated")
-    authzid = data[2:second_comma]
-    if authzid and not authzid.startswith(b"a="):
+    # gs2-header = cbind-flag "," [authzid] ","
+    if data[rest_at : rest_at + 1] == b"a":
+        raise AuthError("client uses authorization identity, but it is not supported", sqlstate=FEATURE_NOT_SUPPORTED)
+    if data[rest_at : rest_at + 1] != b",":
         raise _malformed("unexpected attribute in gs2 header")
-    gs2_header, bare = data[: second_comma + 1], data[second_comma + 1 :]
+    gs2_header, bare = data[: rest_at + 1], data[rest_at + 1 :]
 
     parts = bare.split(b",")
     if parts[0].startswith(b"m="):
@@ -376,10 +445,13 @@ def _parse_client_first(data: bytes) -> tuple[bytes, bytes, bytes]:
 class ScramClient:
     """One SCRAM-SHA-256 login to PostgreSQL, with a plaintext ``password`` or a recovered ``client_key``.
 
-    Drive it with :meth:`initial_response` (→ SASLInitialResponse body), :meth:`handle_server_first`
-    (AuthenticationSASLContinue data → SASLResponse body) and :meth:`handle_server_final`
-    (AuthenticationSASLFinal data). ``nonce`` is our nonce (printable ASCII without ','; random 18 bytes in
-    base64 by default); ``username`` goes into ``n=`` (PostgreSQL ignores it; libpq sends it empty).
+    Drive it with :meth:`initial_response` (the server's mechanisms → SASLInitialResponse body),
+    :meth:`handle_server_first` (AuthenticationSASLContinue data → SASLResponse body) and
+    :meth:`handle_server_final` (AuthenticationSASLFinal data). ``nonce`` is our nonce (printable ASCII without
+    ','; random 18 bytes in base64 by default); ``username`` goes into ``n=`` (PostgreSQL ignores it; libpq sends
+    it empty). ``channel_binding``: the ``tls-server-end-point`` hash of the server's certificate on a TLS
+    connection (None: plain, or a certificate without one); with it the login binds to the TLS channel when the
+    server offers SCRAM-SHA-256-PLUS, as libpq's ``channel_binding=prefer`` does.
     """
 
     def __init__(
@@ -389,6 +461,7 @@ class ScramClient:
         client_key: bytes | None = None,
         nonce: bytes | None = None,
         username: str = "",
+        channel_binding: bytes | None = None,
     ) -> None:
         if (password is None) == (client_key is None):
             raise ValueError("exactly one of password or client_key is required")
@@ -398,6 +471,9 @@ class ScramClient:
         self._client_key = None if client_key is None else bytes(client_key)
         self._nonce = _random_nonce() if nonce is None else _check_nonce(nonce)
         self._client_first_bare = b"n=" + _saslname(username) + b",r=" + self._nonce
+        self._channel_binding = None if channel_binding is None else bytes(channel_binding)
+        self._gs2_header = _GS2_NO_BINDING
+        self.mechanism = MECHANISM
         self._expected_signature: bytes | None = None
         self._step = _Step.START
 
@@ -406,12 +482,21 @@ class ScramClient:
             self._step = _Step.FAILED
             raise AuthError("unexpected SASL message from the server", sqlstate=PROTOCOL_VIOLATION)
 
-    def initial_response(self) -> bytes:
-        """SASLInitialResponse body: mechanism NUL, int32 length, ``n,,n=…,r=<nonce>``."""
+    def initial_response(self, offered: Sequence[str] = (MECHANISM,)) -> bytes:
+        """SASLInitialResponse body: mechanism NUL, int32 length, ``<gs2-header>n=…,r=<nonce>``.
+
+        With channel binding data, SCRAM-SHA-256-PLUS when ``offered`` lists it (gs2 header
+        ``p=tls-server-end-point,,``), else ``y,,`` (we could bind, the server did not offer to: a server that
+        can bind refuses that as a downgrade). Without it, ``n,,``."""
         self._expect(_Step.START)
-        client_first = b"n,," + self._client_first_bare
+        if self._channel_binding is not None and MECHANISM_PLUS in offered:
+            self.mechanism, self._gs2_header = MECHANISM_PLUS, _GS2_PLUS
+        elif self._channel_binding is not None:
+            self._gs2_header = _GS2_BINDING_UNSEEN
+        client_first = self._gs2_header + self._client_first_bare
         self._step = _Step.CONTINUE
-        return _MECHANISM_B + b"\x00" + _INT32.pack(len(client_first)) + client_first
+        name = self.mechanism.encode("ascii")
+        return name + b"\x00" + _INT32.pack(len(client_first)) + client_first
 
     def handle_server_first(self, data: bytes) -> bytes:
         """Answer server-first-message ``r=…,s=…,i=…`` with client-final-message ``c=biws,r=…,p=…``."""
@@ -439,7 +524,11 @@ class ScramClient:
         else:
             assert self._client_key is not None
             client_key, server_key = self._client_key, None
-        without_proof = b"c=biws,r=" + nonce  # biws = base64("n,,")
+        cbind_input = self._gs2_header
+        if self.mechanism == MECHANISM_PLUS:
+            assert self._channel_binding is not None
+            cbind_input += self._channel_binding
+        without_proof = b"c=" + _b64(cbind_input) + b",r=" + nonce  # c=biws: base64("n,,")
         auth_message = b",".join((self._client_first_bare, server_first, without_proof))
         proof = _xor(client_key, _hmac(_sha256(client_key), auth_message))
         if server_key is not None:
