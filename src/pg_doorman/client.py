@@ -803,9 +803,15 @@ class ClientConnection(Borrower):
         self.fail(PoolerError(POOLER_SHUTDOWN, "pooler is shut down now"))
 
     def server_lost(self, server: ServerConnection) -> None:
-        """The server this client holds went away: the client cannot continue its session."""
+        """The server this client holds went away: the client cannot continue its session. If PostgreSQL said why
+        (its FATAL, e.g. 57P01 after pg_terminate_backend, went to the client whole), that stays the only error,
+        as on a direct connection: the client is closed after it in the orderly way, with nothing added."""
         if self.server is server:
             self.server = None
+            if server.fatal_forwarded:
+                self.close_after_error(b"")
+                self._teardown()
+                return
             self.fail(
                 PoolerError(
                     CONNECTION_FAILURE,

@@ -151,12 +151,12 @@ class Connection:
     # ------------------------------------------------------------------ closing after an error
 
     def close_after_error(self, data: bytes, wait_for_input: bool = False) -> None:
-        """Write ``data`` (a FATAL ErrorResponse) as the last bytes of this connection and close it so that the
-        peer gets to read them: shut down the write side once the transport's queue is out (FIN), read and drop
-        the peer's input (`discard_input`) until its EOF, then close; within DRAIN_MAX_BYTES and
-        DRAIN_MAX_SECONDS, or DRAIN_QUIET_SECONDS when the peer sends nothing. Nothing else is written from here on, and
-        the caller stops processing the peer's messages (a client in CLIENT_CLOSED passes them to
-        `discard_input`). Called again, or on a closing transport, it does nothing.
+        """Write ``data`` (a FATAL ErrorResponse; empty if the peer has its error already) as the last bytes of
+        this connection and close it so that the peer gets to read them: shut down the write side once the
+        transport's queue is out (FIN), read and drop the peer's input (`discard_input`) until its EOF, then close;
+        within DRAIN_MAX_BYTES and DRAIN_MAX_SECONDS, or DRAIN_QUIET_SECONDS when the peer sends nothing. Nothing
+        else is written from here on, and the caller stops processing the peer's messages (a client in
+        CLIENT_CLOSED passes them to `discard_input`). Called again, or on a closing transport, it does nothing.
 
         ``wait_for_input``: the peer was just sent a ReadyForQuery, and libpq parses an ErrorResponse that reaches
         it in the same read as an idle-state notice (the application then sees "server closed the connection
@@ -189,7 +189,8 @@ class Connection:
         if transport is None:
             return
         try:
-            transport.write(data)
+            if data:  # empty: the last message went out already (the server's own FATAL, client.server_lost)
+                transport.write(data)
             if transport.can_write_eof():
                 transport.write_eof()
         except (OSError, RuntimeError):

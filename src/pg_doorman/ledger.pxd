@@ -49,6 +49,7 @@ cdef class ServerLedger:
     cpdef bint hidden_query_ready(self, int status)
     cpdef copy_started(self, int kind)
     cpdef copy_ended(self)
+    cpdef session_ended(self)
     @cython.locals(head=Expect, flags=int, following=int)
     cpdef int complete(self, int code)
     cpdef list take_synthetic(self)

@@ -243,6 +243,13 @@ class ServerLedger:
         """CommandComplete or ErrorResponse: any COPY is over."""
         self.in_copy = False
 
+    def session_ended(self) -> None:
+        """An ErrorResponse with severity FATAL or PANIC: PostgreSQL ends the session after it and answers
+        nothing more. One more ReadyForQuery is counted as due, one that never comes, so the server is neither
+        idle nor clean from here on: a client leaving before the server's socket closes cannot send it back to
+        the pool (`is_clean` needs no field of its own for this rare case)."""
+        self.pending_z += 1
+
     def complete(self, code: int) -> int:
         """A response that completes a request of kind ``code`` (prepared.COMPLETES); returns codes.HIDE and
         codes.SYNTHETIC_NEXT bits for the forwarding loop."""

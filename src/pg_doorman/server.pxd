@@ -59,6 +59,7 @@ cdef class ServerConnection(Connection):
     cdef public double created_at
     cdef public double expires_at
     cdef public set extra_keys
+    cdef public bint fatal_forwarded
     cdef public double idle_expires_after
     cdef public double last_used
     cdef public ServerLedger ledger

@@ -45,6 +45,9 @@ WATCHED_TRACKED = bytes(
     1 if watched or completes else 0 for watched, completes in zip(WATCHED, COMPLETES_TABLE, strict=True)
 )
 
+# Severities after which PostgreSQL ends the session (ErrorResponse field 'V', or 'S' before PostgreSQL 9.6).
+_SESSION_ENDING = frozenset({"FATAL", "PANIC"})
+
 # First letters of the CommandComplete tags that change what cleanup a session needs (SET, RESET, DECLARE
 # CURSOR, DISCARD ALL, DEALLOCATE ALL, PREPARE, LISTEN, CLOSE CURSOR ALL); other tags skip the call.
 _TAG_FIRST = type_table({"SRDPLC": 1})
@@ -142,6 +145,7 @@ class ServerConnection(Connection):
         "created_at",
         "expires_at",
         "extra_keys",
+        "fatal_forwarded",
         "idle_expires_after",
         "last_used",
         "ledger",
@@ -206,6 +210,9 @@ class ServerConnection(Connection):
         # look for leftovers at release. Consumed by release().
         self.check_leftovers = False
         self.cancel_sent = False
+        # PostgreSQL's own FATAL went to the client: it ends the session, and the client needs no second error
+        # when the socket then closes (client.server_lost). Set off the hot path, where the error is parsed.
+        self.fatal_forwarded = False
         self.used = False
         settings = pool.settings
         self.tracked = settings.prepared_statements and pool.transaction_mode
@@ -578,11 +585,16 @@ class ServerConnection(Connection):
                 client.xact_count += 1
 
     def _count_error(self, body: bytes) -> None:
-        """An ErrorResponse goes to the client: count it by SQLSTATE (rare: parsed here, off the common path)."""
-        self.pool_stats.count_error(messages.parse_error_fields(body).get("C", "XX000"))
+        """An ErrorResponse goes to the client whole: count it by SQLSTATE (rare: parsed here, off the common
+        path), and note a FATAL one, after which PostgreSQL closes the session itself."""
+        fields = messages.parse_error_fields(body)
+        self.pool_stats.count_error(fields.get("C", "XX000"))
         client = self.client
         if client is not None:
             client.error_count += 1
+            if fields.get("V", fields.get("S")) in _SESSION_ENDING:
+                self.fatal_forwarded = True
+                self.ledger.session_ended()
 
     def _on_client_error(self, data: bytes, pos: int, end: int, out: list[bytes]) -> int:
         """An ErrorResponse for the client at data[pos:end]; returns where the bytes still to forward start
