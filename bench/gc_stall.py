@@ -61,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--burst-every", type=float, default=5.0)
     p.add_argument("--pool-size", type=int, default=10)
     p.add_argument("--gc", default="both", choices=("tuned", "default", "both"), help="PG_DOORMAN_GC for the pooler")
+    p.add_argument("--src", type=Path, help="run pg_doorman from another checkout's src/ (built in place)")
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--probe", nargs=4, metavar=("PORT", "USER", "DATABASE", "SECONDS"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -223,6 +224,7 @@ def run_policy(policy: str, pg: Any, creds: Credentials, args: argparse.Namespac
         pool_size=args.pool_size,
         extra_general={"max_connections": args.clients + 2 * args.burst + args.churn + 100},
         command="{python} -m pg_doorman -l debug {config}",
+        src=args.src,
     )
     os.environ["PG_DOORMAN_GC"] = policy  # the pooler inherits the bench's environment
     doorman.start()

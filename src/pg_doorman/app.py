@@ -220,7 +220,8 @@ class Application:
         self.registry.maintain(time.monotonic())
         self._janitor = loop.create_task(self._maintenance())
         self._wait_ticker = loop.create_task(self._tick_pools())
-        gcpolicy.install()  # after the long-lived objects exist: they are frozen out of the collector's walks
+        # After the long-lived objects exist: they are frozen out of the collector's walks (gcpolicy.py).
+        gcpolicy.install(freeze_survivors=type(loop).__module__.startswith("uvloop"))
 
     async def _tick_pools(self) -> None:
         """Every 100 ms: the pools' clocks, and query_wait_timeout for waiting clients (no timer per wait)."""

@@ -13,13 +13,18 @@ The policy (``tuned``, the default):
    is garbage at that moment; the next full collection walks only what was promoted since, a pause bounded by
    the churn between two collections instead of by the number of connected clients.
 3. A larger generation-0 threshold, so that the short-lived objects of a login have died (by reference count)
-   before a young collection would promote them.
+   before a young collection would promote them. The price: while thousands of clients log in at once nearly
+   everything survives, and a generation-1 collection then walks up to ten times the threshold (about 40 ms of
+   CPU once while 10,000 clients logged in, in bench/gc_stall.py); under steady churn it stays far below.
 
 What it costs: an object frozen while alive that later becomes part of an unreachable reference cycle is never
-freed. Client and server connections are freed by reference counting alone when they close (the asyncio/uvloop
-transport drops its protocol, and a connection keeps no cycle through its pool or the registry; tested in
-``tests/integration/test_gc_policy.py``), so what can leak that way is rare, small, and stops growing when the
-churn does. ``PG_DOORMAN_GC=default`` keeps CPython's own collector settings (for comparison:
+freed. Client and server connections, with their uvloop transports, are freed by reference counting alone when
+they close (tested in ``tests/integration/test_gc_policy.py``), so what can leak that way is only a cycle that
+forms later inside an object which had already survived a full collection: rare, and small. On asyncio's own
+loop (the fallback where uvloop is missing) a closed socket transport is a cycle (it keeps a bound method of
+itself), so there survivors are not frozen.
+
+``PG_DOORMAN_GC=default`` keeps CPython's own collector settings (for comparison:
 ``bench/gc_stall.py --gc default``); the full collections are timed and logged under either policy.
 """
 
@@ -94,20 +99,24 @@ def policy_from_env() -> str:
     return value if value in POLICIES else "tuned"
 
 
-def install(policy: str | None = None) -> CollectorWatch:
-    """Put the collector policy into effect (idempotent); call once startup has built its long-lived objects."""
+def install(policy: str | None = None, *, freeze_survivors: bool = True) -> CollectorWatch:
+    """Put the collector policy into effect (idempotent); call once startup has built its long-lived objects.
+
+    ``freeze_survivors`` False keeps the start-up freeze and thresholds but never freezes later: for asyncio's own
+    event loop, whose socket transports hold a bound method of their own (a cycle only the collector frees).
+    """
     global _installed
     if _installed is not None:
         return _installed[0]
     policy = policy or policy_from_env()
     tuned = policy == "tuned"
-    watch = CollectorWatch(freeze_survivors=tuned)
+    watch = CollectorWatch(freeze_survivors=tuned and freeze_survivors)
     _installed = (watch, gc.get_threshold())
     gc.callbacks.append(watch)
     if tuned:
         gc.set_threshold(YOUNG_THRESHOLD, *gc.get_threshold()[1:])
         gc.collect()  # startup garbage goes first; the hook then freezes the survivors
-    log.debug("gc policy %s, thresholds %s", policy, gc.get_threshold())
+    log.debug("gc policy %s, thresholds %s, survivors frozen: %s", policy, gc.get_threshold(), watch.freeze_survivors)
     return watch
 
 
