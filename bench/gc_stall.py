@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = [f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols]
         print("| " + " | ".join(cells) + " |")
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "results": results}, indent=1))
+        args.json.write_text(json.dumps({"args": vars(args), "results": results}, indent=1, default=str))
     return 0
 
 
