@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import cast
 
-from pg_doorman import __version__, events, implementation, sockets
+from pg_doorman import __version__, events, gcpolicy, implementation, sockets
 from pg_doorman.admin import AdminContext
 from pg_doorman.client import ClientConnection
 from pg_doorman.config import Config, ConfigError, load_config, startup_messages
@@ -220,6 +220,8 @@ class Application:
         self.registry.maintain(time.monotonic())
         self._janitor = loop.create_task(self._maintenance())
         self._wait_ticker = loop.create_task(self._tick_pools())
+        # After the long-lived objects exist: they are frozen out of the collector's walks (gcpolicy.py).
+        gcpolicy.install(freeze_survivors=type(loop).__module__.startswith("uvloop"))
 
     async def _tick_pools(self) -> None:
         """Every 100 ms: the pools' clocks, and query_wait_timeout for waiting clients (no timer per wait)."""
@@ -368,6 +370,7 @@ class Application:
                 os.unlink(self._unix_path)
             except OSError:
                 pass
+        gcpolicy.uninstall()
 
 
 def _session_duration(seconds: float) -> str:

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import re
 import ssl
+from functools import partial
 from time import monotonic
 from typing import TYPE_CHECKING
 
@@ -1068,13 +1069,9 @@ class ClientConnection(Borrower):
         pool = self.context.registry.pool_for(database, user)
         origin = self._origin()
 
-        def decision_for(stored: str | None, check: PasswordCheck | None = None) -> Decision:
-            """The access rules (pg_hba), the stored password and the user's external check (JWT, PAM, LDAP)
-            decide how this user logs in (auth/policy.py)."""
-            decision = decide(self.context.access_rules, origin, database, user, stored, check=check)
-            self._log_trust(decision)
-            return decision
-
+        # A partial, not a closure: a compiled coroutine's closure holding a function that refers back to that
+        # closure is a reference cycle, which kept every closed client alive until a full collection (gcpolicy.py).
+        decision_for = partial(self._login_decision, origin)
         auth_query = self.context.registry.auth_query_for(database, user)
         if auth_query is not None:  # a user only PostgreSQL knows (configured users always win): auth/auth_query.py
             verifier, login = await auth_query.login(user, decision_for, self._exchange)
@@ -1120,6 +1117,13 @@ class ClientConnection(Borrower):
         return ClientOrigin(
             local=not isinstance(peer, tuple), address=client_address(peer), tls=tls, certificate_name=name
         )
+
+    def _login_decision(self, origin: ClientOrigin, stored: str | None, check: PasswordCheck | None = None) -> Decision:
+        """The access rules (pg_hba), the stored password and the user's external check (JWT, PAM, LDAP) decide
+        how this user logs in (auth/policy.py)."""
+        decision = decide(self.context.access_rules, origin, self.database, self.user, stored, check=check)
+        self._log_trust(decision)
+        return decision
 
     def _log_trust(self, decision: Decision) -> None:
         if decision.method is Method.TRUST:
