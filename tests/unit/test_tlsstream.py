@@ -183,7 +183,7 @@ def test_records_go_through_c_when_compiled(certs: TlsFiles) -> None:
 
 @pytest.mark.parametrize("maximum", [None, ssl.TLSVersion.TLSv1_2])
 def test_one_byte_at_a_time_and_many_records_at_once(certs: TlsFiles, maximum: ssl.TLSVersion | None) -> None:
-    stream, raw, app, peer = connected(certs, maximum)
+    stream, _raw, app, peer = connected(certs, maximum)
     records = peer.records(b"Q\x00\x00\x00\x0dselect 1\x00")
     for i in range(len(records)):
         stream.data_received(records[i : i + 1])
@@ -195,7 +195,7 @@ def test_one_byte_at_a_time_and_many_records_at_once(certs: TlsFiles, maximum: s
 
 
 def test_big_input_across_records_and_chunks(certs: TlsFiles) -> None:
-    stream, raw, app, peer = connected(certs)
+    stream, _raw, app, peer = connected(certs)
     payload = bytes(range(256)) * 8192  # 2 MiB: 128 records, fed in uneven pieces
     records = peer.records(payload)
     step = 70001
@@ -205,7 +205,7 @@ def test_big_input_across_records_and_chunks(certs: TlsFiles) -> None:
 
 
 def test_writes_become_records_in_order(certs: TlsFiles) -> None:
-    stream, raw, app, peer = connected(certs)
+    stream, raw, _app, peer = connected(certs)
     stream.write(b"first")
     stream.write(bytearray(b"second"))
     stream.write(memoryview(b"third"))
@@ -218,7 +218,7 @@ def test_direct_send_and_queue_order_on_a_real_socket(certs: TlsFiles) -> None:
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
     theirs.settimeout(5)
-    stream, raw, app, peer = connected(certs, sock=ours, far_end=theirs)
+    stream, raw, _app, peer = connected(certs, sock=ours, far_end=theirs)
     stream.write(b"direct")
     assert raw.take() == b""  # the kernel took it: nothing went through the transport's queue
     assert peer.plaintext(theirs.recv(65536)) == b"direct"
@@ -273,7 +273,7 @@ def test_garbage_closes_and_delivers_nothing(certs: TlsFiles) -> None:
 
 
 def test_connection_lost_reaches_the_app(certs: TlsFiles) -> None:
-    stream, raw, app, peer = connected(certs)
+    stream, raw, app, _peer = connected(certs)
     stream.connection_lost(None)
     assert app.lost == [None]
     stream.write(b"x")
