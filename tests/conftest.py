@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
+from pg_doorman import connection
 from pg_doorman.devcluster import TempPostgres, find_free_port
 
 if TYPE_CHECKING:
@@ -60,6 +61,16 @@ def new_cluster(auth: str, **kwargs: Any) -> TempPostgres:
         cluster.cleanup()
         raise
     return cluster
+
+
+@pytest.fixture(autouse=True)
+def end_left_drains() -> Iterator[None]:
+    """A connection closing after an error stays in connection.py's module-level set until its connection_lost,
+    which a stand-in transport or a finished event loop never delivers: end such drains after each test, so that
+    the next test (which may count drains) starts with none. (Here, not in tests/unit/conftest.py: the test
+    modules import this file as ``conftest``, and a second conftest module would shadow it.)"""
+    yield
+    connection.forget_drains()
 
 
 @pytest.fixture(scope="session")

@@ -71,6 +71,16 @@ def draining_count() -> int:
     return len(_draining)
 
 
+def forget_drains() -> int:
+    """End every drain at once without closing anything; returns how many there were. For tests: a connection on a
+    stand-in transport, or on an event loop that is gone, never gets its connection_lost, and would otherwise
+    stay in this module's set for the rest of the process."""
+    left = list(_draining)
+    for conn in left:
+        conn._end_drain()
+    return len(left)
+
+
 def _encrypted(transport: asyncio.Transport) -> bool:
     """A TLS transport still reports its TCP socket: writing to that directly would put plain text on the wire.
     (The same test as tls.is_tls, kept here so that this module imports nothing of TLS.)"""

@@ -34,6 +34,7 @@ import gc
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger("pg_doorman.gc")
@@ -136,3 +137,20 @@ def uninstall() -> None:
 def current() -> CollectorWatch | None:
     """The installed hook (its counters say how many full collections ran and how long they paused)."""
     return _installed[0] if _installed is not None else None
+
+
+@dataclass(frozen=True)
+class Figures:
+    """What operators see of the collector (/metrics, /api/process): all zero while no policy is installed."""
+
+    full_collections: int = 0
+    pause_seconds_total: float = 0.0  # wall time of the full collections
+    longest_pause_seconds: float = 0.0  # of any generation
+
+
+def figures() -> Figures:
+    """The installed hook's counters (O(1): read by every scrape)."""
+    watch = current()
+    if watch is None:
+        return Figures()
+    return Figures(watch.full_collections, watch.pause_total, watch.pause_max)

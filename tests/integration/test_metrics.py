@@ -19,7 +19,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg_helpers import scalar
-from web_helpers import curl, raw_exchange, request, wait_for_port, web_config, web_port
+from web_helpers import ADMIN, curl, raw_exchange, request, wait_for_port, web_config, web_port
 
 from conftest import REPO_ROOT, DoormanProcess, StartDoorman, make_pool_config
 from pg_doorman import __version__
@@ -305,3 +305,63 @@ def test_alert_rules_pass_promtool(tmp_path: Path) -> None:
     broken.write_text(ALERTS.read_text().replace("expr: ", "expr: sum(", 1))
     failed = subprocess.run([promtool, "check", "rules", str(broken)], capture_output=True, text=True, check=False)
     assert failed.returncode != 0  # the check can fail: it really parses the expressions
+
+
+GC_FAMILIES = {
+    "pg_doorman_gc_full_collections": ("counter", "pg_doorman_gc_full_collections_total"),
+    "pg_doorman_gc_pause_seconds": ("counter", "pg_doorman_gc_pause_seconds_total"),
+    "pg_doorman_gc_longest_pause_seconds": ("gauge", "pg_doorman_gc_longest_pause_seconds"),
+}
+
+
+def gc_figures(families: dict[str, Metric]) -> tuple[float, float, float]:
+    """(full collections, their total pause, the longest pause) from one scrape; each family one unlabelled sample."""
+    found = []
+    for family, (kind, sample) in GC_FAMILIES.items():
+        assert family in families, f"{family} missing from /metrics"
+        assert families[family].type == kind, f"{family}: {families[family].type} != {kind}"
+        samples = [s for s in families[family].samples if s.name == sample]
+        assert len(samples) == 1 and samples[0].labels == {}, families[family].samples
+        found.append(float(samples[0].value))
+    full, paused, longest = found
+    return full, paused, longest
+
+
+def test_gc_figures_count_the_collections_of_the_tuned_policy(doorman: StartDoorman, pg_trust: TempPostgres) -> None:
+    """The tuned policy (the default) runs one full collection at start: counted, with its pause, at once. The
+    counters never go back between scrapes, and agree with /api/process (the JSON API is on with ``ui``)."""
+    proc, port = start(doorman, pg_trust, ui=True)
+    full, paused, longest = gc_figures(scrape(port))
+    assert full >= 1  # the start-up collection
+    assert 0 < paused < 60
+    assert paused / full <= longest < 60  # the longest pause is at least the mean full one
+    for _ in range(30):  # churn: logins and disconnects are what promotes objects to the old generations
+        with proc.connect(autocommit=True) as conn:
+            assert scalar(conn, "SELECT 1") == 1
+    later = gc_figures(scrape(port))
+    assert later[0] >= full and later[1] >= paused and later[2] >= longest, (full, paused, longest, later)
+    assert later[2] >= later[1] / later[0]
+    process = request(port, "/api/process", auth=ADMIN).json()["gc"]
+    assert set(process) == {"full_collections", "pause_seconds_total", "longest_pause_seconds"}
+    assert process["full_collections"] >= later[0] and process["pause_seconds_total"] >= later[1]
+    assert process["longest_pause_seconds"] >= later[2]
+    # OpenMetrics: the counters keep their _total samples there too.
+    reply = request(port, "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    names = {s.name for family in parse_openmetrics(reply.text) for s in family.samples}
+    assert {"pg_doorman_gc_full_collections_total", "pg_doorman_gc_pause_seconds_total"} <= names
+
+
+def test_gc_figures_under_cpythons_own_policy(doorman: StartDoorman, pg_trust: TempPostgres) -> None:
+    """``PG_DOORMAN_GC=default``: no start-up collection of ours, but the collections CPython runs are still timed;
+    the families are there from the first scrape, never negative, never going back."""
+    config = web_config(make_pool_config(pg_trust))
+    proc = doorman(config, env={"PG_DOORMAN_GC": "default"})
+    port = web_port(config)
+    wait_for_port(port)
+    full, paused, longest = gc_figures(scrape(port))
+    assert full >= 0 and paused >= 0 and longest >= 0
+    assert full == 0 or paused / full <= longest
+    with proc.connect(autocommit=True) as conn:
+        assert scalar(conn, "SELECT 1") == 1
+    later = gc_figures(scrape(port))
+    assert later[0] >= full and later[1] >= paused and later[2] >= longest

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from pg_doorman import __version__, events, implementation, views
+from pg_doorman import __version__, events, gcpolicy, implementation, views
 from pg_doorman.observe import procinfo
 from pg_doorman.observe.metrics import _stat
 
@@ -250,6 +250,7 @@ def process(app: Application) -> JSON:
         "open_files": procinfo.open_files(),
         "config_path": app.config.path,
         "shutting_down": app.shutting_down,
+        "gc": dataclasses.asdict(gcpolicy.figures()),
     }
 
 

@@ -25,7 +25,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import choose_encoder
 
-from pg_doorman import __version__, views
+from pg_doorman import __version__, gcpolicy, views
 from pg_doorman.observe import procinfo
 
 if TYPE_CHECKING:
@@ -225,6 +225,8 @@ class DoormanCollector:
         clients.add_metric([], len(self.app.clients))
         yield clients
 
+        yield from _collector()
+
     # ------------------------------------------------------------------ pools
 
     def _pools(self, pools: list[views.PoolView]) -> Iterator[Metric]:
@@ -368,6 +370,20 @@ class DoormanCollector:
 
 
 _CACHE_COUNTS = ("hits", "misses", "refetches", "rate_limited")
+
+
+def _collector() -> Iterator[Metric]:
+    """pg_doorman_gc_*: CPython's cyclic collector stops the event loop while it runs (gcpolicy.py)."""
+    figures = gcpolicy.figures()
+    full = _counter("gc_full_collections_total", "Full (generation 2) garbage collections since start.")
+    full.add_metric([], figures.full_collections)
+    yield full
+    paused = _counter("gc_pause_seconds_total", "Wall time the event loop stood still in full garbage collections.")
+    paused.add_metric([], figures.pause_seconds_total)
+    yield paused
+    longest = _gauge("gc_longest_pause_seconds", "The longest garbage collection pause since start, any generation.")
+    longest.add_metric([], figures.longest_pause_seconds)
+    yield longest
 
 
 def _rolled_up_errors(by_sqlstate: Mapping[str, int]) -> dict[str, int]:
