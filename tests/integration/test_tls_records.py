@@ -8,6 +8,8 @@ the wire between real records; the heavy ones are psycopg (libpq) and ``openssl 
 
 from __future__ import annotations
 
+import os
+import random
 import shutil
 import socket
 import ssl
@@ -246,3 +248,58 @@ def test_plain_error_before_tls_and_encrypted_error_after(proc: Any) -> None:
     kind, body = wire.read_message()
     assert kind == b"E"
     assert error_map(body)["C"] == "08P01"
+
+
+def mutate(records: bytes, rng: random.Random) -> bytes:
+    """A valid run of records, damaged one way: a flipped bit, cut short, a length field changed, random bytes
+    appended or put in front, a record type changed, or two records swapped."""
+    data = bytearray(records)
+    how = rng.randrange(7)
+    if how == 0:
+        data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+    elif how == 1:
+        del data[rng.randrange(1, len(data)) :]
+    elif how == 2:
+        data[3:5] = struct.pack("!H", rng.choice((0, 1, 0x4000, 0x4101, 0xFFFF, len(data) - 4)))
+    elif how == 3:
+        data += rng.randbytes(rng.randrange(1, 300))
+    elif how == 4:
+        data[:0] = rng.randbytes(rng.randrange(1, 40))
+    elif how == 5:
+        data[0] = rng.choice((0x14, 0x15, 0x16, 0x18, 0x00, 0xFF))
+    else:
+        data = bytearray(records[len(records) // 2 :] + records[: len(records) // 2])
+    return bytes(data)
+
+
+def test_damaged_records_never_reach_postgresql_or_hurt_the_pooler(proc: Any) -> None:
+    """A seeded mutator over the record layer (PG_DOORMAN_FUZZ_SEED, PG_DOORMAN_FUZZ_SECONDS as test_fuzz.py):
+    every damaged record either fails that client's connection or, by chance intact, runs the query; the pooler
+    lives, its memory stays bounded, and the next client always gets a clean backend."""
+    seed = int(os.environ.get("PG_DOORMAN_FUZZ_SEED", "11"))
+    budget = float(os.environ.get("PG_DOORMAN_FUZZ_SECONDS", "8"))
+    rng = random.Random(seed)
+    rss_start = proc.rss_kib()
+    deadline = time.monotonic() + budget
+    rounds = 0
+    while time.monotonic() < deadline:
+        wire = TlsWire(proc.port)
+        assert wire.login(LOGIN, "app_pass")[-1][0] == b"Z"
+        wire.send(query("begin; set search_path = leaked"))
+        wire.read_until(b"Z")
+        wire.tls.write(query("select 'fuzz' from generate_series(1, 3)"))
+        wire.tls.write(query("create temp table leak_marker(x int)"))
+        wire.send_raw(mutate(wire.outgoing.read(), rng))
+        if rng.random() < 0.5:
+            wire.close()  # gone at once, whatever the pooler made of it
+        else:
+            wire.ended(0.3)
+            wire.close()
+        rounds += 1
+        if rounds % 10 == 0:
+            assert proc.returncode is None, proc.log_tail()
+            assert_next_client_clean(proc)
+    assert rounds >= 10, rounds
+    assert proc.returncode is None
+    assert_next_client_clean(proc)
+    assert proc.rss_kib() - rss_start < 32 * 1024, "the pooler's memory grew under damaged records"
