@@ -284,11 +284,14 @@ class Application:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        await self.start()
+        # Before the listeners open: a signal sent as soon as the port answers must find its handler (start()
+        # still collects and freezes the heap after that, gcpolicy.py); one that comes during start() takes
+        # effect when it returns.
         loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
         loop.add_signal_handler(signal.SIGINT, self._on_sigint)
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         loop.add_signal_handler(signal.SIGUSR2, self._on_sigusr2)
+        await self.start()
         sd_notify(f"READY=1\nSTATUS=serving {len(self.registry)} pool(s)\nMAINPID={os.getpid()}")
         report_ready(self.ready_fd)
         self.ready_fd = None

@@ -8,9 +8,10 @@ requires. What each mode allows is `ClientTlsPolicy`; Unix-socket clients never 
 it (PostgreSQL answers ``N`` there too).
 
 **Servers** (``server_tls_*``, global and per pool). `open_backend` sends an SSLRequest and reads the one-byte
-answer on a bare socket, then hands the socket to the event loop with or without TLS; what each mode does with a
-``N`` is `ServerTlsPlan`. The contexts are built once per set of files (`backend_context`, keyed by the files'
-fingerprint, so a reload with changed files gets a new context while the old pools finish with theirs).
+answer on a bare socket, then hands the socket to the event loop, plain or with pg_doorman's TLS record layer
+(tlsstream, as for clients); what each mode does with a ``N`` is `ServerTlsPlan`. The contexts are built once
+per set of files (`backend_context`, keyed by the files' fingerprint, so a reload with changed files gets a new
+context while the old pools finish with theirs).
 
 Both sides speak TLS 1.2 or later with Mozilla's "intermediate" cipher list (TLS 1.3 suites are OpenSSL's own,
 all of them modern).
@@ -534,13 +535,70 @@ async def open_backend(
     try:
         if ctx is None:
             _, protocol = await loop.create_connection(factory, sock=sock)
-        else:
+            return protocol
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        ssl_object = ctx.wrap_bio(incoming, outgoing, server_side=False, server_hostname=hostname or None)
+        if not tlsstream.native(ssl_object, incoming, outgoing):  # not on this interpreter (see tlsio.pxd)
             _, protocol = await loop.create_connection(
                 factory, sock=sock, ssl=ctx, server_hostname=hostname, ssl_handshake_timeout=handshake_timeout
             )
+            return protocol
     except BaseException:
         sock.close()
         raise
+    return await _backend_over_records(factory, sock, ssl_object, incoming, outgoing, handshake_timeout)
+
+
+class _Unattached(asyncio.Protocol):
+    """The protocol above a backend's TLS transport between its handshake and the server connection that takes
+    it over: keeps whatever arrives (PostgreSQL sends nothing before our startup packet, but nothing is lost)."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.ended = False
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+    def eof_received(self) -> None:
+        self.ended = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ended = True
+
+
+async def _backend_over_records(
+    factory: Callable[[], asyncio.BaseProtocol],
+    sock: socket.socket,
+    ssl_object: ssl.SSLObject,
+    incoming: ssl.MemoryBIO,
+    outgoing: ssl.MemoryBIO,
+    handshake_timeout: float | None,
+) -> asyncio.BaseProtocol:
+    """The client side of a TLS handshake with PostgreSQL on pg_doorman's record layer (tlsstream), then the
+    server connection from ``factory`` on top of it: its replies are decrypted in one call per read and its
+    queries written straight to the socket, as for TLS clients."""
+    loop = asyncio.get_running_loop()
+    unattached = _Unattached()
+    try:
+        raw, _ = await loop.create_connection(lambda: unattached, sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    stream = tlsstream.TlsTransport(raw, unattached, ssl_object, incoming, outgoing)
+    try:
+        async with asyncio.timeout(handshake_timeout if handshake_timeout and handshake_timeout > 0 else None):
+            await stream.start_handshake(b"")
+        if unattached.ended:
+            raise ConnectionResetError("PostgreSQL closed the connection after the TLS handshake")
+    except BaseException:
+        stream.abort()
+        raise
+    protocol = factory()
+    stream.set_protocol(protocol)
+    protocol.connection_made(stream)  # type: ignore[arg-type]
+    if unattached.data:
+        protocol.data_received(bytes(unattached.data))  # type: ignore[attr-defined]
     return protocol
 
 

@@ -1,4 +1,5 @@
-"""TLS for a client connection: a transport between the event loop's TCP transport and the client's protocol.
+"""TLS for a connection: a transport between the event loop's TCP transport and the protocol above it (a client
+connection, or a server connection when pg_doorman talks TLS to PostgreSQL).
 
 Why not the event loop's own TLS (``loop.start_tls``)? Its per-record cost is Python work, not cryptography: each
 batch of received records goes through several Python frames and ends with an SSLWantReadError exception, and
@@ -94,14 +95,14 @@ class TlsTransport:
     # ------------------------------------------------------------------ handshake
 
     def start_handshake(self, received: bytes) -> asyncio.Future[None]:
-        """Become ``raw``'s protocol and run the server side of the handshake; ``received``: its first bytes, read
-        already. The future ends with the handshake (an exception when it fails: then the connection is closing)."""
+        """Become ``raw``'s protocol and run the handshake (the side ``ssl_object`` was made for); ``received``: its
+        first bytes, read already. The future ends with the handshake (an exception when it fails: then the
+        connection is closing)."""
         self._handshake = asyncio.get_running_loop().create_future()
         waiter = self._handshake
         self.raw.set_protocol(self)  # type: ignore[arg-type]
         self.raw.resume_reading()  # the client's protocol may have paused it while the login held its bytes
-        if received:
-            self._handshake_step(received)
+        self._handshake_step(received)  # a server side waits for the ClientHello; a client side sends it now
         return waiter
 
     def _handshake_step(self, data: bytes) -> None:

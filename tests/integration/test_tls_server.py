@@ -169,3 +169,50 @@ def test_reload_with_changed_files_recreates_only_their_pools(
     after = backend_pid("appdb"), backend_pid("postgres")
     assert after[0] != before[0]  # a new pool with new connections
     assert after[1] == before[1]  # untouched
+
+
+def test_backend_tls_rides_on_pg_doormans_record_layer(pg_ssl_only: TempPostgres, certs: TlsFiles) -> None:
+    """open_backend in-process against PostgreSQL with ssl = on: the protocol above gets a tlsstream.TlsTransport
+    (not the event loop's TLS) once the handshake is done, and PostgreSQL answers a startup packet sent through
+    it (its md5 challenge)."""
+    import asyncio
+    import struct
+
+    from pg_doorman import tls, tlsstream
+
+    class Startup(asyncio.Protocol):
+        def __init__(self, reply: asyncio.Future[bytes]) -> None:
+            self.transport: Any = None
+            self.reply = reply
+
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            params = b"user\x00app\x00database\x00appdb\x00\x00"
+            transport.write(struct.pack("!ii", 8 + len(params), 196608) + params)
+
+        def data_received(self, data: bytes) -> None:
+            if not self.reply.done():
+                self.reply.set_result(data)
+
+    async def run() -> tuple[object, bytes, str]:
+        protocol = Startup(asyncio.get_running_loop().create_future())
+        opened = await tls.open_backend(
+            lambda: protocol,
+            "127.0.0.1",
+            pg_ssl_only.port,
+            tls.server_plan("verify-ca"),
+            tls.backend_context("verify-ca", certs.ca_cert, None, None, ""),
+            use_tls=True,
+            handshake_timeout=10,
+        )
+        assert opened is protocol
+        reply = await asyncio.wait_for(protocol.reply, 10)
+        version = protocol.transport.get_extra_info("ssl_object").version()
+        transport = protocol.transport
+        transport.close()
+        return transport, reply, version
+
+    transport, reply, version = asyncio.run(run())
+    assert isinstance(transport, tlsstream.TlsTransport)
+    assert reply[:1] == b"R" and struct.unpack("!i", reply[5:9])[0] == 5  # AuthenticationMD5Password
+    assert version in ("TLSv1.2", "TLSv1.3")
