@@ -80,6 +80,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="clients connect to the poolers over TLS (pgbench with PGSSLMODE=require; PgBouncer client_tls_*, "
         "pg_doorman tls_*, both 'allow' with the same test certificate); the poolers talk to PostgreSQL in plain",
     )
+    p.add_argument(
+        "--server-tls",
+        action="store_true",
+        help="the poolers talk to PostgreSQL over TLS (PostgreSQL with ssl = on; PgBouncer server_tls_sslmode, "
+        "pg_doorman server_tls_mode, both 'require'); pgbench and direct stay plain",
+    )
     p.add_argument("--duration", type=int, default=10, help="seconds per pgbench run")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds per (mode, clients)")
     p.add_argument("--pool-size", type=int, default=20, help="server connections per pooler")
@@ -412,7 +418,7 @@ def environment(targets: list[Target], server_version: str) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------------- main
 
 
-def start_postgres(args: argparse.Namespace) -> Any:
+def start_postgres(args: argparse.Namespace, work: Path) -> Any:
     from pg_doorman.devcluster import TempPostgres, find_pg_bindir
 
     pgbench = Path(find_pg_bindir()) / "pgbench"
@@ -420,10 +426,16 @@ def start_postgres(args: argparse.Namespace) -> Any:
         pgbench_run.PGBENCH = str(pgbench)
 
     max_conn = max(700, max(args.clients, default=0) + 2 * args.pool_size + 50)
+    tls = None
+    if args.server_tls:  # PostgreSQL's own certificate (TempPostgres copies it where postgres may read the key)
+        from pg_doorman.devcluster import generate_certificates
+
+        tls = generate_certificates(str(work / "pgtls"))
     pg = TempPostgres(
         auth=args.auth,
         settings={"max_connections": str(max_conn), "shared_buffers": "256MB"},
         users={USER: PASSWORD},
+        tls=tls,
     )
     return pg
 
@@ -444,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         logdir.mkdir()
 
         log("starting PostgreSQL ...")
-        pg = start_postgres(args)
+        pg = start_postgres(args, work)
         stack.callback(pg.cleanup)
         pg.start()
         pg_host = pg.host
@@ -465,6 +477,9 @@ def main(argv: list[str] | None = None) -> int:
             bouncer_tls = ["client_tls_sslmode = allow", f"client_tls_key_file = {tls['key']}"]
             bouncer_tls.append(f"client_tls_cert_file = {tls['cert']}")
             doorman_tls = {"tls_mode": "allow", "tls_certificate": tls["cert"], "tls_private_key": tls["key"]}
+        if args.server_tls:
+            bouncer_tls.append("server_tls_sslmode = require")
+            doorman_tls["server_tls_mode"] = "require"
         targets: list[Target] = []
         failed_targets: dict[str, str] = {}
         for name in args.targets:
