@@ -103,8 +103,9 @@ def policy_from_env() -> str:
 def install(policy: str | None = None, *, freeze_survivors: bool = True) -> CollectorWatch:
     """Put the collector policy into effect (idempotent); call once startup has built its long-lived objects.
 
-    ``freeze_survivors`` False keeps the start-up freeze and thresholds but never freezes later: for asyncio's own
-    event loop, whose socket transports hold a bound method of their own (a cycle only the collector frees).
+    ``freeze_survivors`` False keeps the thresholds but freezes nothing, not even at start-up (the freeze is the
+    hook's, after a full collection): for asyncio's own event loop, whose socket transports hold a bound method of
+    their own (a cycle only the collector frees).
     """
     global _installed
     if _installed is not None:
@@ -116,7 +117,7 @@ def install(policy: str | None = None, *, freeze_survivors: bool = True) -> Coll
     gc.callbacks.append(watch)
     if tuned:
         gc.set_threshold(YOUNG_THRESHOLD, *gc.get_threshold()[1:])
-        gc.collect()  # startup garbage goes first; the hook then freezes the survivors
+        gc.collect()  # startup garbage goes first; the hook then freezes the survivors (if it freezes at all)
     log.debug("gc policy %s, thresholds %s, survivors frozen: %s", policy, gc.get_threshold(), watch.freeze_survivors)
     return watch
 

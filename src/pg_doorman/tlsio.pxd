@@ -85,8 +85,8 @@ cdef extern from *:
        call's SSL_get_error depends on that). */
     static PyObject *pgd_tls_failure(PGD_SSL *ssl, int ret) {
         char reason[256];
+        int kind = pgd_ossl.SSL_get_error(ssl, ret);  /* first: it reads the error queue ERR_get_error empties */
         unsigned long code = pgd_ossl.ERR_get_error();
-        int kind = pgd_ossl.SSL_get_error(ssl, ret);
         if (code != 0)
             pgd_ossl.ERR_error_string_n(code, reason, sizeof reason);
         else

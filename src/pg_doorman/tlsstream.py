@@ -158,11 +158,8 @@ class TlsTransport:
             self.app.data_received(plain)
 
     def eof_received(self) -> bool | None:
-        waiter = self._handshake
-        if waiter is not None:
-            self._handshake = None
-            if not waiter.done():
-                waiter.set_exception(ConnectionResetError("the client closed the connection during the TLS handshake"))
+        if self._handshake is not None:
+            self._handshake_cut_off()
             return None
         if self._closing:
             return None
@@ -171,12 +168,16 @@ class TlsTransport:
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self._fd = -1  # the event loop closes the descriptor after this
-        waiter = self._handshake
-        if waiter is not None:
-            self._handshake = None
-            if not waiter.done():
-                waiter.set_exception(ConnectionResetError("the client closed the connection during the TLS handshake"))
+        if self._handshake is not None:
+            self._handshake_cut_off()
         self.app.connection_lost(exc)
+
+    def _handshake_cut_off(self) -> None:
+        """The peer (a client, or PostgreSQL) went away before the handshake ended: its waiter fails."""
+        waiter = self._handshake
+        self._handshake = None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionResetError("the peer closed the connection during the TLS handshake"))
 
     def pause_writing(self) -> None:
         self.app.pause_writing()
